@@ -1,0 +1,42 @@
+# Two commands a new user needs: `make demo` and `make test`. Both install first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+# onnx2tf runs `onnxsim` by name; the venv's bin must be on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip setuptools wheel
+	$(BIN)/python -m pip install -q -e ".[ray,test,dev]"
+	# A plain `pip install onnx2tf` silently resolves to an older release; pin it without deps.
+	$(BIN)/python -m pip install -q --no-deps onnx2tf==1.29.24 onnx-graphsurgeon==0.6.1 sng4onnx==2.0.1 onnxsim==0.8.1 psutil
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+models/demo/digits.keras: scripts/make_demo_model.py | $(STAMP)
+	$(BIN)/python scripts/make_demo_model.py --out models/demo/digits.keras
+
+demo: $(STAMP) models/demo/digits.keras
+	$(BIN)/mobilec compress recipes/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check mobilec tests scripts
+
+bench: $(STAMP) models/demo/digits.keras
+	@for s in scripts/bench_*.py; do echo "== $$s"; $(BIN)/python $$s || exit 1; done
+
+clean:
+	rm -rf mobilec-out models/demo .pytest_cache
