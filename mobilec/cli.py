@@ -1,0 +1,290 @@
+"""The command line. Thin: every command calls a library function.
+
+Nothing here imports TensorFlow at module level: `mobilec --help`, `validate`,
+`schema` and `targets` must stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mobilec import __version__
+from mobilec.errors import EXIT_SIGINT, EXIT_STAGE, Interrupted, MobilecError
+
+REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class Ctx:
+    verbose: bool = False
+    quiet: bool = False
+
+
+def _err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User mistakes print one paragraph and exit 2/3; bugs say so, -v shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Ctx) or Ctx()
+        _install_signal_handlers()
+        try:
+            return fn(*args, **kwargs)
+        except MobilecError as exc:
+            if ctx.verbose:
+                traceback.print_exc()
+            _err(f"error: {exc.render()}")
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _err("error: interrupted by SIGINT; no partial artifact was kept")
+            sys.exit(EXIT_SIGINT)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if ctx.verbose:
+                traceback.print_exc()
+            _err(f"error: internal error ({type(exc).__name__}: {str(exc)[:300]}). This is a "
+                 "mobilec bug; rerun with -v for the traceback and report it.")
+            sys.exit(EXIT_STAGE)
+
+    return wrapper
+
+
+def _install_signal_handlers() -> None:
+    def on_term(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mobilec")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and converter logs.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """mobilec: make trained models fit on phones.
+
+    Load a Keras, SavedModel or ONNX model, prune and quantize it, convert it to
+    TFLite, Core ML and ONNX for each target device, verify every conversion and
+    report size, accuracy, fidelity and latency.
+
+    Exit codes: 0 ok, 1 budget violated, 2 usage or invalid input, 3 a stage failed.
+    """
+    obj = ctx.ensure_object(Ctx)
+    obj.verbose, obj.quiet = verbose, quiet
+
+
+def _load(recipe: str, overrides: tuple[str, ...]) -> Any:
+    from mobilec.recipe import load_recipe
+
+    return load_recipe(recipe, list(overrides))
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a recipe key, e.g. --set stages.1.quantize.mode=float16.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Machine output on stdout (logs go to stderr).")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory.")
+@json_option
+@click.option("--no-eval", is_flag=True, help="Convert only: sizes, no accuracy or latency.")
+@click.option("--unsafe-deserialization", is_flag=True,
+              help="Allow Lambda layers (arbitrary code) in Keras models you trust.")
+@click.pass_obj
+@handle_errors
+def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None, as_json: bool,
+             no_eval: bool, unsafe_deserialization: bool) -> None:
+    """Run RECIPE: load, prune, quantize, convert, evaluate, report."""
+    from mobilec import pipeline
+    from mobilec.progress import Progress
+
+    r = _load(recipe, overrides)
+    progress = Progress(quiet=obj.quiet)
+    try:
+        report = pipeline.run(r, out=out, evaluate=not no_eval, progress=progress,
+                              unsafe_deserialization=unsafe_deserialization, verbose=obj.verbose)
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "markdown_sections"}, indent=2))
+    elif not obj.quiet:
+        from mobilec.console import print_report
+
+        print_report(report)
+    sys.exit(report["exit_code"])
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+@json_option
+@click.pass_obj
+@handle_errors
+def validate(obj: Ctx, recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Check RECIPE (schema, paths, plan) without loading TensorFlow."""
+    from mobilec.detect import detect_format
+    from mobilec.plancheck import check_plan
+
+    r = _load(recipe, overrides)
+    fmt = detect_format(Path(r.model.path), r.model.format)
+    for p in filter(None, [r.data and r.data.train, r.data and r.data.eval]):
+        if not Path(p).exists():
+            from mobilec.errors import DataError
+
+            raise DataError("data file not found", where=str(p))
+    check_plan(r, fmt)
+    if as_json:
+        click.echo(json.dumps({"valid": True, "name": r.name, "model_format": fmt,
+                               "recipe": json.loads(r.effective_json())}, indent=2))
+    else:
+        stages = " -> ".join(["load", *[e.name for e in r.stages], "convert", "evaluate"])
+        click.echo(f"{recipe}: valid ({fmt} model; {stages}; targets {', '.join(r.targets)})")
+
+
+@main.command()
+def schema() -> None:
+    """Print the recipe's JSON Schema (for editors)."""
+    from mobilec.recipe import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.command()
+@json_option
+def targets(as_json: bool) -> None:
+    """List target devices with their artifact, quantization and delegate."""
+    from mobilec.targets import describe
+
+    rows = describe()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("target", "artifacts", "quantization", "delegate", "fallback", "constraints")
+    for r in rows:
+        table.add_row(r["target"], r["artifacts"], r["quantization"], r["delegate"], r["fallback"],
+                      r["constraints"] + (f"\n[yellow]{r['warning']}[/]" if r["warning"] else ""))
+    Console().print(table)
+
+
+@main.group()
+def recipes() -> None:
+    """Ready recipes to copy."""
+
+
+def _recipe_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(REPO_RECIPES.glob("*.yaml"))}
+
+
+@recipes.command("list")
+def recipes_list() -> None:
+    """List bundled recipes."""
+    for name, path in _recipe_files().items():
+        first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        click.echo(f"{name:<16} {first}")
+
+
+@recipes.command("show")
+@click.argument("name")
+@handle_errors
+def recipes_show(name: str) -> None:
+    """Print a bundled recipe."""
+    files = _recipe_files()
+    if name not in files:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(files), n=1)
+        raise MobilecError(f"no recipe named '{name}'" + (f"; did you mean '{close[0]}'?" if close else ""),
+                           hint=f"recipes: {', '.join(files)}")
+    click.echo(files[name].read_text(), nl=False)
+
+
+STARTER = """\
+# mobilec recipe: edit, then `mobilec validate {path}` and `mobilec compress {path}`
+version: 1
+name: {name}
+model:
+  path: model.keras            # .keras, .h5, SavedModel directory or .onnx (relative to this file)
+  format: auto
+data:                          # needed for int8 calibration, pruning and accuracy
+  source: npz                  # digits (built-in) | npz | images
+  train: data/train.npz        # arrays x (inputs) and y (labels, optional)
+  eval: data/eval.npz          # never trained on; used for accuracy and fidelity
+  calibration_samples: 200
+stages:
+  # - prune: {{sparsity: 0.5, schedule: constant, epochs: 2}}
+  - quantize: {{mode: int8}}    # dynamic | float16 | int8 | int8-io | int16x8 | int4 | palettize | qat | auto
+targets: [cpu]                 # android-nnapi | android-gpu | ios-coreml | cpu
+verify: {{min_top1_agreement: 0.99, min_snr_db: 20}}
+budget:
+  max_accuracy_drop: 0.01      # CI fails (exit 1) past this
+output:
+  report: [json, md, html]
+"""
+
+
+@main.command()
+@click.argument("path", default="mobilec.yaml", type=click.Path(dir_okay=False))
+@handle_errors
+def init(path: str) -> None:
+    """Write a commented starter recipe (never overwrites)."""
+    from mobilec.fsutil import atomic_write_text
+
+    p = Path(path)
+    if p.exists():
+        raise MobilecError("file exists; mobilec init never overwrites", where=str(p),
+                           hint="pass another path: mobilec init my-recipe.yaml")
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in p.stem) or "model"
+    atomic_write_text(p, STARTER.format(path=path, name=name))
+    click.echo(f"wrote {p}")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@json_option
+@click.option("--unsafe-deserialization", is_flag=True)
+@handle_errors
+def inspect(model: str, as_json: bool, unsafe_deserialization: bool) -> None:
+    """Show a model's format, inputs, outputs, parameters and ops."""
+    from mobilec.inspect import inspect_model
+
+    info = inspect_model(Path(model), unsafe_deserialization=unsafe_deserialization)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for k, v in value.items():
+                click.echo(f"  {k}: {v}")
+        elif isinstance(value, list):
+            click.echo(f"{key}:")
+            for v in value:
+                click.echo(f"  - {v}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()

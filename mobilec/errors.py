@@ -1,0 +1,63 @@
+"""One error family. Every message says what is wrong, where, and what to do."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_BUDGET = 1
+EXIT_USAGE = 2
+EXIT_STAGE = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class MobilecError(Exception):
+    """A problem the user can act on. `exit_code` follows the CLI contract."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        self.message = message
+        self.where = where
+        self.hint = hint
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class RecipeError(MobilecError):
+    """The recipe (or a --set override) is invalid."""
+
+
+class ModelLoadError(MobilecError):
+    """The model file is missing, corrupt, unsafe or of an unsupported kind."""
+
+
+class DataError(MobilecError):
+    """The recipe's data does not exist or does not fit the model."""
+
+
+class UnsupportedError(MobilecError):
+    """A valid request this model/format/target combination cannot do (exit 2)."""
+
+
+class StageError(MobilecError):
+    """A stage failed while running (exit 3)."""
+
+    exit_code = EXIT_STAGE
+
+
+class ConversionError(StageError):
+    """A converter failed or produced a model that does not match the source."""
+
+
+class Interrupted(MobilecError):
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; no partial artifact was kept")

@@ -1,0 +1,120 @@
+"""ONNX: tf2onnx from the tf_keras model (or a SavedModel), run with onnxruntime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.runtime import align_outputs, batched, measure_latency
+from mobilec.state import Artifact, ModelState, TensorSpec
+
+PRECISION = {
+    "float32": "float32 weights and compute",
+    "float16": "float16 weights and compute",
+    "dynamic": "int8 weights (dynamic quantization)",
+    "int8": "int8 QDQ weights and activations, float32 I/O",
+}
+
+
+class OnnxFormat:
+    name = "onnx"
+    suffix = ".onnx"
+    modes = frozenset({"float32", "float16", "dynamic", "int8", "int8-io", "qat"})
+
+    def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
+        float_path = float32_onnx(state)
+        mode = artifact.quantization
+        if mode == "float32":
+            shutil.copyfile(float_path, dest)
+        else:
+            from mobilec.formats.onnx_quant import quantize_onnx
+
+            quantize_onnx(state, float_path, mode, dest)
+        artifact.precision = PRECISION.get(mode, mode)
+        artifact.input_layout = state.input_layout
+
+    def runner(self, state: ModelState, artifact: Artifact) -> Any:
+        return ort_session_runner(artifact.path, state.outputs, artifact.input_transpose)
+
+    def latency(self, state: ModelState, artifact: Artifact, sample: np.ndarray) -> dict[str, float]:
+        sess, in_name = _session(artifact.path)
+        x1 = sample[:1]
+        if artifact.input_transpose:
+            x1 = np.transpose(x1, artifact.input_transpose)
+        feed = {in_name: x1.astype(np.float32)}
+        return measure_latency(lambda: sess.run(None, feed))
+
+
+def float32_onnx(state: ModelState) -> Path:
+    """The float32 .onnx of the current model, converted once per model version."""
+    key = "onnx_float32"
+    if key in state.cache:
+        return state.cache[key]
+    if state.onnx_path is not None:
+        state.cache[key] = state.onnx_path  # an ONNX input passes through
+        return state.onnx_path
+    out = state.work_dir / f"float32-v{state.model_version}.onnx"
+    opset = _opset(state)
+    from mobilec.tfenv import import_tf
+
+    tf = import_tf()
+    import tf2onnx
+
+    try:
+        if state.keras_model is not None:
+            model = state.keras_model
+            spec = [tf.TensorSpec([None if i == 0 else d for i, d in enumerate(t.shape)],
+                                  tf.float32, name=t.name) for t in state.inputs]
+            tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset,
+                                       output_path=str(out))
+        elif state.graph_dir is not None:
+            loaded = tf.saved_model.load(str(state.graph_dir))
+            fn = loaded.signatures["serving_default"]
+            tf2onnx.convert.from_function(fn, input_signature=list(
+                fn.structured_input_signature[1].values()), opset=opset, output_path=str(out))
+        else:
+            raise UnsupportedError("no TensorFlow form of the model is available for tf2onnx")
+    except UnsupportedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise ConversionError(f"tf2onnx failed: {first[:400]}") from exc
+    state.cache[key] = out
+    return out
+
+
+def _opset(state: ModelState) -> int:
+    cfg = state.recipe.stage("convert")
+    return cfg.opset if cfg is not None else 17
+
+
+def _session(path: Path) -> tuple[Any, str]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess, sess.get_inputs()[0].name
+
+
+def ort_session_runner(path: Path, outputs: list[TensorSpec],
+                       transpose: tuple[int, ...] | None) -> Any:
+    sess, in_name = _session(path)
+    names = [o.name for o in sess.get_outputs()]
+    dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
+    fixed_batch = sess.get_inputs()[0].shape[0]
+    size = fixed_batch if isinstance(fixed_batch, int) and fixed_batch > 0 else 256
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        if transpose:
+            x = np.transpose(x, transpose)
+        res = sess.run(None, {in_name: x.astype(dtype)})
+        return align_outputs(outputs, names, [np.asarray(r, dtype=np.float32) for r in res])
+
+    return lambda x: batched(run, x, size=size)

@@ -1,0 +1,157 @@
+"""Files: atomic writes, the output-dir lock, hashing. Inputs are only ever read."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from mobilec.errors import MobilecError
+
+TMP_PREFIX = ".mobilec-tmp-"
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and bytes, sorted)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def size_of(path: Path) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def gzip_size(path: Path) -> int:
+    """Compressed size: what an app store download costs, and where pruning pays off."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(gzip_size(p) for p in sorted(path.rglob("*")) if p.is_file())
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MobilecError(f"cannot create output directory: {exc.strerror}", where=str(directory),
+                           hint="choose another --out") from None
+    if not os.access(directory, os.W_OK):
+        raise MobilecError("output directory is not writable", where=str(directory),
+                           hint="choose another --out or fix its permissions")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    _check_writable(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_place(src: Path, dest: Path) -> None:
+    """Move (or copy) a finished file or directory into place in one rename."""
+    src, dest = Path(src), Path(dest)
+    _check_writable(dest.parent)
+    tmp = dest.parent / f"{TMP_PREFIX}{dest.name}.{os.getpid()}"
+    try:
+        if src.is_dir():
+            shutil.copytree(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        if dest.is_dir() and not dest.is_symlink():
+            old = dest.parent / f"{TMP_PREFIX}old-{dest.name}.{os.getpid()}"
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def remove_artifact(path: Path) -> None:
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def clean_temp(directory: Path) -> None:
+    """Remove temp files a crashed earlier run left behind in an output dir."""
+    if not directory.is_dir():
+        return
+    for p in directory.glob(f"{TMP_PREFIX}*"):
+        remove_artifact(p)
+
+
+@contextlib.contextmanager
+def output_lock(directory: Path, wait: bool = False) -> Iterator[None]:
+    """One mobilec run per output directory; a second refuses (or waits) instead of interleaving."""
+    import fcntl
+
+    _check_writable(directory)
+    lock_path = directory / ".mobilec.lock"
+    fh = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise MobilecError(
+                f"another mobilec run (pid {holder}) is writing to this output directory",
+                where=str(directory), hint="wait for it to finish, or pass a different --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fh.seek(0)
+            fh.truncate()
+        fh.close()
+
+
+@contextlib.contextmanager
+def workspace(parent: Path) -> Iterator[Path]:
+    """A temp dir beside the outputs (same filesystem, so the final rename is atomic)."""
+    _check_writable(parent)
+    path = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "work-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,82 @@
+"""Run a recipe's stages over one ModelState and collect the report."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mobilec.detect import detect_format
+from mobilec.errors import EXIT_STAGE, MobilecError
+from mobilec.fsutil import TMP_PREFIX, clean_temp, output_lock
+from mobilec.plancheck import check_plan
+from mobilec.progress import Progress
+from mobilec.recipe import Recipe
+from mobilec.report import build_report, write_reports
+from mobilec.stages import get_stage
+from mobilec.state import ModelState, StageResult
+
+
+def stage_plan(recipe: Recipe, evaluate: bool = True) -> list[tuple[str, Any]]:
+    """load, the recipe's stages in order, convert (always), evaluate (unless --no-eval)."""
+    plan: list[tuple[str, Any]] = [("load", None)]
+    plan += [(e.name, e.config) for e in recipe.stages if e.name != "convert"]
+    plan.append(("convert", recipe.stage("convert")))
+    if evaluate:
+        plan.append(("evaluate", None))
+    return plan
+
+
+def output_dir(recipe: Recipe, out: str | Path | None) -> Path:
+    if out is not None:
+        return Path(out).resolve()
+    if recipe.output.dir is not None:
+        return Path(recipe.output.dir)
+    return (Path.cwd() / "mobilec-out" / str(recipe.name)).resolve()
+
+
+def run_stage(state: ModelState, name: str, config: Any, progress: Progress) -> None:
+    result = StageResult(name=name)
+    progress.stage_start(name)
+    start = time.perf_counter()
+    try:
+        result.metrics = get_stage(name)(state, config) or {}
+    except MobilecError as exc:
+        result.status, result.error = "failed", exc.message
+        if exc.exit_code != EXIT_STAGE:
+            raise  # a usage problem (exit 2): no report, nothing more written
+    except Exception as exc:
+        if state.options.get("verbose"):
+            raise
+        result.status = "failed"
+        result.error = (f"internal error in {name} ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+                        "a mobilec bug: rerun with -v for the traceback")
+    finally:
+        result.seconds = time.perf_counter() - start
+        if result.status == "ok" or result.error:
+            state.stages.append(result)
+        progress.stage_end(name, result.seconds, result.status, result.error or "")
+
+
+def run(recipe: Recipe, *, out: str | Path | None = None, evaluate: bool = True,
+        progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+    progress = progress or Progress(quiet=True)
+    check_plan(recipe, detect_format(Path(recipe.model.path), recipe.model.format))
+    out_dir = output_dir(recipe, out)
+    # The work dir is outside the output dir until load has succeeded, so a bad
+    # model or recipe leaves nothing behind.
+    with tempfile.TemporaryDirectory(prefix=TMP_PREFIX + "work-") as work:
+        state = ModelState(recipe=recipe, out_dir=out_dir, work_dir=Path(work), options=options)
+        plan = stage_plan(recipe, evaluate)
+        run_stage(state, *plan[0], progress)
+        with output_lock(out_dir):
+            clean_temp(out_dir)
+            for name, config in plan[1:]:
+                run_stage(state, name, config, progress)
+                if state.stages[-1].status == "failed":
+                    break
+            report = build_report(state)
+            write_reports(report, out_dir, list(recipe.output.report))
+    report["out_dir"] = str(out_dir)
+    return report

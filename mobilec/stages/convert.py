@@ -1,0 +1,178 @@
+"""convert: build every planned artifact, verify it against the model it came from,
+and place it atomically in the output directory.
+
+Verification gates the unquantized conversions (float32, float16): a converter
+that changed the model's answers is a bug, whatever the budget says. Quantized
+variants of a format whose float conversion failed are not trusted either;
+their own quality is judged by the accuracy budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilec.errors import MobilecError, StageError
+from mobilec.formats import get_format
+from mobilec.fsutil import atomic_place, gzip_size, remove_artifact, size_of
+from mobilec.metrics import fidelity, passes
+from mobilec.recipe import ConvertConfig
+from mobilec.runtime import source_runner
+from mobilec.state import Artifact, ModelState
+from mobilec.targets import FORMAT_SUFFIX, ArtifactSpec, plan_artifacts
+
+GATED_MODES = ("float32", "float16")
+VERIFY_SAMPLES = 128
+
+
+def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
+    cfg = config or ConvertConfig()
+    state.cache["convert_config"] = cfg
+    has_calib = state.data is not None and state.data.calibration is not None
+    plan_mode = state.plan.mode if state.plan else None
+    specs = plan_artifacts(list(state.recipe.targets), plan_mode, cfg.formats, has_calib)
+    built: dict[tuple[str, str], Artifact] = {}
+    for spec in specs:
+        state.artifacts.append(_materialize(state, spec, built))
+    _distrust_broken_formats(state)
+    failed = [a for a in state.artifacts if a.status not in ("ok", "skipped")]
+    return {"artifacts": len(state.artifacts), "failed": len(failed)}
+
+
+def artifact_name(state: ModelState, fmt: str, quant: str, unverified: bool = False) -> str:
+    suffix = FORMAT_SUFFIX[fmt]
+    if fmt == "coreml" and _coreml_kind(state) == "mlmodel":
+        suffix = ".mlmodel"
+    return f"{state.recipe.name}-{quant}{'.unverified' if unverified else ''}{suffix}"
+
+
+def _coreml_kind(state: ModelState) -> str:
+    cfg = state.cache.get("convert_config")
+    return cfg.coreml.kind if cfg is not None else "mlpackage"
+
+
+def _materialize(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, str], Artifact]
+                 ) -> Artifact:
+    folder = spec.target or "baseline"
+    art = Artifact(path=state.out_dir / folder / artifact_name(state, spec.format, spec.quantization),
+                   format=spec.format, quantization=spec.quantization, target=spec.target,
+                   role=spec.role, delegate=spec.delegate, fallback=spec.fallback)
+    if spec.skipped_reason:
+        art.status, art.error = "skipped", spec.skipped_reason
+        return art
+    key = (spec.format, spec.quantization)
+    if key not in built:
+        built[key] = _build(state, spec)
+    work = built[key]
+    _copy_result(work, art)
+    if work.status == "failed":
+        return art
+    if art.status == "failed-verification":
+        art.path = art.path.with_name(artifact_name(state, spec.format, spec.quantization, True))
+    _discard_stale(state, art)
+    atomic_place(work.path, art.path)
+    art.metrics["size_bytes"] = size_of(art.path)
+    art.metrics["gzip_bytes"] = gzip_size(art.path)
+    return art
+
+
+def _copy_result(work: Artifact, art: Artifact) -> None:
+    for name in ("status", "error", "input_layout", "input_transpose", "io_quant", "precision"):
+        setattr(art, name, getattr(work, name))
+    art.notes.extend(work.notes)
+    art.extra.update(work.extra)
+    art.metrics.update(work.metrics)
+
+
+def _discard_stale(state: ModelState, art: Artifact) -> None:
+    """A re-run must not leave a previous run's verified/unverified twin beside the new file."""
+    for twin in (artifact_name(state, art.format, art.quantization, False),
+                 artifact_name(state, art.format, art.quantization, True)):
+        p = art.path.with_name(twin)
+        if p != art.path and p.exists():
+            remove_artifact(p)
+
+
+def _build(state: ModelState, spec: ArtifactSpec) -> Artifact:
+    fmt = get_format(spec.format)
+    dest = state.work_dir / "build" / artifact_name(state, spec.format, spec.quantization)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Artifact(path=dest, format=spec.format, quantization=spec.quantization, target=spec.target)
+    try:
+        fmt.build(state, work, dest)
+    except MobilecError as exc:
+        work.status, work.error = "failed", exc.message
+        return work
+    except Exception as exc:  # noqa: BLE001 - a converter bug must not stop other formats
+        if state.options.get("verbose"):
+            raise
+        work.status, work.error = "failed", f"{type(exc).__name__}: {str(exc).strip()[:400]}"
+        return work
+    _verify(state, fmt, work)
+    return work
+
+
+def verification_inputs(state: ModelState) -> np.ndarray:
+    if state.eval_x is not None:
+        return state.eval_x[:VERIFY_SAMPLES]
+    if state.data is not None and state.data.calibration is not None:
+        return state.data.calibration.x[:VERIFY_SAMPLES]
+    shape = [16] + [d or 1 for d in state.inputs[0].shape[1:]]
+    return np.random.default_rng(0).standard_normal(shape).astype("float32")
+
+
+def _verify(state: ModelState, fmt: Any, work: Artifact) -> None:
+    """Compare the artifact with the model it was converted from, on the same inputs."""
+    runner = fmt.runner(state, work)
+    if runner is None:
+        check = getattr(fmt, "structural_check", None)
+        if check is not None:
+            check(state, work)
+        return
+    x = verification_inputs(state)
+    key = ("converter_input_outputs", state.model_version, len(x))
+    if key not in state.cache:
+        state.cache[key] = source_runner(state)(x)
+    try:
+        got = runner(x)
+    except Exception as exc:  # noqa: BLE001 - a model that cannot run failed verification
+        work.status = "failed-verification"
+        work.error = f"artifact does not run on this host: {str(exc).strip()[:300]}"
+        return
+    fid = fidelity(state.cache[key], got)
+    work.extra["verification"] = {"against": "converter input", "samples": len(x), **fid}
+    if work.quantization not in GATED_MODES:
+        return
+    ok, why = passes(fid, state.recipe.verify.min_top1_agreement, state.recipe.verify.min_snr_db)
+    if not ok:
+        work.status = "failed-verification"
+        work.error = f"{work.format} {work.quantization} output differs from the source model: {why}"
+
+
+def _distrust_broken_formats(state: ModelState) -> None:
+    broken = {a.format for a in state.artifacts
+              if a.quantization == "float32" and a.status == "failed-verification"}
+    for a in state.artifacts:
+        if a.format in broken and a.status == "ok":
+            a.status = "failed-verification"
+            a.error = (f"the float32 {a.format} conversion failed verification, so this "
+                       "variant is not trusted")
+            new = a.path.with_name(artifact_name(state, a.format, a.quantization, True))
+            a.path.rename(new)
+            a.path = new
+
+
+def fail_if_all_failed(state: ModelState) -> None:
+    produced = [a for a in state.artifacts if a.status != "skipped"]
+    if produced and all(a.status == "failed" for a in produced):
+        raise StageError("every conversion failed: " + "; ".join(
+            f"{a.format} {a.quantization}: {a.error}" for a in produced[:4]))
+
+
+def rel(state: ModelState, path: Path) -> str:
+    try:
+        return str(path.relative_to(state.out_dir))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,12 @@
+"""distill stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mobilec.errors import UnsupportedError
+from mobilec.state import ModelState
+
+
+def run(state: ModelState, config: Any) -> dict[str, Any]:
+    raise UnsupportedError("the distill stage is not available yet")

@@ -1,0 +1,202 @@
+"""load: read the model (never modifying it), the data, and the reference outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilec.data import fit_to_input, load_dataset
+from mobilec.detect import detect_format, find_lambda_layers, keras_archive_config
+from mobilec.errors import ModelLoadError
+from mobilec.fsutil import sha256_path, size_of
+from mobilec.metrics import accuracy
+from mobilec.runtime import count_params, source_runner
+from mobilec.state import ModelState, SourceInfo, TensorSpec
+
+UNSAFE_HINT = ("Lambda layers hold arbitrary Python code; pass --unsafe-deserialization only "
+               "for a model you trust")
+
+
+def run(state: ModelState, config: Any = None) -> dict[str, Any]:
+    spec = state.recipe.model
+    path = Path(spec.path)
+    fmt = detect_format(path, spec.format)
+    state.source = SourceInfo(path=path, format=fmt, sha256=sha256_path(path), size_bytes=size_of(path))
+    loader = {"keras": _load_keras, "h5": _load_h5, "savedmodel": _load_savedmodel,
+              "onnx": _load_onnx}.get(fmt)
+    if loader is None:
+        raise ModelLoadError(f"'{fmt}' files are outputs, not inputs", where=str(path),
+                             hint="point model.path at the Keras, SavedModel or ONNX source model")
+    loader(state, path)
+    state.source.params = count_params(state.keras_model) if state.keras_model is not None else \
+        state.cache.get("params")
+    _load_data(state)
+    return {"format": fmt, "params": state.source.params,
+            "inputs": [t.as_dict() for t in state.inputs],
+            "outputs": [t.as_dict() for t in state.outputs]}
+
+
+def _refuse_lambdas(state: ModelState, names: list[str], path: Path) -> None:
+    if names and not state.options.get("unsafe_deserialization"):
+        raise ModelLoadError(f"model contains Lambda layer(s) {', '.join(names)}; refusing to "
+                             "deserialize code from a model file", where=str(path), hint=UNSAFE_HINT)
+
+
+def _load_keras(state: ModelState, path: Path) -> None:
+    _refuse_lambdas(state, find_lambda_layers(keras_archive_config(path)), path)
+    from mobilec.keras_bridge import keras3_to_tf_keras
+    from mobilec.tfenv import import_keras3
+
+    keras = import_keras3()
+    try:
+        model = keras.saving.load_model(str(path), compile=False,
+                                        safe_mode=not state.options.get("unsafe_deserialization"))
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
+        raise ModelLoadError(f"Keras could not load this .keras file: {_first_line(exc)}",
+                             where=str(path), hint="is the file complete? re-save it with model.save()"
+                             ) from None
+    try:
+        _set_keras(state, keras3_to_tf_keras(model))
+    except ModelLoadError as exc:
+        # A model tf_keras cannot express still converts from Keras 3's own export.
+        state.note(f"kept as a Keras 3 graph (no prune/qat): {exc.message}")
+        _export_keras3(state, model)
+
+
+def _export_keras3(state: ModelState, model: Any) -> None:
+    out = state.work_dir / "keras3-export"
+    model.export(str(out), format="tf_saved_model", verbose=False)
+    _load_graph(state, out)
+    state.cache["params"] = count_params(model)
+
+
+def _load_h5(state: ModelState, path: Path) -> None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read HDF5 file: {_first_line(exc)}", where=str(path),
+                             hint="the file may be truncated; re-save it") from None
+    if raw is None:
+        raise ModelLoadError("this .h5 holds weights only (no model_config)", where=str(path),
+                             hint="save the whole model with model.save('model.h5')")
+    import json
+
+    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    _refuse_lambdas(state, find_lambda_layers(config), path)
+    from mobilec.tfenv import import_tf_keras
+
+    tfk = import_tf_keras()
+    try:
+        model = tfk.models.load_model(str(path), compile=False)
+    except Exception:  # noqa: BLE001 - maybe a Keras 3 .h5: let Keras 3 read it, then bridge
+        from mobilec.keras_bridge import keras3_to_tf_keras
+        from mobilec.tfenv import import_keras3
+
+        try:
+            model = keras3_to_tf_keras(import_keras3().saving.load_model(str(path), compile=False))
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"cannot load .h5 model: {_first_line(exc)}", where=str(path)
+                                 ) from None
+    _set_keras(state, model)
+
+
+def _load_savedmodel(state: ModelState, path: Path) -> None:
+    if (path / "keras_metadata.pb").exists():
+        from mobilec.tfenv import import_tf_keras
+
+        try:
+            _set_keras(state, import_tf_keras().models.load_model(str(path), compile=False))
+            return
+        except Exception as exc:  # noqa: BLE001 - fall back to the plain graph
+            state.note(f"SavedModel's Keras metadata did not load ({_first_line(exc)}); "
+                       "using its serving signature (no prune/qat)")
+    _load_graph(state, path)
+
+
+def _load_graph(state: ModelState, path: Path) -> None:
+    from mobilec.tfenv import import_tf
+
+    tf = import_tf()
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load SavedModel: {_first_line(exc)}", where=str(path)) from None
+    sigs = getattr(loaded, "signatures", {})
+    if "serving_default" not in sigs:
+        raise ModelLoadError(f"SavedModel has no 'serving_default' signature (has: "
+                             f"{', '.join(sigs) or 'none'})", where=str(path),
+                             hint="export with model.export() or tf.saved_model.save(..., signatures=)")
+    fn = sigs["serving_default"]
+    ins = fn.structured_input_signature[1]
+    if len(ins) != 1:
+        raise ModelLoadError(f"SavedModel signature has {len(ins)} inputs; mobilec handles one",
+                             where=str(path))
+    state.inputs = [TensorSpec(n, list(s.shape), s.dtype.name) for n, s in ins.items()]
+    state.outputs = [TensorSpec(n, list(s.shape), s.dtype.name) for n, s in fn.structured_outputs.items()]
+    state.graph_dir = path
+    state.cache[("saved_model", str(path))] = loaded
+    state.cache["params"] = int(sum(np.prod(v.shape) for v in loaded.variables)) \
+        if hasattr(loaded, "variables") else None
+    _apply_input_shape(state)
+
+
+def _load_onnx(state: ModelState, path: Path) -> None:
+    from mobilec.onnx_input import load_onnx
+
+    load_onnx(state, path)
+
+
+def _set_keras(state: ModelState, model: Any) -> None:
+    if len(model.inputs) != 1:
+        raise ModelLoadError(f"model has {len(model.inputs)} inputs; mobilec handles one",
+                             where=str(state.recipe.model.path))
+    state.keras_model = model
+    state.inputs = [TensorSpec(t.name.split(":")[0], list(t.shape), t.dtype.name if hasattr(
+        t.dtype, "name") else str(t.dtype)) for t in model.inputs]
+    names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
+    state.outputs = [TensorSpec(n, list(t.shape)) for n, t in zip(names, model.outputs, strict=True)]
+    _apply_input_shape(state)
+
+
+def _apply_input_shape(state: ModelState) -> None:
+    want = state.recipe.model.input_shape
+    shape = state.inputs[0].shape
+    if want is None:
+        return
+    if len(want) != len(shape) or any(d is not None and d != w for d, w in zip(shape[1:], want[1:],
+                                                                               strict=False)):
+        raise ModelLoadError(f"model.input_shape {want} does not fit the model's input "
+                             f"{['?' if d is None else d for d in shape]}",
+                             where=str(state.recipe.model.path))
+    state.inputs[0].shape = [None, *want[1:]]
+
+
+def _load_data(state: ModelState) -> None:
+    recipe = state.recipe
+    base = Path(recipe.source).resolve().parent if recipe.source != "<recipe>" else Path.cwd()
+    state.data = load_dataset(recipe.data, base)
+    for note in state.data.notes:
+        state.note(note)
+    shape = state.inputs[0].shape
+    where = str(recipe.data.train or recipe.data.eval or "data") if recipe.data else "data"
+    for split in (state.data.train, state.data.eval, state.data.calibration):
+        if split is not None:
+            split.x = fit_to_input(split.x, shape, where)
+    if state.data.eval is None:
+        return
+    run_model = source_runner(state)
+    state.reference = run_model(state.data.eval.x)
+    if state.data.eval.y is not None:
+        state.reference_accuracy = accuracy(state.reference[0], state.data.eval.y)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

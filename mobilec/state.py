@@ -1,0 +1,123 @@
+"""ModelState: the one object every stage takes and returns."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilec.data import Dataset
+from mobilec.recipe import Recipe
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int | None]
+    dtype: str = "float32"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+
+
+@dataclass
+class SourceInfo:
+    path: Path
+    format: str
+    sha256: str
+    size_bytes: int
+    params: int | None = None
+
+
+@dataclass
+class QuantPlan:
+    """What the quantize stage decided; each format applies it its own way."""
+
+    mode: str  # float32 | dynamic | float16 | int8 | int8-io | int16x8 | int4 | palettize | qat
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Artifact:
+    path: Path
+    format: str
+    quantization: str
+    target: str | None = None  # None for a float32 baseline no target asked for
+    role: str = "artifact"  # artifact | baseline | candidate
+    delegate: str | None = None
+    fallback: str | None = None
+    status: str = "ok"  # ok | failed | failed-verification
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    input_layout: str | None = None
+    # Applied to the recipe's (model-layout) data before this artifact runs.
+    input_transpose: tuple[int, ...] | None = None
+    io_quant: dict[str, Any] | None = None  # int8-io: scale/zero-point per input and output
+    precision: str | None = None  # what the weights hold, e.g. "int8 weights, float16 compute"
+    metrics: dict[str, Any] = field(default_factory=dict)  # filled by evaluate
+    extra: dict[str, Any] = field(default_factory=dict)  # format/target specific report fields
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str = "ok"  # ok | failed | skipped
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelState:
+    recipe: Recipe
+    out_dir: Path
+    work_dir: Path
+    options: dict[str, Any] = field(default_factory=dict)  # CLI options: no_eval, unsafe, …
+    source: SourceInfo | None = None
+    # The live model. tf_keras model when the source is Keras; otherwise None and
+    # `graph_dir` (a SavedModel) and/or `onnx_path` hold it.
+    keras_model: Any = None
+    graph_dir: Path | None = None
+    onnx_path: Path | None = None
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    input_layout: str = "NHWC"
+    data: Dataset | None = None
+    # Outputs of the model as loaded, on the eval inputs: the yardstick for fidelity.
+    reference: list[np.ndarray] | None = None
+    reference_accuracy: float | None = None
+    plan: QuantPlan | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    stages: list[StageResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    model_version: int = 0  # bumped when a stage replaces the model (invalidates exports)
+    started: float = field(default_factory=time.time)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def eval_x(self) -> np.ndarray | None:
+        return None if self.data is None or self.data.eval is None else self.data.eval.x
+
+    @property
+    def eval_y(self) -> np.ndarray | None:
+        return None if self.data is None or self.data.eval is None else self.data.eval.y
+
+    def replace_model(self, keras_model: Any) -> None:
+        """A stage produced a new model (pruned, distilled, …)."""
+        self.keras_model = keras_model
+        self.graph_dir = None
+        self.onnx_path = None
+        self.model_version += 1
+        self.cache.clear()
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)

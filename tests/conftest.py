@@ -1,0 +1,115 @@
+"""Shared fixtures: small real models built once per session, and ways to run mobilec."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def demo_keras(models_dir: Path) -> Path:
+    """The demo digits CNN (Keras 3 .keras, ~85k params), trained once per session."""
+    import make_demo_model
+
+    from mobilec.tfenv import configure_environment
+
+    configure_environment()
+    model = make_demo_model.build()
+    make_demo_model.train(model)
+    path = models_dir / "digits.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_h5(demo_keras: Path, models_dir: Path) -> Path:
+    """The same network as a tf_keras .h5 (the form tf_keras/Keras 2 users have)."""
+    from mobilec.keras_bridge import keras3_to_tf_keras
+    from mobilec.tfenv import import_keras3
+
+    k3 = import_keras3().saving.load_model(demo_keras, compile=False)
+    path = models_dir / "digits.h5"
+    keras3_to_tf_keras(k3).save(str(path), save_format="h5")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_savedmodel(demo_keras: Path, models_dir: Path) -> Path:
+    """The same network exported as a plain SavedModel (Keras 3 model.export)."""
+    from mobilec.tfenv import import_keras3
+
+    k3 = import_keras3().saving.load_model(demo_keras, compile=False)
+    path = models_dir / "digits_savedmodel"
+    k3.export(str(path), format="tf_saved_model", verbose=False)
+    return path
+
+
+def write_recipe(directory: Path, model: Path, *, name: str = "t", stages: list[Any] | None = None,
+                 targets: list[str] | None = None, data: dict[str, Any] | None = None,
+                 **extra: Any) -> Path:
+    """A recipe file in `directory` (data defaults to the built-in digits)."""
+    recipe: dict[str, Any] = {
+        "version": 1, "name": name, "model": {"path": str(model)},
+        "data": data if data is not None else {"source": "digits", "eval_samples": 360,
+                                               "calibration_samples": 100},
+        "stages": stages or [], "targets": targets or ["cpu"],
+        "output": {"dir": str(directory / "out"), "report": ["json", "md"]},
+    }
+    recipe.update(extra)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def recipe_factory(tmp_path: Path):
+    def make(model: Path, **kw: Any) -> Path:
+        return write_recipe(tmp_path, model, **kw)
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real `mobilec` command in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mobilec.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def compress(recipe: Path, **kw: Any) -> dict[str, Any]:
+    """In-process compress (TensorFlow is imported once per test session)."""
+    from mobilec.api import compress as _compress
+
+    return _compress(recipe, **kw)
+
+
+def artifact(report: dict[str, Any], fmt: str, quant: str, target: str | None = "cpu"
+             ) -> dict[str, Any]:
+    for a in report["artifacts"]:
+        if a["format"] == fmt and a["quantization"] == quant and (target is None or a["target"] == target):
+            return a
+    raise AssertionError(f"no {fmt} {quant} artifact for {target}: "
+                         f"{[(a['format'], a['quantization'], a['target']) for a in report['artifacts']]}")
+
+
+def read_report(out_dir: Path) -> dict[str, Any]:
+    return json.loads((out_dir / "report.json").read_text())
