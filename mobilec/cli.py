@@ -6,12 +6,14 @@ Nothing here imports TensorFlow at module level: `mobilec --help`, `validate`,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,23 @@ REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 class Ctx:
     verbose: bool = False
     quiet: bool = False
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(active: bool = True) -> Iterator[None]:
+    """Point file descriptor 1 at stderr for the duration (native libraries included)."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _err(text: str) -> None:
@@ -120,8 +139,10 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
     r = _load(recipe, overrides)
     progress = Progress(quiet=obj.quiet)
     try:
-        report = pipeline.run(r, out=out, evaluate=not no_eval, progress=progress,
-                              unsafe_deserialization=unsafe_deserialization, verbose=obj.verbose)
+        # Converters' C++ code prints to fd 1; with --json, stdout must hold only JSON.
+        with stdout_to_stderr(as_json):
+            report = pipeline.run(r, out=out, evaluate=not no_eval, progress=progress,
+                                  unsafe_deserialization=unsafe_deserialization, verbose=obj.verbose)
     finally:
         progress.close()
     if as_json:

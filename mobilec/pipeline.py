@@ -40,23 +40,24 @@ def run_stage(state: ModelState, name: str, config: Any, progress: Progress) -> 
     result = StageResult(name=name)
     progress.stage_start(name)
     start = time.perf_counter()
+    detail = ""
     try:
         result.metrics = get_stage(name)(state, config) or {}
     except MobilecError as exc:
         result.status, result.error = "failed", exc.message
         if exc.exit_code != EXIT_STAGE:
-            raise  # a usage problem (exit 2): no report, nothing more written
+            raise  # a usage problem (exit 2): the CLI prints it; no report is written
+        detail = exc.message
     except Exception as exc:
         if state.options.get("verbose"):
             raise
         result.status = "failed"
-        result.error = (f"internal error in {name} ({type(exc).__name__}: {str(exc).strip()[:300]}); "
-                        "a mobilec bug: rerun with -v for the traceback")
+        result.error = detail = (f"internal error in {name} ({type(exc).__name__}: "
+                                 f"{str(exc).strip()[:300]}); a mobilec bug: rerun with -v")
     finally:
         result.seconds = time.perf_counter() - start
-        if result.status == "ok" or result.error:
-            state.stages.append(result)
-        progress.stage_end(name, result.seconds, result.status, result.error or "")
+        state.stages.append(result)
+        progress.stage_end(name, result.seconds, result.status, detail)
 
 
 def run(recipe: Recipe, *, out: str | Path | None = None, evaluate: bool = True,

@@ -74,8 +74,12 @@ def float32_onnx(state: ModelState) -> Path:
         elif state.graph_dir is not None:
             loaded = tf.saved_model.load(str(state.graph_dir))
             fn = loaded.signatures["serving_default"]
-            tf2onnx.convert.from_function(fn, input_signature=list(
-                fn.structured_input_signature[1].values()), opset=opset, output_path=str(out))
+            (name, spec), = fn.structured_input_signature[1].items()
+            # tf2onnx wants a tf.function; a signature is a bare ConcreteFunction.
+            wrapped = tf.function(lambda x: fn(**{name: x}),
+                                  input_signature=[tf.TensorSpec(spec.shape, spec.dtype, name=name)])
+            tf2onnx.convert.from_function(wrapped, input_signature=wrapped.input_signature,
+                                          opset=opset, output_path=str(out))
         else:
             raise UnsupportedError("no TensorFlow form of the model is available for tf2onnx")
     except UnsupportedError:
