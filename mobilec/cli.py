@@ -283,6 +283,27 @@ def init(path: str) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path())
+@click.option("--runs", default=100, show_default=True, help="Timed runs after warm-up.")
+@click.option("--threads", default=1, show_default=True, help="CPU threads for the runtime.")
+@json_option
+@handle_errors
+def bench(model: str, runs: int, threads: int, as_json: bool) -> None:
+    """Measure host latency (median, p90) of a .tflite, .onnx or Keras model."""
+    from mobilec.bench import bench_model
+
+    with stdout_to_stderr(as_json):
+        result = bench_model(Path(model), runs=runs, threads=threads)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    lat = result["latency_ms"]
+    click.echo(f"{model}: {result['format']}, {result['size_bytes']} bytes, input "
+               f"{result['input']['shape']} {result['input']['dtype']}: median {lat['median']:.4f} ms, "
+               f"p90 {lat['p90']:.4f} ms over {lat['runs']} runs ({threads} thread(s))")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
 @json_option
 @click.option("--unsafe-deserialization", is_flag=True)
 @handle_errors

@@ -94,3 +94,13 @@ def test_rerun_replaces_artifacts_atomically(demo_keras: Path, tmp_path: Path) -
     # --no-eval: sizes yes, accuracy and latency no
     a = artifact(second, "tflite", "float32")
     assert a["size_bytes"] > 0 and a["accuracy"] is None and a["latency_ms"] is None
+
+
+def test_bench_measures_an_artifact(demo_reports: dict) -> None:
+    report, out_dir, _, _ = demo_reports["keras"]
+    path = out_dir / artifact(report, "tflite", "int8")["path"]
+    res = run_cli("bench", str(path), "--json", "--runs", "20")
+    assert res.returncode == 0, res.stderr[-1000:]
+    result = json.loads(res.stdout)
+    assert result["format"] == "tflite" and result["input"]["shape"] == [1, 8, 8, 1]
+    assert 0 < result["latency_ms"]["median"] <= result["latency_ms"]["p90"]
