@@ -6,14 +6,12 @@ Nothing here imports TensorFlow at module level: `mobilec --help`, `validate`,
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import click
 
 from mobilec import __version__
 from mobilec.errors import EXIT_SIGINT, EXIT_STAGE, Interrupted, MobilecError
+from mobilec.nativeio import stdout_to_stderr
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -28,23 +27,6 @@ REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 class Ctx:
     verbose: bool = False
     quiet: bool = False
-
-
-@contextlib.contextmanager
-def stdout_to_stderr(active: bool = True) -> Iterator[None]:
-    """Point file descriptor 1 at stderr for the duration (native libraries included)."""
-    if not active:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _err(text: str) -> None:
@@ -63,6 +45,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except MobilecError as exc:
             if ctx.verbose:
                 traceback.print_exc()
+            _err(f"error: {exc.render()}")
+            sys.exit(exc.exit_code)
+        except Interrupted as exc:  # SIGTERM (a BaseException, so nothing below swallowed it)
             _err(f"error: {exc.render()}")
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -128,10 +113,12 @@ json_option = click.option("--json", "as_json", is_flag=True,
 @click.option("--no-eval", is_flag=True, help="Convert only: sizes, no accuracy or latency.")
 @click.option("--unsafe-deserialization", is_flag=True,
               help="Allow Lambda layers (arbitrary code) in Keras models you trust.")
+@click.option("--diagnose", "run_diagnose", is_flag=True,
+              help="Also rank int8 error per layer: diagnose.json and a report.html section.")
 @click.pass_obj
 @handle_errors
 def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None, as_json: bool,
-             no_eval: bool, unsafe_deserialization: bool) -> None:
+             no_eval: bool, unsafe_deserialization: bool, run_diagnose: bool = False) -> None:
     """Run RECIPE: load, prune, quantize, convert, evaluate, report."""
     from mobilec import pipeline
     from mobilec.progress import Progress
@@ -142,7 +129,8 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
         # Converters' C++ code prints to fd 1; with --json, stdout must hold only JSON.
         with stdout_to_stderr(as_json):
             report = pipeline.run(r, out=out, evaluate=not no_eval, progress=progress,
-                                  unsafe_deserialization=unsafe_deserialization, verbose=obj.verbose)
+                                  unsafe_deserialization=unsafe_deserialization, verbose=obj.verbose,
+                                  diagnose=run_diagnose)
     finally:
         progress.close()
     if as_json:
@@ -152,6 +140,50 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
 
         print_report(report)
     sys.exit(report["exit_code"])
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--format", "backend", type=click.Choice(["tflite", "onnx"]), default=None,
+              help="Which int8 conversion to diagnose (default: tflite when the model has a "
+                   "TensorFlow form, else onnx).")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows in the table.")
+@json_option
+@click.option("--unsafe-deserialization", is_flag=True,
+              help="Allow Lambda layers (arbitrary code) in Keras models you trust.")
+@click.pass_obj
+@handle_errors
+def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
+             backend: str | None, top: int, as_json: bool, unsafe_deserialization: bool) -> None:
+    """Rank RECIPE's layers by int8 quantization error, worst first.
+
+    Runs the recipe's stages before quantize, quantizes to int8 with the
+    calibration data and compares every op with its float twin: RMSE/scale,
+    max abs error, SNR. Writes diagnose.json and diagnose.html to the output dir.
+    """
+    from mobilec.diagnose import run_recipe
+    from mobilec.diagnose_view import html_page, print_table
+    from mobilec.fsutil import atomic_write_text
+    from mobilec.progress import Progress
+
+    r = _load(recipe, overrides)
+    progress = Progress(quiet=obj.quiet)
+    try:
+        with stdout_to_stderr(as_json):
+            diag, path = run_recipe(r, out=out, backend=backend, progress=progress,
+                                    unsafe_deserialization=unsafe_deserialization,
+                                    verbose=obj.verbose)
+    finally:
+        progress.close()
+    data = json.loads(path.read_text())
+    atomic_write_text(path.with_name("diagnose.html"), html_page(data, f"mobilec diagnose: {r.name}"))
+    if as_json:
+        click.echo(json.dumps({**data, "path": str(path)}, indent=2))
+    elif not obj.quiet:
+        print_table(data, limit=top)
+        click.echo(f"wrote {path} and {path.with_name('diagnose.html')}")
 
 
 @main.command()
@@ -326,6 +358,54 @@ def inspect(model: str, as_json: bool, unsafe_deserialization: bool) -> None:
                 click.echo(f"  - {v}")
         else:
             click.echo(f"{key}: {value}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="ZOO.yaml | MODEL_OR_FOLDER…")
+@click.option("--recipe", "base_recipe", type=click.Path(dir_okay=False),
+              help="Base recipe when the arguments are models or folders of models.")
+@set_option
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (one sub-folder per model).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Default: the zoo's, else local.")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel models (default: CPU cores).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per model.")
+@click.option("--address", help="Ray cluster address (with --executor ray).")
+@click.option("--force", is_flag=True, help="Convert again even when cached.")
+@click.option("--no-eval", is_flag=True, help="Convert only: sizes, no accuracy or latency.")
+@click.option("--unsafe-deserialization", is_flag=True,
+              help="Allow Lambda layers (arbitrary code) in Keras models you trust.")
+@json_option
+@click.pass_obj
+@handle_errors
+def batch(obj: Ctx, inputs: tuple[str, ...], base_recipe: str | None, overrides: tuple[str, ...],
+          out: str | None, executor: str | None, workers: int | None, timeout: float | None,
+          address: str | None, force: bool, no_eval: bool, unsafe_deserialization: bool,
+          as_json: bool) -> None:
+    """Convert a zoo of models: ZOO.yaml, or --recipe BASE.yaml with models/folders.
+
+    Parallel, cached by content (a re-run skips what is done), one model's failure never
+    stops the others; writes zoo-report.{json,md,html}. Exit 3 if any model failed,
+    1 if any broke its budget.
+    """
+    from mobilec.batch import run_batch
+
+    if base_recipe is None and len(inputs) != 1:
+        raise MobilecError("give one zoo file, or --recipe BASE.yaml followed by models",
+                           hint="mobilec batch zoo.yaml | mobilec batch --recipe r.yaml a.onnx b.keras")
+    with stdout_to_stderr(as_json):
+        zoo = run_batch(None if base_recipe else inputs[0], recipe=base_recipe,
+                        models=list(inputs) if base_recipe else [], overrides=list(overrides),
+                        out=out, executor=executor, workers=workers, timeout=timeout,
+                        address=address, force=force, evaluate=not no_eval,
+                        unsafe_deserialization=unsafe_deserialization, verbose=obj.verbose,
+                        quiet=obj.quiet)
+    if as_json:
+        click.echo(json.dumps(zoo, indent=2))
+    elif not obj.quiet:
+        from mobilec.batch_progress import print_summary
+
+        print_summary(zoo)
+    sys.exit(zoo["totals"]["exit_code"])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,12 @@ from typing import Any
 class Progress:
     def __init__(self, quiet: bool = False, stream: Any = None):
         self.quiet = quiet
-        self.stream = stream or sys.stderr
+        if stream is None:
+            from mobilec.nativeio import terminal_stream
+
+            # Not sys.stderr itself: stages silence fd 2 (native chatter) while progress draws.
+            stream = terminal_stream() if not quiet else sys.stderr
+        self.stream = stream
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._console = None
         self._status = None
