@@ -70,6 +70,8 @@ def run(recipe: Recipe, *, out: str | Path | None = None, evaluate: bool = True,
     with tempfile.TemporaryDirectory(prefix=TMP_PREFIX + "work-") as work:
         state = ModelState(recipe=recipe, out_dir=out_dir, work_dir=Path(work), options=options)
         plan = stage_plan(recipe, evaluate)
+        if options.get("diagnose"):
+            plan.append(("diagnose", None))  # compress --diagnose: per-op int8 error, last
         run_stage(state, *plan[0], progress)
         with output_lock(out_dir):
             clean_temp(out_dir)

@@ -48,6 +48,10 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
                                    and data.python is None):
                 raise UnsupportedError("quantize mode auto measures accuracy and needs labelled "
                                        "data.eval", where=where)
+            if cfg.keep_float is not None:
+                from mobilec.mixed_precision import check_keep_float
+
+                check_keep_float(recipe, cfg)
             formats = _formats(recipe)
             if mode == "palettize" and "coreml" not in formats:
                 raise UnsupportedError(

@@ -13,8 +13,11 @@ def render_html(report: dict[str, Any]) -> str:
                      for a in report["artifacts"])
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ARTIFACT_HEADERS)
     title = html.escape(f"mobilec report: {report['name']}")
+    from mobilec.diagnose_view import report_section  # compress --diagnose
+
+    diagnose = report_section(report) or ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style></head>
-<body><h1>{title}</h1><table><tr>{head}</tr>{rows}</table></body></html>
+<body><h1>{title}</h1><table><tr>{head}</tr>{rows}</table>{diagnose}</body></html>
 """

@@ -32,9 +32,15 @@ class OnnxFormat:
             shutil.copyfile(float_path, dest)
         else:
             from mobilec.formats.onnx_quant import quantize_onnx
+            from mobilec.mixed_precision import onnx_exclude
 
-            quantize_onnx(state, float_path, mode, dest)
+            # keep_float: the plan's float layers stay out of quantization.
+            quantize_onnx(state, float_path, mode, dest,
+                          nodes_to_exclude=onnx_exclude(state, float_path, mode))
         artifact.precision = PRECISION.get(mode, mode)
+        from mobilec.mixed_precision import note_kept_float
+
+        note_kept_float(state, artifact)
         artifact.input_layout = state.input_layout
 
     def runner(self, state: ModelState, artifact: Artifact) -> Any:

@@ -36,8 +36,13 @@ class TFLiteFormat:
 
             build_int4(state, artifact, dest)
         else:
-            dest.write_bytes(convert_tflite(state, mode))
+            # keep_float: int8 with a few layers left in float; otherwise the plain converter.
+            from mobilec.mixed_precision import mixed_tflite, note_kept_float
+
+            dest.write_bytes(mixed_tflite(state, mode) or convert_tflite(state, mode))
         artifact.precision = PRECISION.get(mode, mode)
+        if mode != "int4":
+            note_kept_float(state, artifact)
         artifact.input_layout = state.input_layout
         if mode == "int8-io":
             artifact.io_quant = read_io_quant(dest)

@@ -22,6 +22,7 @@ STAGES: dict[str, str] = {
     "quantize": "mobilec.stages.quantize",
     "convert": "mobilec.stages.convert",
     "evaluate": "mobilec.stages.evaluate",
+    "diagnose": "mobilec.stages.diagnose",
 }
 
 

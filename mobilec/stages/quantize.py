@@ -11,4 +11,9 @@ from mobilec.state import ModelState, QuantPlan
 def run(state: ModelState, config: QuantizeConfig) -> dict[str, Any]:
     options = config.model_dump(exclude={"mode"})
     state.plan = QuantPlan(mode=config.mode, options=options)
-    return {"mode": config.mode}
+    metrics: dict[str, Any] = {"mode": config.mode}
+    if config.keep_float is not None:
+        from mobilec.mixed_precision import resolve_keep_float
+
+        metrics.update(resolve_keep_float(state, config))
+    return metrics
