@@ -43,7 +43,10 @@ class TFLiteFormat:
         artifact.precision = PRECISION.get(mode, mode)
         if mode != "int4":
             note_kept_float(state, artifact)
-        artifact.input_layout = state.input_layout
+        # An ONNX input reaches TF through onnx2tf, which may change the layout (NCHW -> NHWC).
+        from mobilec.onnx2tf_bridge import tf_input_layout
+
+        artifact.input_layout, artifact.input_transpose = tf_input_layout(state)
         if mode == "int8-io":
             artifact.io_quant = read_io_quant(dest)
 
@@ -59,7 +62,9 @@ def representative_dataset(state: ModelState) -> Any:
         raise UnsupportedError(
             "full-integer quantization needs calibration data and the recipe has none",
             hint="add a data: section (train or eval), or use quantize mode dynamic or float16")
-    x = state.data.calibration.x.astype("float32")
+    from mobilec.onnx2tf_bridge import to_tf_layout
+
+    x = to_tf_layout(state, state.data.calibration.x.astype("float32"))
 
     def gen() -> Iterator[list[np.ndarray]]:
         for i in range(len(x)):
@@ -74,6 +79,10 @@ def make_converter(state: ModelState) -> Any:
     tf = import_tf()
     if state.keras_model is not None:
         return tf.lite.TFLiteConverter.from_keras_model(state.keras_model)
+    if state.graph_dir is None and state.onnx_path is not None:
+        from mobilec.onnx2tf_bridge import ensure_graph
+
+        ensure_graph(state)  # ONNX input: onnx2tf's SavedModel, converted on first use
     if state.graph_dir is not None:
         return tf.lite.TFLiteConverter.from_saved_model(str(state.graph_dir))
     raise UnsupportedError("no TensorFlow form of the model is available for the TFLite converter")
@@ -148,6 +157,9 @@ class LiteRTRunner:
             self.out_details = self.runner.get_output_details()
         self.input_details = self.it.get_input_details()
         self.output_details = self.it.get_output_details()
+        if not self.sig_key:
+            # The tensor API below needs allocated tensors (a signature runner allocates itself).
+            self.it.allocate_tensors()
 
     def _prep(self, x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         if self.artifact.input_transpose:
