@@ -56,6 +56,9 @@ def diagnose_tflite(state: ModelState) -> Diagnosis:
 
     tf = import_tf()
     debugger = quant_debugger(state)
+    if debugger.options.denylisted_nodes or debugger.options.fully_quantize:
+        # selective_int8 left its options: diagnose the plain full-int8 debug model.
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions()
     # The debugger's own interpreter reuses tensor memory; ours keeps every tensor readable.
     it = tf.lite.Interpreter(model_content=debugger.quant_model,
                              experimental_preserve_all_tensors=True)
