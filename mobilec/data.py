@@ -119,8 +119,8 @@ def _load_python_hook(spec: DataSpec, base_dir: Path) -> tuple[Split | None, Spl
         module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
         mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
     else:
-        import importlib
-
+        # No local `import importlib` here: it would make the name local to the whole
+        # function and break the .py branch above (UnboundLocalError).
         module = importlib.import_module(module_ref)
     fn = getattr(module, func_name, None)
     if fn is None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 from mobilec.errors import ModelLoadError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# Elements per input sample (1 GiB of float32): past this it is no mobile model, and
+# loading or feeding it would exhaust memory before any useful error.
+MAX_INPUT_ELEMENTS = 2**28
 TFLITE_IDENT = b"TFL3"
 
 
@@ -49,7 +53,7 @@ def _sniff(path: Path) -> str | None:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = set(zf.namelist())
-        except zipfile.BadZipFile:
+        except ZIP_ERRORS:
             return None
         if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
             return "keras"
@@ -74,15 +78,27 @@ def _unknown_message(path: Path) -> str:
         return "not a Keras 3 .keras archive (expected a zip with config.json and model.weights.h5)"
     if path.suffix.lower() in (".h5", ".hdf5"):
         return "not an HDF5 file (bad signature); the file may be truncated or not a model"
+    if path.suffix.lower() == ".tflite":
+        return "not a TFLite flatbuffer, and a .tflite is an output of mobilec, not an input"
     return f"unrecognised model file ({size} bytes)"
+
+
+# A real config.json is kilobytes; a zip entry claiming more is a decompression bomb.
+MAX_CONFIG_BYTES = 64 << 20
+# What a damaged or hostile zip raises besides BadZipFile (bad UTF-8 is a ValueError,
+# zlib.error while inflating, RuntimeError for encrypted members, EOFError when cut short).
+ZIP_ERRORS = (zipfile.BadZipFile, KeyError, ValueError, RuntimeError, NotImplementedError,
+              EOFError, OSError, zlib.error)
 
 
 def keras_archive_config(path: Path) -> dict:
     """The model config inside a .keras archive, read without TensorFlow."""
     try:
         with zipfile.ZipFile(path) as zf:
+            if zf.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
+                raise ValueError(f"config.json claims more than {MAX_CONFIG_BYTES} bytes")
             return json.loads(zf.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+    except ZIP_ERRORS as exc:
         raise ModelLoadError(f"corrupt .keras archive: {exc}", where=str(path),
                              hint="re-save the model with model.save('model.keras')") from None
 
@@ -104,3 +120,36 @@ def find_lambda_layers(config: object) -> list[str]:
 
     walk(config)
     return found
+
+
+def declared_shapes(config: object) -> list[list[int | None]]:
+    """Every input/build shape a Keras config declares (read before anything is built)."""
+    found: list[list[int | None]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key in ("batch_shape", "batch_input_shape", "input_shape"):
+                shape = node.get(key)
+                if isinstance(shape, list) and all(d is None or isinstance(d, int) for d in shape):
+                    found.append(shape)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(config)
+    return found
+
+
+def check_input_size(shape: list[int | None] | tuple, where: str) -> None:
+    """Refuse a model whose (known) per-sample size is absurd, before anything allocates it."""
+    total = 1
+    for d in list(shape)[1:]:
+        total *= d if isinstance(d, int) and d > 0 else 1
+    if total > MAX_INPUT_ELEMENTS:
+        dims = ["?" if d is None else d for d in shape]
+        raise ModelLoadError(
+            f"model declares a tensor of shape {dims} ({total:,} elements per sample, more than "
+            f"{MAX_INPUT_ELEMENTS:,}); loading it would exhaust memory", where=where,
+            hint="this is not a mobile-sized model; check the model file (or model.input_shape)")

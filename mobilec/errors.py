@@ -54,10 +54,20 @@ class ConversionError(StageError):
     """A converter failed or produced a model that does not match the source."""
 
 
-class Interrupted(MobilecError):
+class Interrupted(BaseException):
+    """SIGTERM (or SIGINT) arrived: stop now, clean up on the way out.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` or
+    `except MobilecError` in a stage or a library swallows it as a failed step.
+    """
+
     def __init__(self, signum: int):
         import signal
 
         self.signum = signum
         self.exit_code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; no partial artifact was kept")
+        self.message = f"interrupted by {signal.Signals(signum).name}; no partial artifact was kept"
+        super().__init__(self.message)
+
+    def render(self) -> str:
+        return self.message

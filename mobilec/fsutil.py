@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
@@ -14,6 +15,39 @@ from pathlib import Path
 from mobilec.errors import MobilecError
 
 TMP_PREFIX = ".mobilec-tmp-"
+
+# Why a write failed, in words a user can act on.
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system (or the `ulimit -f` limit)",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def _umask() -> int:
+    # Read once, at import (single-threaded): os.umask() can only be read by setting it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; outputs get the mode any other new file would get.
+FILE_MODE = 0o666 & ~_umask()
+
+
+def os_error_reason(exc: OSError) -> str:
+    return _WRITE_ERRORS.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+def write_error(exc: OSError, path: Path) -> MobilecError:
+    """An OSError while writing an output, as one clear MobilecError (exit 2)."""
+    reason = os_error_reason(exc)
+    return MobilecError(f"cannot write output: {reason}; the incomplete file was removed",
+                        where=str(path), hint="free some space or pass another --out; files "
+                        "already in the output dir are complete (each went in with one rename)")
 
 
 def sha256_path(path: Path) -> str:
@@ -56,19 +90,40 @@ def _check_writable(directory: Path) -> None:
                            hint="choose another --out or fix its permissions")
 
 
+def check_can_write(directory: Path) -> None:
+    """Fail before any slow work if the output dir could not be created or written.
+
+    Creates nothing: a run that fails later must not leave an empty output dir behind.
+    """
+    existing = Path(directory).absolute()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MobilecError("output path is inside a file, not a directory", where=str(existing),
+                           hint="choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MobilecError("output directory is not writable", where=str(existing),
+                           hint="choose another --out or fix its permissions")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     _check_writable(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(exc, path) from None
         raise
 
 
@@ -93,11 +148,13 @@ def atomic_place(src: Path, dest: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        if isinstance(exc, OSError):  # disk full while copying: say so, keep nothing partial
+            raise write_error(exc, dest) from None
         raise
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.detect import detect_format
-from mobilec.errors import EXIT_STAGE, MobilecError
-from mobilec.fsutil import TMP_PREFIX, clean_temp, output_lock
+from mobilec.errors import EXIT_STAGE, MobilecError, StageError
+from mobilec.fsutil import TMP_PREFIX, check_can_write, clean_temp, output_lock
 from mobilec.plancheck import check_plan
 from mobilec.progress import Progress
 from mobilec.recipe import Recipe
@@ -54,6 +54,9 @@ def run_stage(state: ModelState, name: str, config: Any, progress: Progress) -> 
         result.status = "failed"
         result.error = detail = (f"internal error in {name} ({type(exc).__name__}: "
                                  f"{str(exc).strip()[:300]}); a mobilec bug: rerun with -v")
+    except BaseException:  # Ctrl-C / SIGTERM: say so instead of "ok", and keep unwinding
+        result.status = "interrupted"
+        raise
     finally:
         result.seconds = time.perf_counter() - start
         state.stages.append(result)
@@ -65,6 +68,7 @@ def run(recipe: Recipe, *, out: str | Path | None = None, evaluate: bool = True,
     progress = progress or Progress(quiet=True)
     check_plan(recipe, detect_format(Path(recipe.model.path), recipe.model.format))
     out_dir = output_dir(recipe, out)
+    check_can_write(out_dir)  # before a long load or fine-tune, not after
     # The work dir is outside the output dir until load has succeeded, so a bad
     # model or recipe leaves nothing behind.
     with tempfile.TemporaryDirectory(prefix=TMP_PREFIX + "work-") as work:
@@ -73,6 +77,9 @@ def run(recipe: Recipe, *, out: str | Path | None = None, evaluate: bool = True,
         if options.get("diagnose"):
             plan.append(("diagnose", None))  # compress --diagnose: per-op int8 error, last
         run_stage(state, *plan[0], progress)
+        if state.stages[-1].status == "failed":
+            # Nothing was loaded, so nothing can follow; the output dir stays untouched.
+            raise StageError(f"load failed: {state.stages[-1].error}")
         with output_lock(out_dir):
             clean_temp(out_dir)
             for name, config in plan[1:]:

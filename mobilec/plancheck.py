@@ -6,7 +6,7 @@ illegal combination fails in a second with its name, not after a fine-tune.
 
 from __future__ import annotations
 
-from mobilec.errors import UnsupportedError
+from mobilec.errors import ModelLoadError, UnsupportedError
 from mobilec.recipe import Recipe
 
 TRAINING_STAGES = ("distill", "factorize", "prune")
@@ -14,6 +14,11 @@ KERAS_FORMATS = ("keras", "h5", "savedmodel")
 
 
 def check_plan(recipe: Recipe, model_format: str | None) -> None:
+    if model_format == "tflite":
+        raise ModelLoadError(".tflite is an output of mobilec, not an input it can compress",
+                             where=str(recipe.model.path),
+                             hint="point model.path at the Keras (.keras/.h5), SavedModel or ONNX "
+                                  "model the .tflite was made from; `mobilec bench` measures a .tflite")
     data = recipe.data
     has_train = data is not None and (data.train is not None or data.source == "digits"
                                       or data.python is not None)

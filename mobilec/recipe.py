@@ -14,11 +14,11 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mobilec.detect import MAX_INPUT_ELEMENTS
 from mobilec.errors import RecipeError
-from mobilec.yamlloc import LocatedYaml, Loc, format_loc, load_yaml_file, load_yaml_text
+from mobilec.yamlloc import Loc, LocatedYaml, format_loc, load_yaml_file, load_yaml_text
 
 SCHEMA_VERSION = 1
 
@@ -50,7 +50,7 @@ class ModelSpec(Strict):
             total = 1
             for d in v:
                 total *= d
-            if total > 2**28:
+            if total > MAX_INPUT_ELEMENTS:
                 raise ValueError(f"declares {total} elements per input; that is not a mobile model")
         return v
 
@@ -371,8 +371,9 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise RecipeError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        # The same bounded loader as recipe files: no alias bombs through --set either.
+        value = load_yaml_text(raw, f"--set {key}").data if raw.strip() else ""
+    except RecipeError:
         value = raw
     return key.split("."), value
 
@@ -392,6 +393,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
         label = ".".join(parts)
         if parts[0] in STAGE_ORDER:
             stages = data.setdefault("stages", [])
+            if not isinstance(stages, list):  # e.g. an earlier `--set stages=`
+                raise RecipeError(f"--set {label}: 'stages' is not a list here "
+                                  f"(it is {type(stages).__name__} {stages!r:.40})")
             index = next((i for i, s in enumerate(stages) if isinstance(s, dict) and parts[0] in s), None)
             if index is None:
                 index = sum(1 for s in stages if isinstance(s, dict) and next(iter(s), None) in STAGE_ORDER
@@ -425,22 +429,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
 # --------------------------------------------------------------------------
 # Loading
 
-def _resolve_paths(recipe: Recipe, base: Path) -> None:
-    def fix(p: Path | None) -> Path | None:
+def _resolve_paths(recipe: Recipe, base: Path, doc: LocatedYaml | None = None) -> None:
+    def fix(p: Path | None, loc: Loc) -> Path | None:
         if p is None:
             return None
-        p = Path(p).expanduser()
-        return p if p.is_absolute() else (base / p).resolve()
+        # A NUL byte, an unknown ~user or an over-long name fail here, not deep in a stage.
+        try:
+            p = Path(p).expanduser()
+            return p if p.is_absolute() else (base / p).resolve()
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise RecipeError(f"{format_loc(loc)}: not a usable path ({exc})",
+                              where=doc.where(loc) if doc else None) from None
 
-    recipe.model.path = fix(recipe.model.path)
+    recipe.model.path = fix(recipe.model.path, ("model", "path"))
     if recipe.data is not None:
-        recipe.data.train = fix(recipe.data.train)
-        recipe.data.eval = fix(recipe.data.eval)
+        recipe.data.train = fix(recipe.data.train, ("data", "train"))
+        recipe.data.eval = fix(recipe.data.eval, ("data", "eval"))
     d = recipe.stage("distill")
     if d is not None and isinstance(d.student, Path):
-        d.student = fix(d.student)
+        d.student = fix(d.student, ("stages",))
     if recipe.output.dir is not None:
-        recipe.output.dir = fix(recipe.output.dir)
+        recipe.output.dir = fix(recipe.output.dir, ("output", "dir"))
 
 
 def recipe_from_doc(doc: LocatedYaml, *, base_dir: Path, default_name: str,
@@ -461,7 +470,7 @@ def recipe_from_doc(doc: LocatedYaml, *, base_dir: Path, default_name: str,
         _raise_validation(exc, doc)
     if recipe.name is None:
         recipe.name = default_name
-    _resolve_paths(recipe, base_dir)
+    _resolve_paths(recipe, base_dir, doc)
     recipe._source = doc.filename
     recipe._sha256 = hashlib.sha256(
         json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

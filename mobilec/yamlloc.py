@@ -15,6 +15,7 @@ from mobilec.errors import RecipeError
 
 MAX_NODES = 100_000
 MAX_BYTES = 1_000_000
+MAX_DEPTH = 64  # a recipe is about 4 levels deep
 
 Loc = tuple[Any, ...]
 
@@ -55,10 +56,17 @@ def load_yaml_text(text: str, filename: str) -> LocatedYaml:
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise RecipeError(f"file is larger than {MAX_BYTES} bytes; a recipe is a short YAML file",
                           where=filename)
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader checks for unprintable characters as soon as it is built.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"malformed YAML: {_first_line(exc)}", where=filename,
+                          hint="a recipe is plain UTF-8 text without control characters") from None
     try:
         try:
             node = loader.get_single_node()
+        except RecursionError:
+            raise RecipeError("YAML is nested too deeply", where=filename) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = f":{mark.line + 1}" if mark else ""
@@ -72,18 +80,36 @@ def load_yaml_text(text: str, filename: str) -> LocatedYaml:
         lines: dict[Loc, int] = {}
         count = [0]
 
-        def build(n: yaml.Node, path: Loc) -> Any:
+        def construct(n: yaml.Node) -> Any:
+            # SafeConstructor raises assorted built-in errors on tagged or date-like scalars
+            # (`!!int 1.5` ValueError, `!!int ''` IndexError, 2001-13-45 ValueError).
+            try:
+                return loader.construct_object(n, deep=True)
+            except Exception as exc:  # noqa: BLE001 - all of them mean "bad value here"
+                raise RecipeError(f"cannot read value: {_first_line(exc)}",
+                                  where=f"{filename}:{n.start_mark.line + 1}") from None
+
+        def build(n: yaml.Node, path: Loc, ancestors: frozenset[int] = frozenset()) -> Any:
             count[0] += 1
             if count[0] > MAX_NODES:
                 raise RecipeError(
                     f"document expands to more than {MAX_NODES} nodes (YAML alias bomb?)",
                     where=filename, hint="recipes do not need anchors that expand this much")
+            if id(n) in ancestors or len(path) > MAX_DEPTH:
+                # `&a [*a]` is a legal YAML cycle; expanding it would never end.
+                raise RecipeError("an alias refers to itself, or the YAML is nested too deeply",
+                                  where=f"{filename}:{n.start_mark.line + 1}")
+            ancestors = ancestors | {id(n)}
             lines.setdefault(path, n.start_mark.line + 1)
             if isinstance(n, yaml.MappingNode):
-                loader.flatten_mapping(n)
+                try:
+                    loader.flatten_mapping(n)  # `<<:` merge keys
+                except yaml.YAMLError as exc:
+                    raise RecipeError(f"bad merge key (<<): {_first_line(exc)}",
+                                      where=f"{filename}:{n.start_mark.line + 1}") from None
                 result: dict[Any, Any] = {}
                 for key_node, value_node in n.value:
-                    key = loader.construct_object(key_node, deep=True)
+                    key = construct(key_node) if isinstance(key_node, yaml.ScalarNode) else []
                     if not isinstance(key, (str, int, float, bool)) and key is not None:
                         raise RecipeError("mapping keys must be plain scalars",
                                           where=f"{filename}:{key_node.start_mark.line + 1}")
@@ -92,19 +118,20 @@ def load_yaml_text(text: str, filename: str) -> LocatedYaml:
                                           where=f"{filename}:{key_node.start_mark.line + 1}",
                                           hint="each key may appear once; remove one of them")
                     lines[path + (key,)] = key_node.start_mark.line + 1
-                    result[key] = build(value_node, path + (key,))
+                    result[key] = build(value_node, path + (key,), ancestors)
                 return result
             if isinstance(n, yaml.SequenceNode):
-                return [build(item, path + (i,)) for i, item in enumerate(n.value)]
-            try:
-                return loader.construct_object(n, deep=True)
-            except yaml.YAMLError as exc:
-                raise RecipeError(f"cannot read value: {exc}",
-                                  where=f"{filename}:{n.start_mark.line + 1}") from None
+                return [build(item, path + (i,), ancestors) for i, item in enumerate(n.value)]
+            return construct(n)
 
         return LocatedYaml(build(node, ()), lines, filename)
     finally:
         loader.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def load_yaml_file(path: Path) -> LocatedYaml:

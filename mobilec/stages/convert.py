@@ -16,7 +16,7 @@ import numpy as np
 
 from mobilec.errors import MobilecError, StageError
 from mobilec.formats import get_format
-from mobilec.fsutil import atomic_place, gzip_size, remove_artifact, size_of
+from mobilec.fsutil import atomic_place, gzip_size, os_error_reason, remove_artifact, size_of
 from mobilec.metrics import fidelity, passes
 from mobilec.recipe import ConvertConfig
 from mobilec.runtime import source_runner
@@ -104,6 +104,10 @@ def _build(state: ModelState, spec: ArtifactSpec) -> Artifact:
         fmt.build(state, work, dest)
     except MobilecError as exc:
         work.status, work.error = "failed", exc.message
+        return work
+    except OSError as exc:  # disk full or `ulimit -f` in the temp dir: an environment problem
+        work.status = "failed"
+        work.error = f"cannot write {dest.name} in the temp dir {dest.parent.parent}: {os_error_reason(exc)}"
         return work
     except Exception as exc:  # noqa: BLE001 - a converter bug must not stop other formats
         if state.options.get("verbose"):

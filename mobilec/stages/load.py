@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from mobilec.data import fit_to_input, load_dataset
-from mobilec.detect import detect_format, find_lambda_layers, keras_archive_config
+from mobilec.detect import (
+    check_input_size,
+    declared_shapes,
+    detect_format,
+    find_lambda_layers,
+    keras_archive_config,
+)
 from mobilec.errors import ModelLoadError
 from mobilec.fsutil import sha256_path, size_of
 from mobilec.metrics import accuracy
@@ -30,6 +36,7 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
         raise ModelLoadError(f"'{fmt}' files are outputs, not inputs", where=str(path),
                              hint="point model.path at the Keras, SavedModel or ONNX source model")
     loader(state, path)
+    check_input_size(state.inputs[0].shape, str(path))  # SavedModel/ONNX: known only after load
     state.source.params = count_params(state.keras_model) if state.keras_model is not None else \
         state.cache.get("params")
     _load_data(state)
@@ -44,8 +51,15 @@ def _refuse_lambdas(state: ModelState, names: list[str], path: Path) -> None:
                              "deserialize code from a model file", where=str(path), hint=UNSAFE_HINT)
 
 
+def _check_config(state: ModelState, config: object, path: Path) -> None:
+    """What the config alone tells, before Keras builds (allocates) or runs anything."""
+    _refuse_lambdas(state, find_lambda_layers(config), path)
+    for shape in declared_shapes(config):
+        check_input_size(shape, str(path))
+
+
 def _load_keras(state: ModelState, path: Path) -> None:
-    _refuse_lambdas(state, find_lambda_layers(keras_archive_config(path)), path)
+    _check_config(state, keras_archive_config(path), path)
     from mobilec.keras_bridge import keras3_to_tf_keras
     from mobilec.tfenv import import_keras3
 
@@ -86,8 +100,12 @@ def _load_h5(state: ModelState, path: Path) -> None:
                              hint="save the whole model with model.save('model.h5')")
     import json
 
-    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    _refuse_lambdas(state, find_lambda_layers(config), path)
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"corrupt model_config in .h5: {_first_line(exc)}", where=str(path),
+                             hint="re-save the model with model.save('model.h5')") from None
+    _check_config(state, config, path)
     from mobilec.tfenv import import_tf_keras
 
     tfk = import_tf_keras()

@@ -1,0 +1,100 @@
+"""Ctrl-C and `kill` during each stage of a real `mobilec compress` subprocess: exit 130/143,
+no partial artifact, no temp file (in the output dir or the system temp dir), no report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_recipe
+
+from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM
+from mobilec.fsutil import TMP_PREFIX
+
+pytestmark = pytest.mark.slow
+
+# Seconds to wait after a stage's "started" line, so the signal lands inside the stage's work
+# (load: TensorFlow's import and the model load; convert: the TFLite converter and tf2onnx;
+# evaluate: LiteRT/onnxruntime over the eval set), not on its first line.
+STAGES = {"load": 1.5, "convert": 0.4, "evaluate": 0.3}
+
+
+@pytest.fixture(scope="module")
+def long_eval_recipe(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model with 36k eval samples, so evaluate lasts seconds, not milliseconds."""
+    from mobilec.data import digits_split
+
+    d = tmp_path_factory.mktemp("interrupt")
+    _, ev = digits_split()
+    np.savez(d / "eval.npz", x=np.tile(ev.x, (100, 1, 1, 1)), y=np.tile(ev.y, 100))
+    return write_recipe(d, demo_keras, name="sig", stages=[{"quantize": {"mode": "int8"}}],
+                        data={"source": "npz", "eval": str(d / "eval.npz"),
+                              "eval_samples": 1_000_000, "calibration_samples": 100})
+
+
+def _run_until(recipe: Path, out: Path, tmpdir: Path, stage: str, delay: float, sig: int
+               ) -> tuple[int, str, float]:
+    """Start compress, wait for '[mobilec] <stage>: started' on stderr, then send `sig`."""
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mobilec.cli", "compress", str(recipe),
+                             "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env=env)
+    lines: list[str] = []
+    sent_at = None
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if f"[mobilec] {stage}: started" in line:
+                time.sleep(delay)
+                sent_at = time.monotonic()
+                proc.send_signal(sig)
+                break
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sent_at is not None, f"stage {stage} never started:\n{''.join(lines)}"
+    return proc.returncode, "".join(lines) + rest, time.monotonic() - sent_at
+
+
+def _assert_no_partial_files(out: Path, tmpdir: Path) -> None:
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)] if out.exists() else []
+    assert not leftovers, f"temp files left in the output dir: {leftovers}"
+    # onnxruntime writes $TMPDIR/.ses (a session id it keeps across runs) when imported.
+    in_tmp = sorted(p.name for p in tmpdir.iterdir() if p.name != ".ses")
+    assert not in_tmp, f"files left in the system temp dir: {in_tmp}"
+    assert not (out / "report.json").exists(), "an interrupted run must not write a report"
+    # Artifacts placed before the signal are complete files (each went in with one rename).
+    for art in out.rglob("*.tflite"):
+        from ai_edge_litert.interpreter import Interpreter
+
+        Interpreter(model_path=str(art)).allocate_tensors()
+    for art in out.rglob("*.onnx"):
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(art)))
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_stage_leaves_nothing_partial(long_eval_recipe: Path, tmp_path: Path,
+                                                    stage: str, sig: int) -> None:
+    out, tmpdir = tmp_path / "out", tmp_path / "tmp"
+    tmpdir.mkdir()
+    code, stderr, took = _run_until(long_eval_recipe, out, tmpdir, stage, STAGES[stage], sig)
+    expected = EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM
+    assert code == expected, f"exit {code}, expected {expected}:\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "interrupted by" in stderr, stderr[-3000:]
+    assert f"[mobilec] {stage}: ok" not in stderr, \
+        f"the signal arrived after {stage} finished; raise its workload:\n{stderr[-2000:]}"
+    assert took < 30, f"took {took:.1f}s to stop after the signal"
+    _assert_no_partial_files(out, tmpdir)
