@@ -237,8 +237,12 @@ def targets(as_json: bool) -> None:
     table = Table("target", "artifacts", "quantization", "delegate", "fallback", "constraints")
     for r in rows:
         table.add_row(r["target"], r["artifacts"], r["quantization"], r["delegate"], r["fallback"],
-                      r["constraints"] + (f"\n[yellow]{r['warning']}[/]" if r["warning"] else ""))
-    Console().print(table)
+                      r["constraints"])
+    console = Console()
+    console.print(table)
+    for r in rows:  # below the table: a warning is a sentence, not a cell
+        if r["warning"]:
+            console.print(f"[yellow]{r['target']}[/]: {r['warning']}")
 
 
 @main.group()

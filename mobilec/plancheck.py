@@ -66,6 +66,25 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
             if mode == "int4" and formats == {"onnx"}:
                 raise UnsupportedError("quantize mode int4 is TFLite only (ai-edge-quantizer)",
                                        where=where)
+    _check_coreml(recipe)
+
+
+def _check_coreml(recipe: Recipe) -> None:
+    """Core ML kind x deployment target x quantization (e.g. int4 weights need iOS18)."""
+    if "coreml" not in _formats(recipe):
+        return
+    from mobilec.formats.coreml import deployment_target
+    from mobilec.recipe import CoreMLConfig
+    from mobilec.targets import mode_for_format
+
+    convert = recipe.stage("convert")
+    quant = recipe.stage("quantize")
+    mode = quant.mode if quant is not None and quant.mode != "auto" else "float16"
+    try:
+        deployment_target(convert.coreml if convert is not None else CoreMLConfig(),
+                          mode_for_format(mode, "coreml") or "float16")
+    except UnsupportedError as exc:
+        raise UnsupportedError(exc.message, where=recipe.source, hint=exc.hint) from None
 
 
 def _formats(recipe: Recipe) -> set[str]:

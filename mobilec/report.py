@@ -86,6 +86,10 @@ def build_report(state: ModelState) -> dict[str, Any]:
         "host": {"platform": platform.platform(), "python": platform.python_version(),
                  "machine": platform.machine()},
     }
+    from mobilec.delegates import markdown_sections
+
+    # report.md only: per-target loading snippets (report.json keeps the manifests' paths)
+    report.setdefault("markdown_sections", []).extend(markdown_sections(state))
     report["exit_code"] = exit_code(report)
     return _clean(report)
 

@@ -13,7 +13,8 @@ from mobilec.errors import UnsupportedError
 FORMAT_MODES: dict[str, frozenset[str]] = {
     "tflite": frozenset({"float32", "float16", "dynamic", "int8", "int8-io", "int16x8", "int4", "qat"}),
     "onnx": frozenset({"float32", "float16", "dynamic", "int8", "int8-io", "qat"}),
-    "coreml": frozenset({"float32", "float16", "dynamic", "int8", "int8-io", "qat", "palettize"}),
+    # Core ML compresses weights only (coremltools.optimize); its I/O stays float.
+    "coreml": frozenset({"float32", "float16", "dynamic", "int8", "int4", "qat", "palettize"}),
 }
 FORMAT_SUFFIX = {"tflite": ".tflite", "onnx": ".onnx", "coreml": ".mlpackage"}
 GENERIC_DELEGATE = {"tflite": ("xnnpack", None), "onnx": ("ort-cpu", None), "coreml": ("coreml", "cpu_only")}
@@ -31,35 +32,51 @@ class TargetProfile:
     constraints: str = ""
     warning: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    platform: str = ""  # who loads it: android | ios | any
+    docs: str = ""  # the delegate's documentation, cited in the manifest
 
     def delegate_for(self, fmt: str) -> str:
         return self.delegate_by_format.get(fmt, self.delegate)
 
 
+#: Android API level from which NNAPI is deprecated (Android 15).
+NNAPI_DEPRECATED_API = 35
+#: NNAPI feature level the op table is checked against: Android 11 (API 30, NNAPI 1.3)
+#: is the first with signed int8 tensors, which the TFLite int8 converter emits.
+NNAPI_CHECK_API = 30
+NNAPI_WARNING = ("NNAPI is deprecated from Android 15 (API 35); there, and for every op NNAPI "
+                 "cannot take, the model runs on the XNNPACK CPU delegate instead. Ship the "
+                 "fallback on purpose: test on the oldest and the newest device you support.")
+
+
 TARGETS: dict[str, TargetProfile] = {
     "android-nnapi": TargetProfile(
         name="android-nnapi", formats=("tflite",), preferred_quantization="int8",
-        delegate="nnapi", fallback="xnnpack",
+        delegate="nnapi", fallback="xnnpack", platform="android",
         constraints="NNAPI accelerators want full-integer (int8) ops; float ops run on CPU",
-        warning="NNAPI is deprecated from Android 15; ops it cannot take fall back to the "
-                "XNNPACK CPU delegate. Test on the oldest device you support.",
-        options={"allow_fp16": False, "execution_preference": "sustained_speed"}),
+        warning=NNAPI_WARNING,
+        options={"allow_fp16": False, "execution_preference": "sustained_speed",
+                 "max_number_delegated_partitions": 3, "checked_api_level": NNAPI_CHECK_API},
+        docs="https://ai.google.dev/edge/litert/android/delegates/nnapi"),
     "android-gpu": TargetProfile(
         name="android-gpu", formats=("tflite",), preferred_quantization="float16",
-        delegate="gpu", fallback="xnnpack",
+        delegate="gpu", fallback="xnnpack", platform="android",
         constraints="the GPU delegate computes in float16; int8 weights are dequantized",
-        options={"precision_loss_allowed": True, "inference_preference": "sustained_speed"}),
+        options={"precision_loss_allowed": True, "inference_preference": "sustained_speed"},
+        docs="https://ai.google.dev/edge/litert/android/gpu"),
     "ios-coreml": TargetProfile(
         name="ios-coreml", formats=("coreml",), preferred_quantization="float16",
-        delegate="coreml", fallback="cpu_only",
+        delegate="coreml", fallback="cpu_only", platform="ios",
         constraints="mlprogram computes in float16 by default; compute units ALL (ANE, GPU, CPU)",
-        options={"compute_units": "ALL"}),
+        options={"compute_units": "ALL"},
+        docs="https://apple.github.io/coremltools/docs-guides/"),
     "cpu": TargetProfile(
         name="cpu", formats=("tflite", "onnx"), preferred_quantization="int8",
         delegate="xnnpack", fallback=None, delegate_by_format={"onnx": "ort-cpu"},
-        always_float32=True,
+        always_float32=True, platform="any",
         constraints="XNNPACK (TFLite) and CPUExecutionProvider (onnxruntime)",
-        options={"num_threads": 1}),
+        options={"num_threads": 1},
+        docs="https://ai.google.dev/edge/litert/performance/delegates"),
 }
 
 
@@ -84,7 +101,8 @@ def mode_for_format(mode: str, fmt: str) -> str | None:
     """The mode a format applies for a plan mode, or None when it cannot."""
     if mode == "qat":
         return "qat" if fmt != "coreml" else "int8"
-    if fmt == "onnx" and mode == "int8-io":
+    # .onnx and Core ML keep float I/O; their int8 is the same plan without the I/O part.
+    if fmt in ("onnx", "coreml") and mode == "int8-io":
         return "int8"
     return mode if mode in FORMAT_MODES[fmt] else None
 
@@ -138,7 +156,10 @@ def plan_artifacts(targets: list[str], plan_mode: str | None, formats: list[str]
 
 
 def describe() -> list[dict[str, Any]]:
-    return [{"target": p.name, "artifacts": ", ".join(p.formats),
-             "quantization": p.preferred_quantization, "delegate": p.delegate,
-             "fallback": p.fallback or "-", "constraints": p.constraints,
-             "warning": p.warning} for p in TARGETS.values()]
+    """One row per target for `mobilec targets` (and its --json)."""
+    return [{"target": p.name, "artifacts": ", ".join(FORMAT_SUFFIX[f] for f in p.formats),
+             "formats": list(p.formats), "quantization": p.preferred_quantization,
+             "delegate": ", ".join(dict.fromkeys(p.delegate_for(f) for f in p.formats)),
+             "fallback": p.fallback or "-", "platform": p.platform,
+             "constraints": p.constraints, "warning": p.warning, "options": dict(p.options),
+             "docs": p.docs} for p in TARGETS.values()]

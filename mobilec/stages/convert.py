@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilec.delegates import prepare_for_placement, write_manifests
 from mobilec.errors import MobilecError, StageError
 from mobilec.formats import get_format
 from mobilec.fsutil import atomic_place, gzip_size, os_error_reason, remove_artifact, size_of
@@ -33,10 +34,15 @@ def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
     has_calib = state.data is not None and state.data.calibration is not None
     plan_mode = state.plan.mode if state.plan else None
     specs = plan_artifacts(list(state.recipe.targets), plan_mode, cfg.formats, has_calib)
+    for fmt_name in dict.fromkeys(s.format for s in specs if not s.skipped_reason):
+        precheck = getattr(get_format(fmt_name), "precheck", None)
+        if precheck is not None:
+            precheck(state)  # a format this model cannot reach is a usage error (exit 2)
     built: dict[tuple[str, str], Artifact] = {}
     for spec in specs:
         state.artifacts.append(_materialize(state, spec, built))
     _distrust_broken_formats(state)
+    write_manifests(state)  # <artifact>.delegate.json, once names are final
     failed = [a for a in state.artifacts if a.status not in ("ok", "skipped")]
     return {"artifacts": len(state.artifacts), "failed": len(failed)}
 
@@ -72,7 +78,8 @@ def _materialize(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, s
     if art.status == "failed-verification":
         art.path = art.path.with_name(artifact_name(state, spec.format, spec.quantization, True))
     _discard_stale(state, art)
-    atomic_place(work.path, art.path)
+    # op compatibility for this artifact's delegate; .tflite gets the hint in its metadata
+    atomic_place(prepare_for_placement(state, art, work.path), art.path)
     art.metrics["size_bytes"] = size_of(art.path)
     art.metrics["gzip_bytes"] = gzip_size(art.path)
     return art
