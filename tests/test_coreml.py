@@ -74,7 +74,8 @@ def test_int8_mlpackage_reloads_and_is_a_third_of_float32_tflite(int8_run: tuple
     model = ct.models.MLModel(str(out / ml["path"]), skip_model_load=True)
     spec = model.get_spec()
     assert spec.WhichOneof("Type") == "mlProgram"
-    assert [i.name for i in spec.description.input] == ["input_1"]
+    # tf_keras numbers input layers per process (input_1, input_3, …): the report knows which
+    assert [i.name for i in spec.description.input] == [report["model"]["inputs"][0]["name"]]
     assert list(spec.description.input[0].type.multiArrayType.shape) == [1, 8, 8, 1]
     assert [o.name for o in spec.description.output] == ["probs"]
     arr = spec.description.output[0].type.multiArrayType
@@ -142,11 +143,11 @@ def test_structure_that_differs_from_the_source_fails_verification(
     from mobilec.recipe import load_recipe_text
     from mobilec.state import Artifact, ModelState, TensorSpec
 
-    _, out = int8_run
+    report, out = int8_run
     recipe = load_recipe_text("version: 1\nmodel: {path: m.keras}\n", base_dir=tmp_path,
                               filename="t.yaml")
     state = ModelState(recipe=recipe, out_dir=tmp_path, work_dir=tmp_path)
-    state.inputs = [TensorSpec("input_1", [None, 8, 8, 1])]
+    state.inputs = [TensorSpec(report["model"]["inputs"][0]["name"], [None, 8, 8, 1])]
     state.outputs = [TensorSpec("probs", [None, 10])]
     good = Artifact(path=out / "ios-coreml/digits-int8.mlpackage", format="coreml",
                     quantization="int8")
@@ -156,7 +157,27 @@ def test_structure_that_differs_from_the_source_fails_verification(
     bad = Artifact(path=good.path, format="coreml", quantization="int8")
     structural_check(state, bad)
     assert bad.status == "failed-verification"
-    assert "'probs' should be named 'scores'" in bad.error and "[1, 12]" in bad.error
+    assert "no output named 'scores' (has 'probs')" in bad.error and "[1, 12]" in bad.error
+
+
+@pytest.mark.slow
+def test_several_outputs_keep_their_names_shapes_and_order(tmp_path: Path) -> None:
+    from mobilec.tfenv import import_tf_keras
+
+    tfk = import_tf_keras()
+    inp = tfk.Input((8, 8, 1), name="image")
+    flat = tfk.layers.Flatten()(inp)
+    # names that sort against the model's order: nothing may be matched alphabetically
+    zeta = tfk.layers.Dense(10, activation="softmax", name="zeta")(flat)
+    alpha = tfk.layers.Dense(1, name="alpha")(flat)
+    path = tmp_path / "two.h5"
+    tfk.Model(inp, [zeta, alpha]).save(str(path), save_format="h5")
+    report = compress(write_recipe(tmp_path, path, name="two", targets=["ios-coreml"]))
+    ml = artifact(report, "coreml", "float16", "ios-coreml")
+    assert ml["status"] == "ok", ml["error"]
+    spec = _ct().utils.load_spec(str(tmp_path / "out" / ml["path"]))
+    assert [(o.name, list(o.type.multiArrayType.shape)) for o in spec.description.output] == \
+        [("zeta", [1, 10]), ("alpha", [1, 1])]
 
 
 # ----------------------------------------------------------------------------- ONNX -> Core ML

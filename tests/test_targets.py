@@ -37,6 +37,11 @@ def four(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[di
     return report, d / "out"
 
 
+def _input_name(report: dict) -> str:
+    """tf_keras numbers input layers per process (input_1, input_3, …): ask the report."""
+    return report["model"]["inputs"][0]["name"]
+
+
 def _manifest(out: Path, a: dict) -> dict:
     path = out / (a["path"] + MANIFEST_SUFFIX)
     assert path.is_file(), path
@@ -122,7 +127,7 @@ def test_every_artifact_has_a_correct_delegate_manifest(four: tuple[dict, Path])
         assert (m["delegate"], m["fallback"]) == (a["delegate"], a["fallback"])
         assert m["status"] == "ok"
         # the artifact's own I/O: what the app must feed and read
-        assert [t["name"] for t in m["inputs"]] == ["input_1"]
+        assert [t["name"] for t in m["inputs"]] == [_input_name(report)]
         assert [t["name"] for t in m["outputs"]] == ["probs"]
         assert m["inputs"][0]["shape"][1:] == [8, 8, 1] and m["inputs"][0]["dtype"] == "float32"
         assert m["outputs"][0]["shape"][-1] == 10
@@ -156,6 +161,7 @@ def test_tflite_files_carry_the_delegate_hint_and_still_run(four: tuple[dict, Pa
 
     report, out = four
     x = digits_split()[1].x[:16].astype("float32")
+    name = _input_name(report)
     outputs = {}
     for a in report["artifacts"]:
         if a["format"] != "tflite":
@@ -166,7 +172,8 @@ def test_tflite_files_carry_the_delegate_hint_and_still_run(four: tuple[dict, Pa
             (a["delegate"], a["fallback"], a["target"])
         assert hint["op_compat"]["supported"] == a["op_compat"]["supported"]
         run = Interpreter(model_path=str(out / a["path"])).get_signature_runner()
-        outputs[a["path"]] = np.concatenate([run(input_1=x[i:i + 1])["probs"] for i in range(16)])
+        outputs[a["path"]] = np.concatenate([run(**{name: x[i:i + 1]})["probs"]
+                                             for i in range(16)])
     assert "NNAPI" in read_tflite_hint(out / "android-nnapi/digits-int8.tflite")["warnings"][0]
     # the same int8 model placed twice (nnapi, cpu) with different hints computes the same
     np.testing.assert_array_equal(outputs["android-nnapi/digits-int8.tflite"],
@@ -185,12 +192,14 @@ def test_report_says_nnapi_is_deprecated_and_shows_loading_snippets(four: tuple[
     assert "markdown_sections" not in on_disk
     md = (out / "report.md").read_text()
     snippets = md.split("## Loading on device", 1)[1]
+    name = _input_name(report)
+    var = name.replace("_", "")
     for needle in ("NnApiDelegate(", "Build.VERSION.SDK_INT in 27..34", "GpuDelegate(",
                    "CompatibilityList()", "config.computeUnits = .all", ".cpuOnly",
                    '"digits-int8.tflite"', '"digits-float16.tflite"', '"digits-float16", '
                    'withExtension: "mlmodelc"', '"digits-int8.onnx"',
-                   'mapOf("input_1" to input1), mapOf("probs" to probs)',
-                   '["input_1": MLFeatureValue(multiArray: input1)]', 'featureValue(for: "probs")'):
+                   f'mapOf("{name}" to {var}), mapOf("probs" to probs)',
+                   f'["{name}": MLFeatureValue(multiArray: {var})]', 'featureValue(for: "probs")'):
         assert needle in snippets, needle
     assert snippets.count("```kotlin") == 4 and snippets.count("```swift") == 1
 

@@ -73,7 +73,9 @@ def deployment_target(cfg: CoreMLConfig, mode: str) -> str | None:
 
 def precision_text(mode: str, kind: str, bits: int) -> str:
     compute = "float32" if kind == "mlmodel" or mode == "float32" else "float16"
-    small = f"tensors < {WEIGHT_THRESHOLD} elements stay float"
+    # coremltools.optimize skips small tensors; the neuralnetwork quantizer takes every layer
+    small = f"tensors < {WEIGHT_THRESHOLD} elements stay float" if kind == "mlpackage" else \
+        "every layer"
     text = {
         "float32": "float32 weights and compute",
         "float16": "float16 weights and compute" if kind == "mlpackage" else
@@ -227,8 +229,9 @@ def feature_name(name: str) -> str:
     return clean if not clean[0].isdigit() else f"x_{clean}"
 
 
-def _source(state: ModelState) -> tuple[Any, list[int], int]:
-    """What ct.convert takes, the fixed input shape (batch 1), and the number of outputs."""
+def _source(state: ModelState) -> tuple[Any, list[int], list[int]]:
+    """What ct.convert takes, the fixed input shape (batch 1), and for each converted output
+    (TF names them Identity, Identity_1, …) the index of the source output it is."""
     from mobilec.tfenv import import_tf
 
     if state.keras_model is None and state.graph_dir is None and state.onnx_path is not None:
@@ -243,9 +246,19 @@ def _source(state: ModelState) -> tuple[Any, list[int], int]:
             f"Core ML needs fixed input dimensions; the model's input is "
             f"{['?' if d is None else d for d in spec.shape]}",
             where=str(state.recipe.model.path), hint="set model.input_shape, e.g. [1, 224, 224, 3]")
-    if state.keras_model is not None:
-        return state.keras_model, [1, *dims], len(state.keras_model.outputs)
     tf = import_tf()
+    if state.keras_model is not None:
+        # Our own function around the model, returning a list: its outputs are Identity,
+        # Identity_1, … in the model's output order (handing coremltools the Keras model lets
+        # it pick an order of its own for several outputs).
+        model = state.keras_model
+
+        @tf.function(input_signature=[tf.TensorSpec([1, *dims], tf.float32)])
+        def serve(x: Any) -> list[Any]:
+            y = model(x, training=False)
+            return list(y) if isinstance(y, (list, tuple)) else [y]
+
+        return [serve.get_concrete_function()], [1, *dims], list(range(len(model.outputs)))
     key = ("saved_model", str(state.graph_dir))
     if key not in state.cache:
         state.cache[key] = tf.saved_model.load(str(state.graph_dir))
@@ -255,7 +268,19 @@ def _source(state: ModelState) -> tuple[Any, list[int], int]:
         next(iter(fn.structured_input_signature[1]))].shape[1:]]]
     if any(d is None for d in shape):
         shape = [1, *dims]
-    return [fn], shape, len(fn.structured_outputs)
+    # A signature returns a dict; TF flattens it in sorted key order.
+    return [fn], shape, [_source_index(state, key) for key in sorted(fn.structured_outputs)]
+
+
+def _source_index(state: ModelState, key: str) -> int:
+    """Which source output a SavedModel signature key is (keys may be sanitized names)."""
+    bridge = _onnx_bridge()
+    for i, t in enumerate(state.outputs):
+        if key in (t.name, feature_name(t.name)) or (
+                bridge is not None and key == bridge.signature_name(t.name)):
+            return i
+    return next(i for i, t in enumerate(state.outputs) if t.name == key) \
+        if any(t.name == key for t in state.outputs) else -1
 
 
 def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str | None) -> Any:
@@ -264,7 +289,7 @@ def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str
     if key in state.cache:
         return state.cache[key]
     ct = import_coremltools()
-    src, shape, n_out = _source(state)
+    src, shape, order = _source(state)
     kwargs: dict[str, Any] = {
         "source": "tensorflow",
         "convert_to": "mlprogram" if cfg.kind == "mlpackage" else "neuralnetwork",
@@ -276,39 +301,45 @@ def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str
         kwargs["compute_precision"] = (ct.precision.FLOAT16 if precision == "float16"
                                        else ct.precision.FLOAT32)
         # float16 compute must not turn the app-facing I/O into float16
-        kwargs["outputs"] = [ct.TensorType(dtype=np.float32) for _ in range(n_out)]
+        # (several outputs must be named: a TF function's are Identity, Identity_1, …)
+        kwargs["outputs"] = [ct.TensorType(dtype=np.float32) for _ in order] if len(order) == 1 \
+            else [ct.TensorType(name="Identity" + (f"_{i}" if i else ""), dtype=np.float32)
+                  for i in range(len(order))]
     try:
         model = ct.convert(src, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
         text = str(exc).strip().splitlines()
         raise ConversionError(f"coremltools could not convert the model: "
                               f"{(text[0] if text else type(exc).__name__)[:400]}") from exc
-    model = _rename_io(ct, state, model)
+    model = _rename_io(ct, state, model, order)
     state.cache[key] = model
     return model
 
 
-def _rename_io(ct: Any, state: ModelState, model: Any) -> Any:
-    """Give the Core ML features the source model's input/output names."""
+def _rename_io(ct: Any, state: ModelState, model: Any, order: list[int]) -> Any:
+    """Give the Core ML features the source model's input/output names (and output order)."""
     spec = model.get_spec()
     renames: list[tuple[str, str]] = []
     ins = [i.name for i in spec.description.input]
     if len(ins) == len(state.inputs):
         renames += list(zip(ins, [feature_name(t.name) for t in state.inputs], strict=True))
     outs = [o.name for o in spec.description.output]
-    if len(outs) == len(state.outputs):
-        # TF names a function's outputs Identity, Identity_1, … in output order.
-        def order(name: str) -> int:
-            m = re.fullmatch(r"Identity(?:_(\d+))?", name)
-            return (int(m.group(1) or 0) if m else 0)
 
-        ordered = sorted(outs, key=order) if all(re.fullmatch(r"Identity(_\d+)?", o) for o in outs) \
-            else outs
-        renames += list(zip(ordered, [feature_name(t.name) for t in state.outputs], strict=True))
+    def identity_index(name: str) -> int:
+        m = re.fullmatch(r"Identity(?:_(\d+))?", name)
+        return int(m.group(1) or 0) if m else -1
+
+    if len(outs) == len(state.outputs) == len(order) and sorted(order) == list(range(len(order))) \
+            and sorted(identity_index(o) for o in outs) == list(range(len(outs))):
+        renames += [(o, feature_name(state.outputs[order[identity_index(o)]].name)) for o in outs]
     renames = [(a, b) for a, b in renames if a != b]
     # A neuralnetwork spec leaves output shapes empty; record the source's (batch 1).
     filled = False
-    for feature, t in zip(spec.description.output, state.outputs, strict=False):
+    by_name = {feature_name(t.name): t for t in state.outputs}
+    for feature in spec.description.output:
+        t = by_name.get(dict(renames).get(feature.name, feature.name))
+        if t is None:
+            continue
         arr = feature.type.multiArrayType
         if not arr.shape and t.shape and all(d is not None for d in t.shape[1:]):
             arr.shape.extend([1, *t.shape[1:]])
@@ -448,12 +479,18 @@ def structural_check(state: ModelState, artifact: Artifact) -> None:
         if len(want) != len(got):
             problems.append(f"{len(got)} {kind}s, source has {len(want)}")
             continue
-        for w, g in zip(want, got, strict=True):
+        named = {g["name"]: g for g in got}
+        for i, w in enumerate(want):
             shape = [1, *w.shape[1:]]
             if kind == "input" and artifact.input_transpose:
-                shape = [shape[i] for i in artifact.input_transpose]
-            if g["name"] != feature_name(w.name):
-                problems.append(f"{kind} '{g['name']}' should be named '{feature_name(w.name)}'")
+                shape = [shape[k] for k in artifact.input_transpose]
+            # Core ML matches features by name; a lone feature may only be misnamed
+            g = named.get(feature_name(w.name)) or (got[i] if len(got) == 1 else None)
+            if g is None or g["name"] != feature_name(w.name):
+                has = ", ".join(f"'{n}'" for n in named)
+                problems.append(f"no {kind} named '{feature_name(w.name)}' (has {has})")
+                if g is None:
+                    continue
             if any(d is not None and d != s for d, s in zip(shape, g["shape"], strict=False)) \
                     or len(shape) != len(g["shape"]):
                 problems.append(f"{kind} '{g['name']}' has shape {g['shape']}, source {shape}")
