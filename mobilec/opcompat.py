@@ -319,7 +319,17 @@ def _nnapi_need(op: OpInfo) -> tuple[int | None, str]:
         return 30, ""
     if dtype not in row:
         return None, f"NNAPI {op.name} does not take {dtype} tensors"
+    hybrid = dtype == "float32" and any(t is not None and t.const and t.dtype in _Q
+                                        for t in op.inputs)
+    if hybrid and op.name in _NO_HYBRID:  # dynamic-range (float activations, int8 weights)
+        return None, f"NNAPI has no hybrid (float activations, int8 weights) {op.name}"
+    if hybrid:
+        return max(row[dtype], 29), ""  # hybrid operators arrived with NNAPI 1.2
     return row[dtype], ""
+
+
+_NO_HYBRID = frozenset({"UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM",
+                        "UNIDIRECTIONAL_SEQUENCE_RNN"})
 
 
 def nnapi_compat(path: Path, api_level: int = NNAPI_CHECK_API) -> dict[str, Any]:
