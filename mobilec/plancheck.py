@@ -53,6 +53,8 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
                                    and data.python is None):
                 raise UnsupportedError("quantize mode auto measures accuracy and needs labelled "
                                        "data.eval", where=where)
+            if mode == "auto" and cfg.candidates:
+                _check_auto_candidates(cfg.candidates, where)
             if cfg.keep_float is not None:
                 from mobilec.mixed_precision import check_keep_float
 
@@ -85,6 +87,17 @@ def _check_coreml(recipe: Recipe) -> None:
                           mode_for_format(mode, "coreml") or "float16")
     except UnsupportedError as exc:
         raise UnsupportedError(exc.message, where=recipe.source, hint=exc.hint) from None
+
+
+def _check_auto_candidates(candidates: list[str], where: str) -> None:
+    from mobilec.autoquant import SEARCHABLE
+
+    bad = [c for c in candidates if c not in SEARCHABLE]
+    if bad:
+        raise UnsupportedError(f"quantize auto cannot try {', '.join(bad)}: candidates are "
+                               f".tflite post-training modes ({', '.join(SEARCHABLE)})", where=where,
+                               hint="qat trains and palettize is Core ML only: choose them as the "
+                                    "mode itself")
 
 
 def _formats(recipe: Recipe) -> set[str]:

@@ -160,6 +160,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         metrics = ", ".join(f"{k}={v}" for k, v in s["metrics"].items()
                             if not isinstance(v, (list, dict)))
         lines.append(f"| {s['name']} | {s['status']} | {s['seconds']:.2f} | {metrics} |")
+    for s in report["stages"]:  # quantize auto: every candidate it tried
+        for c in s["metrics"].get("candidates") or []:
+            if c is s["metrics"]["candidates"][0]:
+                lines += ["", "### quantize auto candidates", "",
+                          "| mode | size | accuracy | drop | chosen |", "|---|---|---|---|---|"]
+            drop = c.get("accuracy_drop")
+            lines.append(f"| {c['mode']} | {_fmt_bytes(c.get('size_bytes'))} | "
+                         f"{_pct(c.get('accuracy'))} | "
+                         f"{'-' if drop is None else f'{drop * 100:+.2f} pt'} | "
+                         f"{'yes' if c.get('chosen') else c.get('error') or 'no'} |")
     lines += ["", "## Artifacts", "", "| " + " | ".join(ARTIFACT_HEADERS) + " |",
               "|" + "---|" * len(ARTIFACT_HEADERS)]
     for a in report["artifacts"]:

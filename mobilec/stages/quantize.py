@@ -1,4 +1,8 @@
-"""quantize: decide the plan. Each format applies it when it converts."""
+"""quantize: decide the plan. Each format applies it when it converts.
+
+PTQ modes only record the plan. `qat` fine-tunes a quantization-aware copy of
+the model first; `auto` measures candidates and records the one it chose.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,25 @@ from mobilec.state import ModelState, QuantPlan
 
 
 def run(state: ModelState, config: QuantizeConfig) -> dict[str, Any]:
-    options = config.model_dump(exclude={"mode"})
-    state.plan = QuantPlan(mode=config.mode, options=options)
-    metrics: dict[str, Any] = {"mode": config.mode}
-    if config.keep_float is not None:
+    cfg = config or QuantizeConfig()
+    options = cfg.model_dump(exclude={"mode"})
+    metrics: dict[str, Any] = {"mode": cfg.mode}
+    mode = cfg.mode
+    if mode == "qat":
+        from mobilec.qat import quantization_aware_train
+
+        metrics.update(quantization_aware_train(state, cfg))
+    elif mode == "auto":
+        from mobilec.autoquant import search
+
+        mode, candidates = search(state, cfg.candidates)
+        budget = state.recipe.budget
+        metrics.update({"chosen": mode, "max_accuracy_drop": budget.max_accuracy_drop if budget
+                        else None, "candidates": candidates})
+        options["auto"] = True
+    state.plan = QuantPlan(mode=mode, options=options)
+    if cfg.keep_float is not None:
         from mobilec.mixed_precision import resolve_keep_float
 
-        metrics.update(resolve_keep_float(state, config))
+        metrics.update(resolve_keep_float(state, cfg))
     return metrics
