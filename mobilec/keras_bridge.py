@@ -79,7 +79,10 @@ def keras3_to_tf_keras(model: Any, probe: np.ndarray | None = None) -> Any:
         shape = model.inputs[0].shape if model.inputs else None
         if shape is None:
             raise ModelLoadError("Sequential model has no input shape; build it with keras.Input")
-        new = tfk.Sequential([tfk.Input(batch_shape=tuple(shape))] + layers, name=model.name)
+        # Keep the user's input name: it is what apps bind to (and what snippets print).
+        name = getattr(model.inputs[0], "name", None) or None
+        new = tfk.Sequential([tfk.Input(batch_shape=tuple(shape), name=name)] + layers,
+                             name=model.name)
         for old, fresh in zip(model.layers, layers, strict=True):
             fresh.set_weights(old.get_weights())
     elif isinstance(model, keras.Model) and hasattr(model, "_run_through_graph"):
