@@ -30,6 +30,7 @@ from typing import Any
 from mobilec.progress import Progress
 
 STARTUP_GRACE_S = 300.0  # a worker that takes longer to start than this is stuck
+MAX_START_FAILURES = 3   # consecutive workers dying before their first model: stop trying
 Event = Callable[..., None]
 
 
@@ -107,6 +108,7 @@ class _Slot:
     conn: Connection
     log: Path
     key: Any = None
+    task: Any = None
     sent_at: float = 0.0
     started_at: float | None = None
     dead: bool = False
@@ -146,6 +148,8 @@ class LocalPool:
         self.on_event = on_event or (lambda *a, **k: None)
         self.ctx = mp.get_context("spawn")
         self.slots: list[_Slot] = []
+        self.start_failures = 0
+        self.start_error = ""
 
     def _spawn(self, index: int) -> _Slot:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -161,20 +165,31 @@ class LocalPool:
             ) -> Iterator[tuple[Any, dict[str, Any]]]:
         """tasks: (key, spec, out_dir, evaluate, options). Results come back in completion order."""
         pending = deque(tasks)
+        for old in self.log_dir.glob("worker-*.log"):
+            old.unlink(missing_ok=True)  # last run's; a log explains this run's crashes only
         self.slots = [self._spawn(i) for i in range(min(self.workers, len(pending)))]
         while pending or any(s.key is not None for s in self.slots):
             for s in self.slots:
                 if s.key is None and not s.dead and pending:
-                    key, spec, out_dir, evaluate, options = pending.popleft()
+                    task = pending.popleft()
+                    key, spec, out_dir, evaluate, options = task
                     s.conn.send((key, spec, str(out_dir), evaluate, options))
-                    s.key, s.sent_at, s.started_at = key, time.monotonic(), None
+                    s.key, s.task, s.sent_at, s.started_at = key, task, time.monotonic(), None
                     self.on_event("queued", key)
             live = [s for s in self.slots if not s.dead]
             wait([s.conn for s in live] + [s.proc.sentinel for s in live],
                  timeout=self._next_deadline())
             for s in live:
-                yield from self._service(s)
-                if s.dead and pending:
+                for key, result in self._service(s):
+                    if result is None:
+                        pending.appendleft(s.task)  # its worker never started: not its fault
+                    else:
+                        yield key, result
+                if self.start_failures >= MAX_START_FAILURES:
+                    while pending:
+                        yield pending.popleft()[0], _failed(
+                            f"worker processes cannot start: {self.start_error}")
+                elif s.dead and pending:
                     self.slots[self.slots.index(s)] = self._spawn(s.index)
 
     def _next_deadline(self) -> float | None:
@@ -189,12 +204,14 @@ class LocalPool:
             return s.sent_at + self.timeout + STARTUP_GRACE_S
         return s.started_at + self.timeout
 
-    def _service(self, s: _Slot) -> Iterator[tuple[Any, dict[str, Any]]]:
+    def _service(self, s: _Slot) -> Iterator[tuple[Any, dict[str, Any] | None]]:
+        """Messages, deaths and timeouts of one worker; a None result means 'run it again'."""
         try:
             while s.conn.poll():
                 kind, key, payload = s.conn.recv()
                 if kind == "start":
                     s.started_at = time.monotonic()
+                    self.start_failures = 0
                     self.on_event("start", key)
                 elif kind == "stage":
                     self.on_event("stage", key, stage=payload)
@@ -208,8 +225,13 @@ class LocalPool:
             s.dead = True
             if s.key is not None:
                 key, s.key = s.key, None
-                yield key, _failed(_crash_reason(s.proc.exitcode, s.log),
-                                   seconds=time.monotonic() - (s.started_at or s.sent_at))
+                reason = _crash_reason(s.proc.exitcode, s.log)
+                if s.started_at is None:  # died while starting (importing TensorFlow)
+                    self.start_failures += 1
+                    self.start_error = reason.replace(" while converting this model", "")
+                    yield key, None
+                else:
+                    yield key, _failed(reason, seconds=time.monotonic() - s.started_at)
             return
         deadline = self._deadline(s)
         if s.key is not None and deadline is not None and time.monotonic() >= deadline:

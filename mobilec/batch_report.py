@@ -19,6 +19,7 @@ from mobilec.report import _fmt_bytes, _pct
 STATUSES = ("ok", "budget", "failed", "cached")
 HEADERS = ["model", "status", "artifact", "target", "quant", "size", "smaller", "accuracy", "drop",
            "ms (median)", "time"]
+LABELLED_POINTS = 40  # more labelled points than this are unreadable (and slow to place)
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -125,10 +126,28 @@ def chart_points(zoo: dict[str, Any]) -> list[dict[str, Any]]:
     return points
 
 
-def size_accuracy_svg(points: list[dict[str, Any]], width: int = 640, height: int = 360) -> str:
-    """Scatter of size (log x) vs accuracy (y), one color per model, hover titles."""
+def zoo_chart(zoo: dict[str, Any]) -> str:
+    """report.html's size-vs-accuracy chart over every model's artifacts (labelled
+    "model: quantization"); past LABELLED_POINTS, a compact scatter colored by model."""
+    points = chart_points(zoo)
     if not points:
         return "<p>No artifact has both a size and an accuracy to chart.</p>"
+    if len(points) <= LABELLED_POINTS:
+        from mobilec.report_html import size_accuracy_svg as report_chart
+
+        merged = {"model": {}, "budget": None, "stages": [], "artifacts": [
+            {**a, "path": f"{m['name']}/{a['path']}", "quantization": f"{m['name']}: "
+             f"{a.get('quantization')}"}
+            for m in zoo["models"] for a in (m.get("report") or {}).get("artifacts", [])
+            if a.get("status") == "ok"]}
+        svg, _ = report_chart(merged)
+        if svg:
+            return svg
+    return compact_scatter_svg(points)
+
+
+def compact_scatter_svg(points: list[dict[str, Any]], width: int = 760, height: int = 380) -> str:
+    """Scatter of size (log x) vs accuracy (y), one color per model, hover titles, no labels."""
     left, right, top, bottom = 60, 170, 20, 40
     pw, ph = width - left - right, height - top - bottom
     lo, hi = math.log10(min(p["size"] for p in points)), math.log10(max(p["size"] for p in points))
@@ -190,12 +209,13 @@ def render_html(zoo: dict[str, Any]) -> str:
     if budget:
         sections += "<h2>Budget violations</h2><ul>" + "".join(
             f"<li><code>{html.escape(n)}</code>: {html.escape(v)}</li>" for n, v in budget) + "</ul>"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}tr.failed td{{background:#fde8e8}}
-tr.budget td{{background:#fff6dd}}tr.cached td{{color:#456}}</style></head>
-<body><h1>{title}</h1><p>{html.escape(_summary(zoo))}</p>
-<h2>Size vs accuracy</h2>{size_accuracy_svg(chart_points(zoo))}
+    from mobilec.report_html import CSS
+
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>{CSS}tr.failed td{{background:#fde8e8}}tr.budget td{{background:#fff6dd}}
+tr.cached td{{color:#456}}</style></head>
+<body><h1>{title}</h1><p class="meta">{html.escape(_summary(zoo))}</p>
+<h2>Size vs accuracy</h2>{zoo_chart(zoo)}
 <h2>Models and artifacts</h2><table><tr>{head}</tr>{"".join(body)}</table>{sections}
 </body></html>
 """

@@ -24,6 +24,7 @@ from mobilec.recipe import Recipe, apply_overrides, recipe_from_doc
 from mobilec.yamlloc import LocatedYaml, format_loc, load_yaml_file
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
+OUTPUT_MARKER = ".mobilec.lock"  # every folder mobilec writes into holds one (fsutil.output_lock)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 Executor = Literal["local", "ray"]
 
@@ -168,6 +169,8 @@ def expand_folder(folder: Path) -> list[Path]:
     found: list[Path] = []
 
     def walk(d: Path) -> None:
+        if (d / OUTPUT_MARKER).exists():
+            return  # a mobilec output folder: its .onnx/.tflite are results, not models
         for p in sorted(d.iterdir()):
             if p.name.startswith("."):
                 continue  # our own temp/cache entries, editors' files
