@@ -182,5 +182,33 @@ def fit_to_input(x: np.ndarray, shape: list[int | None], where: str) -> np.ndarr
     return x.astype("float32") if x.dtype != np.float32 else x
 
 
+CHANNELS_LAST_TO_FIRST = (0, 3, 1, 2)
+CHANNELS_FIRST_TO_LAST = (0, 2, 3, 1)
+
+
+def adapt_layout(x: np.ndarray, shape: list[int | None], layout: str, model_layout: str
+                 ) -> tuple[np.ndarray, str | None]:
+    """Bring 4-D image data into the model's layout (NHWC <-> NCHW).
+
+    `layout` is what the recipe says the data is; 'auto' transposes only when the data
+    does not fit as it is and the transposed form does. Returns the data and a note.
+    """
+    if x.ndim != 4 or len(shape) != 4:
+        return x, None
+    if layout == "auto":
+        if _dims_match(list(x.shape[1:]), list(shape[1:])):
+            return x, None
+        for perm, name in ((CHANNELS_LAST_TO_FIRST, "NHWC -> NCHW"),
+                           (CHANNELS_FIRST_TO_LAST, "NCHW -> NHWC")):
+            moved = np.transpose(x, perm)
+            if _dims_match(list(moved.shape[1:]), list(shape[1:])):
+                return moved, f"data transposed {name} to fit the model input (set data.layout to silence)"
+        return x, None
+    if layout == model_layout or model_layout not in ("NHWC", "NCHW"):
+        return x, None
+    perm = CHANNELS_LAST_TO_FIRST if layout == "NHWC" else CHANNELS_FIRST_TO_LAST
+    return np.transpose(x, perm), f"data transposed {layout} -> {model_layout} (data.layout)"
+
+
 def _dims_match(have: list[int], want: list[int | None]) -> bool:
     return len(have) == len(want) and all(w is None or w == h for h, w in zip(have, want, strict=True))

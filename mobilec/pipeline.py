@@ -10,6 +10,7 @@ from typing import Any
 from mobilec.detect import detect_format
 from mobilec.errors import EXIT_STAGE, MobilecError, StageError
 from mobilec.fsutil import TMP_PREFIX, check_can_write, clean_temp, output_lock
+from mobilec.nativeio import native_quiet
 from mobilec.plancheck import check_plan
 from mobilec.progress import Progress
 from mobilec.recipe import Recipe
@@ -42,7 +43,8 @@ def run_stage(state: ModelState, name: str, config: Any, progress: Progress) -> 
     start = time.perf_counter()
     detail = ""
     try:
-        result.metrics = get_stage(name)(state, config) or {}
+        with native_quiet(not state.options.get("verbose")):
+            result.metrics = get_stage(name)(state, config) or {}
     except MobilecError as exc:
         result.status, result.error = "failed", exc.message
         if exc.exit_code != EXIT_STAGE:

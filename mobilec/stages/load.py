@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.data import fit_to_input, load_dataset
+from mobilec.data import adapt_layout, fit_to_input, load_dataset
 from mobilec.detect import (
     check_input_size,
     declared_shapes,
@@ -204,8 +204,12 @@ def _load_data(state: ModelState) -> None:
         state.note(note)
     shape = state.inputs[0].shape
     where = str(recipe.data.train or recipe.data.eval or "data") if recipe.data else "data"
+    layout = recipe.data.layout if recipe.data else "auto"
     for split in (state.data.train, state.data.eval, state.data.calibration):
         if split is not None:
+            split.x, note = adapt_layout(split.x, shape, layout, state.input_layout)
+            if note:
+                state.note(note)
             split.x = fit_to_input(split.x, shape, where)
     if state.data.eval is None:
         return
