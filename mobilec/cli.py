@@ -199,11 +199,15 @@ def validate(obj: Ctx, recipe: str, overrides: tuple[str, ...], as_json: bool) -
 
     r = _load(recipe, overrides)
     fmt = detect_format(Path(r.model.path), r.model.format)
-    for p in filter(None, [r.data and r.data.train, r.data and r.data.eval]):
-        if not Path(p).exists():
-            from mobilec.errors import DataError
+    student = getattr(r.stage("distill"), "student", None)
+    needed = {"data.train": r.data and r.data.train, "data.eval": r.data and r.data.eval,
+              "distill.student": student if isinstance(student, Path) else None}
+    for key, p in needed.items():
+        if p is not None and not Path(p).exists():
+            from mobilec.errors import RecipeError
 
-            raise DataError("data file not found", where=str(p))
+            raise RecipeError(f"{key}: file not found", where=str(p),
+                              hint="relative paths resolve against the recipe file's folder")
     check_plan(r, fmt)
     if as_json:
         click.echo(json.dumps({"valid": True, "name": r.name, "model_format": fmt,

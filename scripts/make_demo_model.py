@@ -16,9 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def build(width: int = 1):
+def build(width: int = 1, seed: int = 0):
     import keras
 
+    # Seed before the layers exist: initial weights must not depend on what ran earlier.
+    keras.utils.set_random_seed(seed)
     return keras.Sequential([
         keras.Input((8, 8, 1), name="image"),
         keras.layers.Conv2D(32 * width, 3, padding="same", activation="relu"),
