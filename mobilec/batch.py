@@ -62,6 +62,7 @@ def run_batch(zoo_file: str | Path | None = None, *, recipe: str | Path | None =
         raise MobilecError(f"unknown executor '{executor}'", hint="use local or ray")
     workers = workers or zoo.workers
     timeout = timeout or zoo.timeout
+    address = address or zoo.address
     out_dir = Path(out).resolve() if out else zoo.out or (Path.cwd() / "mobilec-out" / zoo.name)
     with output_lock(out_dir):
         clean_temp(out_dir)  # staging folders of an interrupted earlier run
@@ -203,12 +204,18 @@ class _Runner:
             unpack(archive, staging)
         report, status = result.get("report"), result["status"]
         if report is not None and staging.is_dir():
-            with _signals_deferred():
-                if status in ("ok", "budget"):
-                    key, parts = self.keys[job.index]
-                    entry = make_entry(key, parts, status, report, result.get("seconds") or 0.0)
-                    atomic_write_text(staging / ENTRY_FILE, json.dumps(entry, indent=1))
-                _replace_dir(staging, job.out_dir)
+            try:
+                with _signals_deferred():
+                    if status in ("ok", "budget"):
+                        key, parts = self.keys[job.index]
+                        entry = make_entry(key, parts, status, report, result.get("seconds") or 0.0)
+                        atomic_write_text(staging / ENTRY_FILE, json.dumps(entry, indent=1))
+                    _replace_dir(staging, job.out_dir)
+            except (OSError, MobilecError) as exc:
+                # e.g. a full disk: this model failed; the others may still fit
+                shutil.rmtree(staging, ignore_errors=True)
+                text = exc.render() if isinstance(exc, MobilecError) else str(exc.strerror or exc)
+                status, result["error"] = "failed", f"could not place the outputs: {text}"
         else:
             # Nothing complete to keep (a crash, a timeout, a model that would not load):
             # the previous run's folder, if any, stays as it was.

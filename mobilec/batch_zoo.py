@@ -24,6 +24,7 @@ from mobilec.recipe import Recipe, apply_overrides, recipe_from_doc
 from mobilec.yamlloc import LocatedYaml, format_loc, load_yaml_file
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
+RESERVED_NAMES = ("zoo-report.json", "zoo-report.md", "zoo-report.html")  # the batch's own files
 OUTPUT_MARKER = ".mobilec.lock"  # every folder mobilec writes into holds one (fsutil.output_lock)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 Executor = Literal["local", "ray"]
@@ -248,7 +249,7 @@ def plan_jobs(zoo: Zoo, out_dir: Path, cli_overrides: list[str] | None = None) -
     the zoo should stop the batch before hours of conversion, not after.
     """
     jobs: list[Job] = []
-    taken: set[str] = set()
+    taken: set[str] = set(RESERVED_NAMES)
     for i, ref in enumerate(zoo.models):
         name = ref.name or job_name(ref.path, zoo.base_dir)
         salt = 0
