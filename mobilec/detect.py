@@ -103,43 +103,31 @@ def keras_archive_config(path: Path) -> dict:
                              hint="re-save the model with model.save('model.keras')") from None
 
 
+def _walk_mappings(config: object) -> list[dict]:
+    """Every mapping in a nested Keras config, parents before children."""
+    found: list[dict] = []
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found.append(node)
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return found
+
+
 def find_lambda_layers(config: object) -> list[str]:
     """Names of Lambda layers anywhere in a Keras config (they carry arbitrary code)."""
-    found: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if node.get("class_name") in ("Lambda", "TFOpLambda") and node.get("class_name") == "Lambda":
-                cfg = node.get("config") or {}
-                found.append(str(cfg.get("name", "?")))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(config)
-    return found
+    return [str((node.get("config") or {}).get("name", "?")) for node in _walk_mappings(config)
+            if node.get("class_name") == "Lambda"]
 
 
 def declared_shapes(config: object) -> list[list[int | None]]:
     """Every input/build shape a Keras config declares (read before anything is built)."""
-    found: list[list[int | None]] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key in ("batch_shape", "batch_input_shape", "input_shape"):
-                shape = node.get(key)
-                if isinstance(shape, list) and all(d is None or isinstance(d, int) for d in shape):
-                    found.append(shape)
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(config)
-    return found
+    return [shape for node in _walk_mappings(config)
+            for shape in (node.get(k) for k in ("batch_shape", "batch_input_shape", "input_shape"))
+            if isinstance(shape, list) and all(d is None or isinstance(d, int) for d in shape)]
 
 
 def check_input_size(shape: list[int | None] | tuple, where: str) -> None:

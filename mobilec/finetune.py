@@ -27,11 +27,20 @@ def require_trainable(state: ModelState, what: str) -> Any:
             where=str(state.recipe.model.path),
             hint="point model.path at the Keras .keras/.h5 or SavedModel with Keras metadata, "
                  "or drop the stage and use post-training quantization (mode int8, dynamic, int4)")
-    if state.data is None or state.data.train is None or len(state.data.train) == 0:
-        raise UnsupportedError(f"{what} fine-tunes the model and the recipe has no data.train "
-                               "(eval data is never trained on)", where=state.recipe.source,
-                               hint="add data: {source: npz, train: train.npz} or drop the stage")
+    require_train_data(state, f"{what} fine-tunes the model")
     return state.keras_model
+
+
+def require_train_data(state: ModelState, what: str,
+                       hint: str = "add data: {source: npz, train: train.npz} or drop the stage"
+                       ) -> Any:
+    """data.train, or a clear exit-2 error: stages never train on eval data."""
+    train = state.data.train if state.data is not None else None
+    if train is None or len(train) == 0:
+        raise UnsupportedError(f"{what} on data.train and the recipe has no data.train "
+                               "(eval data is never trained on)", where=state.recipe.source,
+                               hint=hint)
+    return train
 
 
 def outputs_are_probabilities(model: Any, x: np.ndarray) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 
 from mobilec import kd
 from mobilec.errors import ModelLoadError, StageError, UnsupportedError
+from mobilec.finetune import require_train_data
 from mobilec.flops import model_cost
 from mobilec.metrics import accuracy
 from mobilec.model_surgery import Replacement, clone_layer, is_model, output_layers, rebuild
@@ -29,11 +30,7 @@ WIDTH_KEYS = ("units", "filters")
 
 
 def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
-    train = state.data.train if state.data is not None else None
-    if train is None or len(train) == 0:
-        raise UnsupportedError("distill trains the student on data.train and the recipe has none "
-                               "(eval data is never trained on)", where=state.recipe.source,
-                               hint="add data: {source: npz, train: train.npz} or drop the stage")
+    train = require_train_data(state, "distill trains the student")
     if len(state.outputs) != 1:
         raise UnsupportedError(f"distill handles single-output models; this one has "
                                f"{len(state.outputs)} outputs", where=str(state.recipe.model.path))

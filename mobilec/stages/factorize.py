@@ -21,6 +21,7 @@ import numpy as np
 
 from mobilec import kd
 from mobilec.errors import StageError, UnsupportedError
+from mobilec.finetune import require_train_data
 from mobilec.flops import model_cost
 from mobilec.metrics import accuracy
 from mobilec.model_surgery import (
@@ -164,10 +165,7 @@ def _pair(layer: Any, low: LowRank, bias: list[np.ndarray], first_name: str) -> 
 
 def _finetune(state: ModelState, original: Any, new: Any, config: FactorizeConfig
               ) -> dict[str, Any]:
-    train = state.data.train if state.data is not None else None
-    if train is None or len(train) == 0:
-        raise UnsupportedError("factorize epochs > 0 fine-tunes on data.train and the recipe has "
-                               "none", where=state.recipe.source,
+    train = require_train_data(state, "factorize with epochs > 0 fine-tunes",
                                hint="add data.train, or set epochs: 0")
     if len(original.outputs) != 1:
         # Training towards output 0 alone would move the shared trunk under the others.
