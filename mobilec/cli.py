@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from mobilec import __version__
-from mobilec.errors import EXIT_SIGINT, EXIT_STAGE, Interrupted, MobilecError
+from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_STAGE, Interrupted, MobilecError
 from mobilec.nativeio import stdout_to_stderr
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -39,15 +39,23 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context().find_object(Ctx) or Ctx()
-        _install_signal_handlers()
+        previous = _install_signal_handlers()
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                # A library turned the signal's exception into its own error: still an
+                # interruption (unless the error already says so, like batch's summary).
+                if Interrupted.received is not None and \
+                        getattr(exc, "exit_code", None) not in (EXIT_SIGINT, EXIT_SIGTERM):
+                    raise Interrupted(Interrupted.received) from exc
+                raise
         except MobilecError as exc:
             if ctx.verbose:
                 traceback.print_exc()
             _err(f"error: {exc.render()}")
             sys.exit(exc.exit_code)
-        except Interrupted as exc:  # SIGTERM (a BaseException, so nothing below swallowed it)
+        except Interrupted as exc:  # SIGINT/SIGTERM (a BaseException: no stage swallowed it)
             _err(f"error: {exc.render()}")
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -61,18 +69,36 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _err(f"error: internal error ({type(exc).__name__}: {str(exc)[:300]}). This is a "
                  "mobilec bug; rerun with -v for the traceback and report it.")
             sys.exit(EXIT_STAGE)
+        finally:
+            _restore_signal_handlers(previous)  # an in-process caller gets its own back
 
     return wrapper
 
 
-def _install_signal_handlers() -> None:
+def _install_signal_handlers() -> dict[int, Any]:
     def on_term(signum: int, frame: Any) -> None:
+        Interrupted.received = signum
         raise Interrupted(signum)
 
+    Interrupted.received = None
+    previous: dict[int, Any] = {}
     try:
-        signal.signal(signal.SIGTERM, on_term)
+        # SIGINT too, as Interrupted rather than KeyboardInterrupt: a KeyboardInterrupt that
+        # crosses a C-level PyRun_* call (inside TensorFlow's import) sets a CPython flag that
+        # makes the process kill itself with SIGINT at exit, whatever exit code we chose.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_term)
     except ValueError:  # not the main thread (e.g. inside a test runner thread)
         pass
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        try:
+            signal.signal(signum, handler)
+        except (ValueError, TypeError):  # not the main thread, or a handler set from C
+            pass
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

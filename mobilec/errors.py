@@ -61,6 +61,11 @@ class Interrupted(BaseException):
     `except MobilecError` in a stage or a library swallows it as a failed step.
     """
 
+    # The signal the CLI's handler took, if any. Libraries sometimes catch the exception
+    # the handler raises and raise their own (TensorFlow's lazy imports do); this lets the
+    # pipeline see that it was an interruption all the same.
+    received: int | None = None
+
     def __init__(self, signum: int):
         import signal
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.detect import detect_format
-from mobilec.errors import EXIT_STAGE, MobilecError, StageError
+from mobilec.errors import EXIT_STAGE, Interrupted, MobilecError, StageError
 from mobilec.fsutil import TMP_PREFIX, check_can_write, clean_temp, output_lock
 from mobilec.nativeio import native_quiet
 from mobilec.plancheck import check_plan
@@ -45,12 +45,15 @@ def run_stage(state: ModelState, name: str, config: Any, progress: Progress) -> 
     try:
         with native_quiet(not state.options.get("verbose")):
             result.metrics = get_stage(name)(state, config) or {}
+        _stop_if_interrupted(result)  # the stage (or a library) swallowed the signal's exception
     except MobilecError as exc:
+        _stop_if_interrupted(result, exc)
         result.status, result.error = "failed", exc.message
         if exc.exit_code != EXIT_STAGE:
             raise  # a usage problem (exit 2): the CLI prints it; no report is written
         detail = exc.message
     except Exception as exc:
+        _stop_if_interrupted(result, exc)
         if state.options.get("verbose"):
             raise
         result.status = "failed"
@@ -63,6 +66,13 @@ def run_stage(state: ModelState, name: str, config: Any, progress: Progress) -> 
         result.seconds = time.perf_counter() - start
         state.stages.append(result)
         progress.stage_end(name, result.seconds, result.status, detail)
+
+
+def _stop_if_interrupted(result: StageResult, cause: BaseException | None = None) -> None:
+    """SIGINT/SIGTERM arrived (see Interrupted.received): whatever the stage made of it, stop."""
+    if Interrupted.received is not None:
+        result.status = "interrupted"
+        raise Interrupted(Interrupted.received) from cause
 
 
 def run(recipe: Recipe, *, out: str | Path | None = None, evaluate: bool = True,

@@ -59,7 +59,8 @@ def _assert_complete(out: Path) -> None:
 
 @pytest.fixture
 def recipe(demo_keras: Path, tmp_path: Path) -> Path:
-    return write_recipe(tmp_path, demo_keras, name="safe", stages=[{"quantize": {"mode": "int8"}}])
+    return write_recipe(tmp_path, demo_keras, name="safe", stages=[
+        {"quantize": {"mode": "int8"}}, {"convert": {"formats": ["tflite"]}}])
 
 
 def _inputs(recipe: Path) -> dict[str, str]:
