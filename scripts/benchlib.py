@@ -107,12 +107,14 @@ def build_mobilenet(directory: Path) -> tuple[Path, Path]:
     download), saved as .keras; plus 256 random images with labels as npz for calibration."""
     import numpy as np
 
+    from mobilec.nativeio import native_quiet
     from mobilec.tfenv import import_keras3
 
-    keras = import_keras3()
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None,
-                                           classes=10)
+    with native_quiet():  # TensorFlow's C++ start-up chatter on fd 2
+        keras = import_keras3()
+        keras.utils.set_random_seed(0)
+        model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None,
+                                               classes=10)
     path = directory / "mobilenetv2-0.35-96.keras"
     model.save(path)
     rng = np.random.default_rng(0)

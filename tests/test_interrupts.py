@@ -98,3 +98,16 @@ def test_signal_during_stage_leaves_nothing_partial(long_eval_recipe: Path, tmp_
         f"the signal arrived after {stage} finished; raise its workload:\n{stderr[-2000:]}"
     assert took < 30, f"took {took:.1f}s to stop after the signal"
     _assert_no_partial_files(out, tmpdir)
+
+
+def test_ctrl_c_during_quantization_aware_training(demo_keras: Path, tmp_path: Path) -> None:
+    """quantize is a plan for PTQ modes (instant); with qat it fine-tunes for seconds."""
+    recipe = write_recipe(tmp_path, demo_keras, name="qat",
+                          stages=[{"quantize": {"mode": "qat", "epochs": 30}}])
+    out, tmpdir = tmp_path / "out", tmp_path / "tmp"
+    tmpdir.mkdir()
+    code, stderr, took = _run_until(recipe, out, tmpdir, "quantize", 1.0, signal.SIGINT)
+    assert code == EXIT_SIGINT, f"exit {code}:\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr and "[mobilec] quantize: ok" not in stderr, stderr[-3000:]
+    assert took < 30, f"took {took:.1f}s to stop after the signal"
+    _assert_no_partial_files(out, tmpdir)

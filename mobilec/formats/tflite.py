@@ -78,6 +78,13 @@ def make_converter(state: ModelState) -> Any:
 
     tf = import_tf()
     if state.keras_model is not None:
+        from mobilec.serving_export import serving_savedmodel
+
+        # The serving function alone: from_keras_model would save the whole tf_keras model
+        # first (3x slower on MobileNetV2); same ops, names and outputs.
+        serving = serving_savedmodel(state)
+        if serving is not None:
+            return tf.lite.TFLiteConverter.from_saved_model(str(serving))
         return tf.lite.TFLiteConverter.from_keras_model(state.keras_model)
     if state.graph_dir is None and state.onnx_path is not None:
         from mobilec.onnx2tf_bridge import ensure_graph
