@@ -76,3 +76,11 @@ class Interrupted(BaseException):
 
     def render(self) -> str:
         return self.message
+
+
+def stop_if_interrupted(cause: BaseException | None = None) -> None:
+    """Raise Interrupted if the CLI took SIGINT/SIGTERM, even though the exception its handler
+    raised was lost: raised inside a __del__ (ignored by Python), or caught by a library.
+    Loops over slow steps call this between steps, so a lost signal costs one step at most."""
+    if Interrupted.received is not None:
+        raise Interrupted(Interrupted.received) from cause

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.detect import detect_format
-from mobilec.errors import EXIT_STAGE, Interrupted, MobilecError, StageError
+from mobilec.errors import (
+    EXIT_STAGE,
+    Interrupted,
+    MobilecError,
+    StageError,
+    stop_if_interrupted,
+)
 from mobilec.fsutil import TMP_PREFIX, check_can_write, clean_temp, output_lock
 from mobilec.nativeio import native_quiet
 from mobilec.plancheck import check_plan
@@ -72,7 +78,7 @@ def _stop_if_interrupted(result: StageResult, cause: BaseException | None = None
     """SIGINT/SIGTERM arrived (see Interrupted.received): whatever the stage made of it, stop."""
     if Interrupted.received is not None:
         result.status = "interrupted"
-        raise Interrupted(Interrupted.received) from cause
+        stop_if_interrupted(cause)
 
 
 def run(recipe: Recipe, *, out: str | Path | None = None, evaluate: bool = True,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mobilec.delegates import prepare_for_placement, write_manifests
-from mobilec.errors import MobilecError, StageError
+from mobilec.errors import MobilecError, StageError, stop_if_interrupted
 from mobilec.formats import get_format
 from mobilec.fsutil import atomic_place, gzip_size, os_error_reason, remove_artifact, size_of
 from mobilec.metrics import fidelity, passes
@@ -40,6 +40,7 @@ def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
             precheck(state)  # a format this model cannot reach is a usage error (exit 2)
     built: dict[tuple[str, str], Artifact] = {}
     for spec in specs:
+        stop_if_interrupted()  # a signal lost inside the converter stops here, not at the end
         state.artifacts.append(_materialize(state, spec, built))
     _distrust_broken_formats(state)
     write_manifests(state)  # <artifact>.delegate.json, once names are final
@@ -110,6 +111,7 @@ def _build(state: ModelState, spec: ArtifactSpec) -> Artifact:
     try:
         fmt.build(state, work, dest)
     except MobilecError as exc:
+        stop_if_interrupted(exc)  # the converter may wrap the signal's exception in its own
         work.status, work.error = "failed", exc.message
         return work
     except OSError as exc:  # disk full or `ulimit -f` in the temp dir: an environment problem
@@ -117,6 +119,7 @@ def _build(state: ModelState, spec: ArtifactSpec) -> Artifact:
         work.error = f"cannot write {dest.name} in the temp dir {dest.parent.parent}: {os_error_reason(exc)}"
         return work
     except Exception as exc:  # noqa: BLE001 - a converter bug must not stop other formats
+        stop_if_interrupted(exc)
         if state.options.get("verbose"):
             raise
         work.status, work.error = "failed", f"{type(exc).__name__}: {str(exc).strip()[:400]}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from mobilec.errors import stop_if_interrupted
 from mobilec.formats import get_format
 from mobilec.metrics import accuracy, fidelity
 from mobilec.state import Artifact, ModelState
@@ -19,6 +20,7 @@ SLOWER_THAN_FLOAT = 1.10  # warn when >10% slower than the float32 sibling
 def run(state: ModelState, config: Any = None) -> dict[str, Any]:
     measured = 0
     for art in state.artifacts:
+        stop_if_interrupted()  # between artifacts: a signal a runtime swallowed stops here
         if art.status in ("ok", "failed-verification") and art.path.exists():
             evaluate_artifact(state, art)
             measured += 1
