@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,6 +202,50 @@ def output_lock(directory: Path, wait: bool = False) -> Iterator[None]:
             fh.seek(0)
             fh.truncate()
         fh.close()
+
+
+STALE_WORK_AGE_S = 3600
+
+
+def work_dir_prefix() -> str:
+    """System-temp work dirs carry the owner's pid, so a later run can tell a dead one."""
+    return f"{TMP_PREFIX}work-{os.getpid()}-"
+
+
+def sweep_stale_work_dirs(root: Path | None = None, min_age_s: float = STALE_WORK_AGE_S
+                          ) -> list[Path]:
+    """Remove work dirs that SIGKILLed or OOM-killed runs left in the system temp dir
+    (SIGINT/SIGTERM clean up on the way out; SIGKILL cannot). Only a dir whose owner pid is
+    gone and which is older than min_age_s: a live run elsewhere is never touched."""
+    root = Path(root or tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        candidates = list(root.glob(f"{TMP_PREFIX}work-*-*"))
+    except OSError:
+        return removed
+    now = time.time()
+    for path in candidates:
+        pid_text = path.name[len(f"{TMP_PREFIX}work-"):].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        try:
+            if now - path.stat().st_mtime < min_age_s or path.is_symlink() or not path.is_dir():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process, or we cannot tell: keep its dir
+    return True
 
 
 @contextlib.contextmanager

@@ -15,7 +15,13 @@ from mobilec.errors import (
     StageError,
     stop_if_interrupted,
 )
-from mobilec.fsutil import TMP_PREFIX, check_can_write, clean_temp, output_lock
+from mobilec.fsutil import (
+    check_can_write,
+    clean_temp,
+    output_lock,
+    sweep_stale_work_dirs,
+    work_dir_prefix,
+)
 from mobilec.nativeio import native_quiet
 from mobilec.plancheck import check_plan
 from mobilec.progress import Progress
@@ -89,7 +95,8 @@ def run(recipe: Recipe, *, out: str | Path | None = None, evaluate: bool = True,
     check_can_write(out_dir)  # before a long load or fine-tune, not after
     # The work dir is outside the output dir until load has succeeded, so a bad
     # model or recipe leaves nothing behind.
-    with tempfile.TemporaryDirectory(prefix=TMP_PREFIX + "work-") as work:
+    sweep_stale_work_dirs()  # what SIGKILLed runs left in the system temp dir
+    with tempfile.TemporaryDirectory(prefix=work_dir_prefix()) as work:
         state = ModelState(recipe=recipe, out_dir=out_dir, work_dir=Path(work), options=options)
         plan = stage_plan(recipe, evaluate)
         if options.get("diagnose"):

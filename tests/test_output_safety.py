@@ -227,3 +227,36 @@ def test_disk_full_simulated_with_a_file_size_limit(recipe: Path, tmp_path: Path
     _assert_complete(out)
     assert [p.name for p in tmpdir.iterdir() if p.name != ".ses"] == []  # .ses: onnxruntime's id
     assert _inputs(recipe) == before
+
+
+# ----------------------------------------------------------------------------- SIGKILL leftovers
+
+
+def test_work_dirs_of_killed_runs_are_swept(recipe: Path, tmp_path: Path) -> None:
+    """SIGKILL allows no cleanup: the killed run's work dir stays in the temp dir. A later run
+    removes it once its owner is gone and it is old enough; live or recent ones stay."""
+    from mobilec.fsutil import sweep_stale_work_dirs
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = subprocess.Popen(_compress_cmd(recipe, tmp_path / "out"), stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=_env(tmpdir))
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "[mobilec] load: started" in line:
+            proc.kill()
+            break
+    proc.wait()
+    left = [p for p in tmpdir.iterdir() if p.name.startswith(f"{TMP_PREFIX}work-{proc.pid}-")]
+    assert len(left) == 1, sorted(p.name for p in tmpdir.iterdir())
+    young_dead = left[0]
+    old_dead = tmpdir / f"{TMP_PREFIX}work-{proc.pid}-older"
+    old_dead.mkdir()
+    (old_dead / "model.tflite").write_bytes(b"half")
+    old_alive = tmpdir / f"{TMP_PREFIX}work-{os.getpid()}-mine"
+    old_alive.mkdir()
+    two_hours_ago = time.time() - 7200
+    for d in (old_dead, old_alive):
+        os.utime(d, (two_hours_ago, two_hours_ago))
+    assert sweep_stale_work_dirs(tmpdir) == [old_dead]
+    assert young_dead.exists() and old_alive.exists() and not old_dead.exists()
