@@ -27,12 +27,12 @@ STAGES = {"load": 1.5, "convert": 0.4, "evaluate": 0.3}
 
 @pytest.fixture(scope="module")
 def long_eval_recipe(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo model with 18k eval samples, so evaluate lasts seconds, not milliseconds."""
+    """The demo model with 29k eval samples, so evaluate lasts seconds, not milliseconds."""
     from mobilec.data import digits_split
 
     d = tmp_path_factory.mktemp("interrupt")
     _, ev = digits_split()
-    np.savez(d / "eval.npz", x=np.tile(ev.x, (50, 1, 1, 1)), y=np.tile(ev.y, 50))
+    np.savez(d / "eval.npz", x=np.tile(ev.x, (80, 1, 1, 1)), y=np.tile(ev.y, 80))
     return write_recipe(d, demo_keras, name="sig", stages=[{"quantize": {"mode": "int8"}}],
                         data={"source": "npz", "eval": str(d / "eval.npz"),
                               "eval_samples": 1_000_000, "calibration_samples": 100})
