@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from mobilec.errors import MobilecError
 
@@ -187,11 +188,7 @@ def output_lock(directory: Path, wait: bool = False) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            raise MobilecError(
-                f"another mobilec run (pid {holder}) is writing to this output directory",
-                where=str(directory), hint="wait for it to finish, or pass a different --out") from None
+            raise _locked_error(fh, directory) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -202,6 +199,33 @@ def output_lock(directory: Path, wait: bool = False) -> Iterator[None]:
             fh.seek(0)
             fh.truncate()
         fh.close()
+
+
+def _locked_error(fh: IO[str], directory: Path) -> MobilecError:
+    fh.seek(0)
+    holder = fh.read().strip() or "?"
+    return MobilecError(f"another mobilec run (pid {holder}) is writing to this output directory",
+                        where=str(directory), hint="wait for it to finish, or pass a different --out")
+
+
+def check_not_locked(directory: Path) -> None:
+    """Refuse up front when another run holds the output dir, instead of after a long load.
+    Only a probe (output_lock still guards the writing); creates nothing."""
+    import fcntl
+
+    lock_path = Path(directory) / ".mobilec.lock"
+    try:
+        fh = open(lock_path)
+    except OSError:
+        return  # no lock file (or unreadable): nobody to wait for, or output_lock will say
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _locked_error(fh, Path(directory)) from None
+        except OSError:
+            return
+        fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 STALE_WORK_AGE_S = 3600

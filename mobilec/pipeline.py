@@ -17,6 +17,7 @@ from mobilec.errors import (
 )
 from mobilec.fsutil import (
     check_can_write,
+    check_not_locked,
     clean_temp,
     output_lock,
     sweep_stale_work_dirs,
@@ -93,6 +94,7 @@ def run(recipe: Recipe, *, out: str | Path | None = None, evaluate: bool = True,
     check_plan(recipe, detect_format(Path(recipe.model.path), recipe.model.format))
     out_dir = output_dir(recipe, out)
     check_can_write(out_dir)  # before a long load or fine-tune, not after
+    check_not_locked(out_dir)  # another run is writing there: say so now, not after load
     # The work dir is outside the output dir until load has succeeded, so a bad
     # model or recipe leaves nothing behind.
     sweep_stale_work_dirs()  # what SIGKILLed runs left in the system temp dir

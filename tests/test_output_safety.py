@@ -95,6 +95,7 @@ def test_second_run_into_the_same_dir_refuses_and_never_interleaves(recipe: Path
         assert f"another mobilec run (pid {first.pid}) is writing to this output directory" \
             in second.stderr, second.stderr[-2000:]
         assert "Traceback" not in second.stderr
+        assert "[mobilec] load: started" not in second.stderr, "refuse before loading, not after"
         assert _tree(out) == during, "the refused run changed the output dir"
     finally:
         first.send_signal(signal.SIGCONT)
@@ -105,6 +106,29 @@ def test_second_run_into_the_same_dir_refuses_and_never_interleaves(recipe: Path
     _assert_complete(out)
     with output_lock(out):  # released on exit: the next run may take it
         pass
+
+
+@pytest.mark.slow
+def test_lock_taken_while_loading_is_still_refused(recipe: Path, tmp_path: Path) -> None:
+    """The up-front probe passed, then another holder took the dir during load: the real
+    lock, taken after load, must refuse all the same and write nothing."""
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(_compress_cmd(recipe, out), stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=_env())
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:  # past the probe: it found the dir free
+        lines.append(line)
+        if "[mobilec] load: started" in line:
+            break
+    with output_lock(out):  # this test process is now "the other run"
+        rest = proc.communicate(timeout=300)[1]
+    stderr = "".join(lines) + rest
+    assert "[mobilec] load: ok" in stderr, "the lock was meant to be taken during load"
+    assert proc.returncode == 2, stderr[-2000:]
+    assert f"another mobilec run (pid {os.getpid()})" in stderr, stderr[-2000:]
+    assert [p.name for p in out.iterdir()] == [".mobilec.lock"]
 
 
 def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
