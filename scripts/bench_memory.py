@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchlib import (
     BIN,
+    INT8_TFLITE_RECIPE,
     ROOT,
     build_mobilenet,
     check,
@@ -27,23 +28,10 @@ from benchlib import (
 
 GOAL = 1.3
 
-RECIPE = """\
-version: 1
-name: {name}
-model: {{path: {model}}}
-data: {data}
-stages:
-  - quantize: {{mode: int8}}
-  - convert: {{formats: [tflite]}}
-targets: [cpu]
-output: {{report: [json, md, html]}}
-"""
-
-
 def measure(name: str, model: Path, calib: Path | None, data: str, work: Path, rounds: int
             ) -> tuple[float, float]:
     recipe = work / f"{name}.yaml"
-    recipe.write_text(RECIPE.format(name=name, model=model, data=data))
+    recipe.write_text(INT8_TFLITE_RECIPE.format(name=name, model=model, data=data))
     rss: dict[str, list[float]] = {"plain": [], "mobilec": []}
     for i in range(rounds):
         for who in (["plain", "mobilec"] if i % 2 == 0 else ["mobilec", "plain"]):

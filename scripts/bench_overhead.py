@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchlib import (
     BIN,
+    INT8_TFLITE_RECIPE,
     ROOT,
     build_mobilenet,
     check,
@@ -33,23 +34,10 @@ from benchlib import (
 
 GOAL = 1.3
 
-RECIPE = """\
-version: 1
-name: {name}
-model: {{path: {model}}}
-data: {data}
-stages:
-  - quantize: {{mode: int8}}
-  - convert: {{formats: [tflite]}}
-targets: [cpu]
-output: {{report: [json, md, html]}}
-"""
-
-
 def measure(name: str, model: Path, calib: Path | None, data: str, work: Path, rounds: int
             ) -> float:
     recipe = work / f"{name}.yaml"
-    recipe.write_text(RECIPE.format(name=name, model=model, data=data))
+    recipe.write_text(INT8_TFLITE_RECIPE.format(name=name, model=model, data=data))
     wall: dict[str, list[float]] = {"plain": [], "mobilec": []}
     cpu: dict[str, list[float]] = {"plain": [], "mobilec": []}
     stages: list[dict[str, float]] = []

@@ -24,6 +24,20 @@ DEMO_MODEL = ROOT / "models" / "demo" / "digits.keras"
 sys.path.insert(0, str(ROOT))
 
 
+# The compress run the overhead and memory benchmarks compare with a plain converter script.
+INT8_TFLITE_RECIPE = """\
+version: 1
+name: {name}
+model: {{path: {model}}}
+data: {data}
+stages:
+  - quantize: {{mode: int8}}
+  - convert: {{formats: [tflite]}}
+targets: [cpu]
+output: {{report: [json, md, html]}}
+"""
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
