@@ -24,7 +24,7 @@ models/demo/digits.keras: scripts/make_demo_model.py | $(STAMP)
 	$(BIN)/python scripts/make_demo_model.py --out models/demo/digits.keras
 
 demo: $(STAMP) models/demo/digits.keras
-	$(BIN)/mobilec compress recipes/demo.yaml
+	$(BIN)/mobilec compress mobilec/recipes/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -17,11 +17,11 @@ from typing import Any
 
 import click
 
-from mobilec import __version__
+from mobilec._version import __version__
 from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_STAGE, Interrupted, MobilecError
-from mobilec.nativeio import stdout_to_stderr
+from mobilec.util.nativeio import stdout_to_stderr
 
-REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+BUNDLED_RECIPES = Path(__file__).resolve().parent / "recipes"
 
 
 class Ctx:
@@ -120,7 +120,7 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 
 def _load(recipe: str, overrides: tuple[str, ...]) -> Any:
-    from mobilec.recipe import load_recipe
+    from mobilec.recipe.schema import load_recipe
 
     return load_recipe(recipe, list(overrides))
 
@@ -147,7 +147,7 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
              no_eval: bool, unsafe_deserialization: bool, run_diagnose: bool = False) -> None:
     """Run RECIPE: load, prune, quantize, convert, evaluate, report."""
     from mobilec import pipeline
-    from mobilec.progress import Progress
+    from mobilec.util.progress import Progress
 
     r = _load(recipe, overrides)
     progress = Progress(quiet=obj.quiet)
@@ -162,7 +162,7 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "markdown_sections"}, indent=2))
     elif not obj.quiet:
-        from mobilec.console import print_report
+        from mobilec.report.console import print_report
 
         print_report(report)
     sys.exit(report["exit_code"])
@@ -189,10 +189,10 @@ def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
     calibration data and compares every op with its float twin: RMSE/scale,
     max abs error, SNR. Writes diagnose.json and diagnose.html to the output dir.
     """
-    from mobilec.diagnose import run_recipe
-    from mobilec.diagnose_view import html_page, print_table
-    from mobilec.fsutil import atomic_write_text
-    from mobilec.progress import Progress
+    from mobilec.diagnose.core import run_recipe
+    from mobilec.diagnose.view import html_page, print_table
+    from mobilec.util.fs import atomic_write_text
+    from mobilec.util.progress import Progress
 
     r = _load(recipe, overrides)
     progress = Progress(quiet=obj.quiet)
@@ -220,8 +220,8 @@ def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
 @handle_errors
 def validate(obj: Ctx, recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check RECIPE (schema, paths, plan) without loading TensorFlow."""
-    from mobilec.detect import detect_format
-    from mobilec.plancheck import check_plan
+    from mobilec.sources.detect import detect_format
+    from mobilec.policy.plancheck import check_plan
 
     r = _load(recipe, overrides)
     fmt = detect_format(Path(r.model.path), r.model.format)
@@ -246,7 +246,7 @@ def validate(obj: Ctx, recipe: str, overrides: tuple[str, ...], as_json: bool) -
 @main.command()
 def schema() -> None:
     """Print the recipe's JSON Schema (for editors)."""
-    from mobilec.recipe import json_schema
+    from mobilec.recipe.schema import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 
@@ -255,7 +255,7 @@ def schema() -> None:
 @json_option
 def targets(as_json: bool) -> None:
     """List target devices with their artifact, quantization and delegate."""
-    from mobilec.targets import describe
+    from mobilec.policy.targets import describe
 
     rows = describe()
     if as_json:
@@ -281,7 +281,7 @@ def recipes() -> None:
 
 
 def _recipe_files() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(REPO_RECIPES.glob("*.yaml"))}
+    return {p.stem: p for p in sorted(BUNDLED_RECIPES.glob("*.yaml"))}
 
 
 @recipes.command("list")
@@ -336,7 +336,7 @@ output:
 @handle_errors
 def init(path: str) -> None:
     """Write a commented starter recipe (never overwrites)."""
-    from mobilec.fsutil import atomic_write_text
+    from mobilec.util.fs import atomic_write_text
 
     p = Path(path)
     if p.exists():
@@ -355,7 +355,7 @@ def init(path: str) -> None:
 @handle_errors
 def bench(model: str, runs: int, threads: int, as_json: bool) -> None:
     """Measure host latency (median, p90) of a .tflite, .onnx or Keras model."""
-    from mobilec.bench import bench_model
+    from mobilec.tools.bench import bench_model
 
     with stdout_to_stderr(as_json):
         result = bench_model(Path(model), runs=runs, threads=threads)
@@ -375,7 +375,7 @@ def bench(model: str, runs: int, threads: int, as_json: bool) -> None:
 @handle_errors
 def inspect(model: str, as_json: bool, unsafe_deserialization: bool) -> None:
     """Show a model's format, inputs, outputs, parameters and ops."""
-    from mobilec.inspect import inspect_model
+    from mobilec.tools.inspect import inspect_model
 
     info = inspect_model(Path(model), unsafe_deserialization=unsafe_deserialization)
     if as_json:
@@ -421,7 +421,7 @@ def batch(obj: Ctx, inputs: tuple[str, ...], base_recipe: str | None, overrides:
     stops the others; writes zoo-report.{json,md,html}. Exit 3 if any model failed,
     1 if any broke its budget.
     """
-    from mobilec.batch import run_batch
+    from mobilec.batch.run import run_batch
 
     if base_recipe is None and len(inputs) != 1:
         raise MobilecError("give one zoo file, or --recipe BASE.yaml followed by models",
@@ -436,7 +436,7 @@ def batch(obj: Ctx, inputs: tuple[str, ...], base_recipe: str | None, overrides:
     if as_json:
         click.echo(json.dumps(zoo, indent=2))
     elif not obj.quiet:
-        from mobilec.batch_progress import print_summary
+        from mobilec.batch.progress import print_summary
 
         print_summary(zoo)
     sys.exit(zoo["totals"]["exit_code"])

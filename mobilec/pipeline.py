@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mobilec.detect import detect_format
+from mobilec.sources.detect import detect_format
 from mobilec.errors import (
     EXIT_STAGE,
     Interrupted,
@@ -15,7 +15,7 @@ from mobilec.errors import (
     StageError,
     stop_if_interrupted,
 )
-from mobilec.fsutil import (
+from mobilec.util.fs import (
     check_can_write,
     check_not_locked,
     clean_temp,
@@ -23,11 +23,11 @@ from mobilec.fsutil import (
     sweep_stale_work_dirs,
     work_dir_prefix,
 )
-from mobilec.nativeio import native_quiet
-from mobilec.plancheck import check_plan
-from mobilec.progress import Progress
-from mobilec.recipe import Recipe
-from mobilec.report import build_report, write_reports
+from mobilec.util.nativeio import native_quiet
+from mobilec.policy.plancheck import check_plan
+from mobilec.util.progress import Progress
+from mobilec.recipe.schema import Recipe
+from mobilec.report.build import build_report, write_reports
 from mobilec.stages import get_stage
 from mobilec.state import ModelState, StageResult
 

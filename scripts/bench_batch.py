@@ -64,7 +64,7 @@ def timed(zoo: Path, out: Path, workers: int, evaluate: bool) -> tuple[float, fl
     """Wall time, and CPU seconds the workers used (they are reaped when the batch ends)."""
     import resource
 
-    from mobilec.batch import run_batch
+    from mobilec.batch.run import run_batch
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()

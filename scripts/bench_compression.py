@@ -44,7 +44,7 @@ def load_state(model: Path, work: Path, stages: list[dict[str, Any]] | None = No
     """A ModelState after load (and the given training stages), like compress builds it."""
     import yaml
 
-    from mobilec.recipe import load_recipe
+    from mobilec.recipe.schema import load_recipe
     from mobilec.stages import get_stage
     from mobilec.state import ModelState
 
@@ -63,8 +63,8 @@ def load_state(model: Path, work: Path, stages: list[dict[str, Any]] | None = No
 
 def measure(state: Any, fmt: str, mode: str, tag: str) -> dict[str, Any]:
     from mobilec.formats import get_format
-    from mobilec.fsutil import gzip_size, size_of
-    from mobilec.metrics import accuracy
+    from mobilec.util.fs import gzip_size, size_of
+    from mobilec.util.metrics import accuracy
     from mobilec.state import Artifact
 
     dest = state.work_dir / "bench" / f"{tag}-{mode}.{fmt}"
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--skip-training", action="store_true", help="leave out prune and qat")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from mobilec.tfenv import configure_environment
+    from mobilec.util.tfenv import configure_environment
 
     configure_environment()
     model = ensure_model(Path(args.model).resolve())

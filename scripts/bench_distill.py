@@ -36,14 +36,14 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=2e-3)
     args = ap.parse_args()
 
-    from mobilec.tfenv import configure_environment
+    from mobilec.util.tfenv import configure_environment
 
     configure_environment()
     import numpy as np
     import yaml
 
-    from mobilec.data import digits_split
-    from mobilec.recipe import DistillConfig, load_recipe
+    from mobilec.sources.data import digits_split
+    from mobilec.recipe.schema import DistillConfig, load_recipe
     from mobilec.stages import distill, get_stage
     from mobilec.state import ModelState
 

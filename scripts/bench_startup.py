@@ -25,8 +25,8 @@ def main() -> None:
         "python -c pass": [sys.executable, "-c", "pass"],
         "python -c 'import click, rich'": [sys.executable, "-c", "import click, rich"],
         "mobilec --help": [str(BIN / "mobilec"), "--help"],
-        "mobilec validate recipes/demo.yaml": [str(BIN / "mobilec"), "validate",
-                                               str(ROOT / "recipes" / "demo.yaml")],
+        "mobilec validate mobilec/recipes/demo.yaml": [str(BIN / "mobilec"), "validate",
+                                               str(ROOT / "mobilec" / "recipes" / "demo.yaml")],
     }
     for cmd in commands.values():  # warm the page cache and .pyc files once
         run_measured(cmd)

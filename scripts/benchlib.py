@@ -121,8 +121,8 @@ def build_mobilenet(directory: Path) -> tuple[Path, Path]:
     download), saved as .keras; plus 256 random images with labels as npz for calibration."""
     import numpy as np
 
-    from mobilec.nativeio import native_quiet
-    from mobilec.tfenv import import_keras3
+    from mobilec.util.nativeio import native_quiet
+    from mobilec.util.tfenv import import_keras3
 
     with native_quiet():  # TensorFlow's C++ start-up chatter on fd 2
         keras = import_keras3()

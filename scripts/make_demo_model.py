@@ -35,7 +35,7 @@ def build(width: int = 1, seed: int = 0):
 def train(model, epochs: int = 12, seed: int = 0):
     import keras
 
-    from mobilec.data import digits_split
+    from mobilec.sources.data import digits_split
 
     keras.utils.set_random_seed(seed)
     train_split, eval_split = digits_split()
@@ -53,8 +53,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from mobilec.fsutil import atomic_place
-    from mobilec.tfenv import configure_environment
+    from mobilec.util.fs import atomic_place
+    from mobilec.util.tfenv import configure_environment
 
     configure_environment()
     start = time.time()

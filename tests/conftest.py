@@ -29,7 +29,7 @@ def demo_keras(models_dir: Path) -> Path:
     """The demo digits CNN (Keras 3 .keras, ~85k params), trained once per session."""
     import make_demo_model
 
-    from mobilec.tfenv import configure_environment
+    from mobilec.util.tfenv import configure_environment
 
     configure_environment()
     model = make_demo_model.build()
@@ -42,8 +42,8 @@ def demo_keras(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_h5(demo_keras: Path, models_dir: Path) -> Path:
     """The same network as a tf_keras .h5 (the form tf_keras/Keras 2 users have)."""
-    from mobilec.keras_bridge import keras3_to_tf_keras
-    from mobilec.tfenv import import_keras3
+    from mobilec.sources.keras_bridge import keras3_to_tf_keras
+    from mobilec.util.tfenv import import_keras3
 
     k3 = import_keras3().saving.load_model(demo_keras, compile=False)
     path = models_dir / "digits.h5"
@@ -54,7 +54,7 @@ def demo_h5(demo_keras: Path, models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_savedmodel(demo_keras: Path, models_dir: Path) -> Path:
     """The same network exported as a plain SavedModel (Keras 3 model.export)."""
-    from mobilec.tfenv import import_keras3
+    from mobilec.util.tfenv import import_keras3
 
     k3 = import_keras3().saving.load_model(demo_keras, compile=False)
     path = models_dir / "digits_savedmodel"

@@ -28,7 +28,7 @@ def data_paths(onnx_path: Path) -> dict[str, str]:
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from mobilec.data import digits_split
+    from mobilec.sources.data import digits_split
 
     train, ev = digits_split()
     return np.concatenate([train.x, ev.x]), np.concatenate([train.y, ev.y])
@@ -36,7 +36,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 def _keras_to_onnx(model, shape: list[int], path: Path, nchw: bool) -> Path:
     """tf2onnx from a tf_keras model; `nchw` makes the ONNX input channels-first (as PyTorch)."""
-    from mobilec.tfenv import import_tf
+    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     import tf2onnx
@@ -49,7 +49,7 @@ def _keras_to_onnx(model, shape: list[int], path: Path, nchw: bool) -> Path:
 
 
 def _fit(model, x: np.ndarray, y: np.ndarray | list[np.ndarray], losses, epochs: int) -> None:
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     model.compile(optimizer=tfk.optimizers.Adam(3e-3), loss=losses)
@@ -58,7 +58,7 @@ def _fit(model, x: np.ndarray, y: np.ndarray | list[np.ndarray], losses, epochs:
 
 def conv_classifier_nchw(directory: Path) -> Path:
     """A small digits CNN whose ONNX input is NCHW [N, 1, 8, 8] (a PyTorch-style export)."""
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     tfk.utils.set_random_seed(0)
@@ -77,7 +77,7 @@ def conv_classifier_nchw(directory: Path) -> Path:
 
 def mlp(directory: Path) -> Path:
     """Dense layers on flattened digits: input [N, 64], no layout at all."""
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     tfk.utils.set_random_seed(1)
@@ -95,7 +95,7 @@ def mlp(directory: Path) -> Path:
 def conv1d_sequences(directory: Path) -> Path:
     """A 1-D conv over sequences, ONNX input [N, 4, 32] (channels, steps: NCW). The label is
     which channel carries a burst; the model learns it in a few epochs."""
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     tfk.utils.set_random_seed(2)
@@ -145,7 +145,7 @@ def _input_channels_first(path: Path) -> Path:
 def two_outputs(directory: Path) -> Path:
     """One trunk, two heads: digit probabilities and a regression (the image's mean ink).
     ONNX input NHWC [N, 8, 8, 1] as tf2onnx exports a Keras model by default."""
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     tfk.utils.set_random_seed(3)

@@ -21,12 +21,12 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 
-from mobilec.batch import run_batch
-from mobilec.batch_cache import ENTRY_FILE, cache_key, key_parts
-from mobilec.batch_task import localize_inputs, pack, unpack
-from mobilec.batch_zoo import load_zoo, plan_jobs
+from mobilec.batch.run import run_batch
+from mobilec.batch.cache import ENTRY_FILE, cache_key, key_parts
+from mobilec.batch.task import localize_inputs, pack, unpack
+from mobilec.batch.zoo import load_zoo, plan_jobs
 from mobilec.errors import MobilecError, RecipeError
-from mobilec.fsutil import TMP_PREFIX
+from mobilec.util.fs import TMP_PREFIX
 
 # Small on purpose: dynamic int8 weights, .tflite + .onnx, a small eval set.
 BASE = {"version": 1, "data": {"source": "digits", "eval_samples": 100, "calibration_samples": 50},
@@ -155,7 +155,7 @@ def test_cache_key_covers_model_recipe_data_and_versions(tmp_path: Path) -> None
     assert {"mobilec", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "coremltools",
             "ai-edge-litert"} <= set(parts["versions"])
     # versions come from package metadata: computing a key never imports TensorFlow
-    code = ("import sys; from mobilec.batch_cache import tool_versions; v = tool_versions(); "
+    code = ("import sys; from mobilec.batch.cache import tool_versions; v = tool_versions(); "
             "assert 'tensorflow' not in sys.modules, 'imported'; print(v['tensorflow'])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -164,7 +164,7 @@ def test_cache_key_covers_model_recipe_data_and_versions(tmp_path: Path) -> None
 
 def test_inputs_are_read_in_place_or_shipped(tmp_path: Path) -> None:
     """What a Ray worker on another host does with a model it cannot see."""
-    from mobilec.fsutil import sha256_path
+    from mobilec.util.fs import sha256_path
 
     model = tmp_path / "m.keras"
     model.write_bytes(b"model bytes")
@@ -223,7 +223,7 @@ def demo_onnx(demo_h5: Path, models_dir: Path) -> Path:
     """The demo network as .onnx, converted here with tf2onnx."""
     path = models_dir / "digits.onnx"
     if not path.exists():
-        from mobilec.tfenv import import_tf, import_tf_keras
+        from mobilec.util.tfenv import import_tf, import_tf_keras
 
         tf = import_tf()
         import tf2onnx

@@ -22,7 +22,7 @@ def _modules_after(args: list[str]) -> set[str]:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["schema"], ["targets"], ["recipes", "list"],
-                                  ["validate", "recipes/demo.yaml"]])
+                                  ["validate", "mobilec/recipes/demo.yaml"]])
 def test_fast_commands_do_not_import_tensorflow(args: list[str]) -> None:
     mods = _modules_after(args)
     assert "mobilec.cli" in mods
@@ -53,7 +53,7 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path: Path) ->
     again = run_cli("init", "r.yaml", cwd=tmp_path)
     assert again.returncode == 2 and "never overwrites" in again.stderr
     assert (tmp_path / "r.yaml").read_text() == before
-    from mobilec.recipe import load_recipe
+    from mobilec.recipe.schema import load_recipe
 
     assert load_recipe(tmp_path / "r.yaml").stage("quantize").mode == "int8"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import artifact, compress, read_report, run_cli, write_recipe
 
-from mobilec.fsutil import sha256_path
+from mobilec.util.fs import sha256_path
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import artifact, compress, write_recipe
 
-from mobilec.delegates import MANIFEST_SUFFIX
+from mobilec.delegates.manifest import MANIFEST_SUFFIX
 from mobilec.errors import MobilecError, UnsupportedError
 from mobilec.formats.coreml import NOT_RUN_REASON, deployment_target
-from mobilec.recipe import CoreMLConfig
+from mobilec.recipe.schema import CoreMLConfig
 
 OFF_MAC = sys.platform != "darwin"
 METADATA = {"author": "Ada", "version": "2.1", "description": "digits classifier", "license": "MIT"}
@@ -140,7 +140,7 @@ def test_mlmodel_kind_writes_a_neuralnetwork(demo_keras: Path, tmp_path: Path) -
 def test_structure_that_differs_from_the_source_fails_verification(
         int8_run: tuple[dict, Path], tmp_path: Path) -> None:
     from mobilec.formats.coreml import structural_check
-    from mobilec.recipe import load_recipe_text
+    from mobilec.recipe.schema import load_recipe_text
     from mobilec.state import Artifact, ModelState, TensorSpec
 
     report, out = int8_run
@@ -162,7 +162,7 @@ def test_structure_that_differs_from_the_source_fails_verification(
 
 @pytest.mark.slow
 def test_several_outputs_keep_their_names_shapes_and_order(tmp_path: Path) -> None:
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     inp = tfk.Input((8, 8, 1), name="image")

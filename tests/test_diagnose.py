@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from conftest import artifact, run_cli, write_recipe
 
-from mobilec.diagnose import layer_of
-from mobilec.diagnose_view import html_section, svg_chart
+from mobilec.diagnose.core import layer_of
+from mobilec.diagnose.view import html_section, svg_chart
 from mobilec.errors import RecipeError, UnsupportedError
-from mobilec.mixed_precision import match_layers
-from mobilec.plancheck import check_plan
-from mobilec.recipe import load_recipe
+from mobilec.diagnose.keep_float import match_layers
+from mobilec.policy.plancheck import check_plan
+from mobilec.recipe.schema import load_recipe
 
 DEAD_PIXELS = [0, 32, 39]  # always 0 in scikit-learn's digits (checked in the fixture)
 OUTLIER = 1000.0
@@ -33,8 +33,8 @@ BUDGET = 0.02
 
 @pytest.fixture(scope="module")
 def outlier_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mobilec.data import digits_split
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.sources.data import digits_split
+    from mobilec.util.tfenv import import_tf_keras
 
     keras = import_tf_keras()
     train, _ = digits_split()
@@ -207,7 +207,7 @@ def test_keep_float_auto_keeps_nothing_when_int8_serves_well(demo_keras: Path,
 
 @pytest.mark.slow
 def test_keep_float_by_regex_and_onnx_diagnosis(outlier_h5: Path, tmp_path: Path) -> None:
-    from mobilec.diagnose import run_recipe
+    from mobilec.diagnose.core import run_recipe
 
     recipe = write_recipe(tmp_path, outlier_h5, name="byhand",
                           stages=[{"quantize": {"mode": "int8-io", "keep_float": ["emb.*"]}}],

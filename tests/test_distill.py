@@ -23,14 +23,14 @@ SUBSET = 400  # distillation data: a slice of the teacher's training set (see th
 
 
 def tfk() -> Any:
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     return import_tf_keras()
 
 
 def loaded_state(tmp: Path, model: Path, **kw: Any) -> Any:
     """A ModelState after the real load stage (model, data, reference outputs)."""
-    from mobilec.recipe import load_recipe
+    from mobilec.recipe.schema import load_recipe
     from mobilec.stages import get_stage
     from mobilec.state import ModelState
 
@@ -87,7 +87,7 @@ def test_width_copy_keeps_a_sequential_sequential() -> None:
 
 
 def test_logits_views_find_the_pre_softmax_tensor() -> None:
-    from mobilec import kd
+    from mobilec.training import kd
 
     k = tfk()
     x = np.random.default_rng(0).standard_normal((8, 8, 8, 3)).astype("float32")
@@ -122,7 +122,7 @@ def test_logits_views_find_the_pre_softmax_tensor() -> None:
 
 def test_hard_labels_accept_one_hot_and_refuse_out_of_range() -> None:
     from mobilec.errors import DataError
-    from mobilec.kd import hard_labels
+    from mobilec.training.kd import hard_labels
 
     assert hard_labels(np.eye(3)[[2, 0]], (2, 3), "d").tolist() == [2, 0]
     assert hard_labels(None, (2, 3), "d") is None
@@ -137,7 +137,7 @@ def wide_teacher(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """make_demo_model.build(width=4) trained 6 epochs with seed 0: the issue's teacher."""
     import make_demo_model
 
-    from mobilec.tfenv import configure_environment
+    from mobilec.util.tfenv import configure_environment
 
     configure_environment()
     import keras
@@ -156,7 +156,7 @@ def wide_teacher(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def subset_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """npz files: the first SUBSET samples of the digits train split (with and without
     labels) and the whole eval split."""
-    from mobilec.data import digits_split
+    from mobilec.sources.data import digits_split
 
     train, ev = digits_split()
     d = tmp_path_factory.mktemp("kd-data")
@@ -171,7 +171,7 @@ def subset_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def kl_to_teacher(state: Any) -> float:
     """Mean KL(teacher || student) over eval: what the soft loss trains the student towards."""
-    from mobilec.runtime import source_runner
+    from mobilec.formats.runtime import source_runner
 
     student = source_runner(state)(state.eval_x)[0].astype("float64")
     teacher = state.reference[0].astype("float64")
@@ -180,7 +180,7 @@ def kl_to_teacher(state: Any) -> float:
 
 
 def distill(state: Any, **kw: Any) -> dict[str, Any]:
-    from mobilec.recipe import DistillConfig
+    from mobilec.recipe.schema import DistillConfig
     from mobilec.stages import get_stage
 
     return get_stage("distill")(state, DistillConfig(**kw))

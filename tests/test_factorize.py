@@ -17,14 +17,14 @@ POINT = 0.01
 
 
 def tfk() -> Any:
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     return import_tf_keras()
 
 
 def loaded_state(tmp: Path, model: Path, **kw: Any) -> Any:
     """A ModelState after the real load stage (model, data, reference outputs)."""
-    from mobilec.recipe import load_recipe
+    from mobilec.recipe.schema import load_recipe
     from mobilec.stages import get_stage
     from mobilec.state import ModelState
 
@@ -38,7 +38,7 @@ def loaded_state(tmp: Path, model: Path, **kw: Any) -> Any:
 # -- FLOPs ------------------------------------------------------------------
 
 def test_flops_are_multiply_adds_of_each_layer_kind() -> None:
-    from mobilec.flops import model_cost
+    from mobilec.training.flops import model_cost
 
     k = tfk()
     x = k.Input((16, 16, 3))
@@ -57,7 +57,7 @@ def test_flops_are_multiply_adds_of_each_layer_kind() -> None:
 
 
 def test_flops_follow_nested_models_and_shared_layers() -> None:
-    from mobilec.flops import model_cost
+    from mobilec.training.flops import model_cost
 
     k = tfk()
     inner_in = k.Input((4,))
@@ -135,7 +135,7 @@ def test_full_rank_factorization_computes_the_same_function(monkeypatch: pytest.
 
 
 def test_factorization_skips_layers_it_would_not_shrink() -> None:
-    from mobilec.flops import model_cost
+    from mobilec.training.flops import model_cost
     from mobilec.stages.factorize import factorize_model
 
     model = small_functional()
@@ -154,7 +154,7 @@ def test_factorization_skips_layers_it_would_not_shrink() -> None:
 # -- the stage ------------------------------------------------------------------
 
 def test_stage_refuses_a_graph_only_model(tmp_path: Path) -> None:
-    from mobilec.recipe import FactorizeConfig, load_recipe
+    from mobilec.recipe.schema import FactorizeConfig, load_recipe
     from mobilec.stages.factorize import run
     from mobilec.state import ModelState
 
@@ -173,7 +173,7 @@ def build_large_dense(path: Path) -> float:
     """
     import keras
 
-    from mobilec.data import digits_split
+    from mobilec.sources.data import digits_split
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
@@ -195,9 +195,9 @@ def build_large_dense(path: Path) -> float:
 
 @pytest.mark.slow
 def test_energy_095_halves_a_large_dense_model_within_a_point(tmp_path: Path) -> None:
-    from mobilec.recipe import FactorizeConfig
+    from mobilec.recipe.schema import FactorizeConfig
     from mobilec.stages import get_stage
-    from mobilec.tfenv import configure_environment
+    from mobilec.util.tfenv import configure_environment
 
     configure_environment()
     build_large_dense(tmp_path / "fc.keras")

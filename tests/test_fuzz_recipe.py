@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mobilec.errors import MobilecError
-from mobilec.plancheck import check_plan
-from mobilec.recipe import Recipe, apply_overrides, load_recipe_text
+from mobilec.policy.plancheck import check_plan
+from mobilec.recipe.schema import Recipe, apply_overrides, load_recipe_text
 
 FILENAME = "fuzz.yaml"
 # MOBILEC_FUZZ_EXAMPLES=5000 for a deeper run than CI can afford.

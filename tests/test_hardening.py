@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli, write_recipe
 
 from mobilec.errors import MobilecError
-from mobilec.fsutil import sha256_path
+from mobilec.util.fs import sha256_path
 
 # ----------------------------------------------------------------------------- model builders
 
@@ -72,7 +72,7 @@ def _pooling_onnx(path: Path, shape: list[int]) -> Path:
 def real_files(demo_keras: Path, demo_h5: Path, tmp_path_factory: pytest.TempPathFactory
                ) -> dict[str, bytes]:
     """One genuine file per format, for truncating."""
-    from mobilec.tfenv import import_tf, import_tf_keras
+    from mobilec.util.tfenv import import_tf, import_tf_keras
 
     d = tmp_path_factory.mktemp("real")
     tf, tfk = import_tf(), import_tf_keras()
@@ -84,7 +84,7 @@ def real_files(demo_keras: Path, demo_h5: Path, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="module")
 def keras_builders() -> tuple:
-    from mobilec.tfenv import import_keras3, import_tf_keras
+    from mobilec.util.tfenv import import_keras3, import_tf_keras
 
     return import_keras3(), import_tf_keras()
 
@@ -241,7 +241,7 @@ def test_onnx_external_data_outside_its_folder_is_refused(tmp_path: Path, locati
 
 
 def test_onnx_external_data_inside_its_folder_is_fine(tmp_path: Path) -> None:
-    from mobilec.onnx_input import read_model
+    from mobilec.sources.onnx_input import read_model
 
     model = _tiny_onnx(tmp_path / "model.onnx", external="weights.bin")
     assert (tmp_path / "weights.bin").is_file()
@@ -355,7 +355,7 @@ def test_a_crash_inside_load_writes_nothing(demo_h5: Path, tmp_path: Path,
 
 def test_outputs_get_ordinary_file_modes(tmp_path: Path) -> None:
     """Atomic writes go through mkstemp (mode 0600); outputs must get 0666 & ~umask like any file."""
-    from mobilec.fsutil import atomic_write_text
+    from mobilec.util.fs import atomic_write_text
 
     status = Path("/proc/self/status")
     if not status.exists():

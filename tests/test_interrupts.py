@@ -15,7 +15,7 @@ import pytest
 from conftest import write_recipe
 
 from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM
-from mobilec.fsutil import TMP_PREFIX
+from mobilec.util.fs import TMP_PREFIX
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ STAGES = {"load": 1.5, "convert": 0.4, "evaluate": 0.3}
 @pytest.fixture(scope="module")
 def long_eval_recipe(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model with 29k eval samples, so evaluate lasts seconds, not milliseconds."""
-    from mobilec.data import digits_split
+    from mobilec.sources.data import digits_split
 
     d = tmp_path_factory.mktemp("interrupt")
     _, ev = digits_split()

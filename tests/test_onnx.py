@@ -19,7 +19,7 @@ import yaml
 from conftest import artifact, compress, read_report, run_cli, write_recipe
 
 from mobilec.errors import ModelLoadError
-from mobilec.fsutil import sha256_path
+from mobilec.util.fs import sha256_path
 
 
 class Zoo:
@@ -31,7 +31,7 @@ class Zoo:
 
     def __getitem__(self, name: str) -> Path:
         if name not in self.paths:
-            from mobilec.tfenv import configure_environment
+            from mobilec.util.tfenv import configure_environment
 
             configure_environment()
             self.paths[name] = getattr(onnx_models, name)(self.directory)
@@ -98,7 +98,7 @@ def tflite_outputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def test_inspect_shows_io_opset_ops_params(zoo: Zoo) -> None:
-    from mobilec.onnx_input import inspect_onnx
+    from mobilec.sources.onnx_input import inspect_onnx
 
     info = inspect_onnx(zoo["helper_image_model"])
     assert info["inputs"] == ["pixels [1, 3, height, width] float32"]
@@ -122,7 +122,7 @@ def test_inspect_cli_names_custom_domain_ops(zoo: Zoo) -> None:
 
 
 def _state(tmp_path: Path, model: Path, input_shape: list[int] | None = None) -> Any:
-    from mobilec.recipe import ModelSpec, Recipe
+    from mobilec.recipe.schema import ModelSpec, Recipe
     from mobilec.state import ModelState
 
     work = tmp_path / "work"
@@ -132,7 +132,7 @@ def _state(tmp_path: Path, model: Path, input_shape: list[int] | None = None) ->
 
 
 def test_dynamic_dim_without_input_shape_names_the_dim(zoo: Zoo, tmp_path: Path) -> None:
-    from mobilec.onnx_input import load_onnx
+    from mobilec.sources.onnx_input import load_onnx
 
     with pytest.raises(ModelLoadError) as err:
         load_onnx(_state(tmp_path, zoo["helper_image_model"]), zoo["helper_image_model"])
@@ -143,7 +143,7 @@ def test_dynamic_dim_without_input_shape_names_the_dim(zoo: Zoo, tmp_path: Path)
 def test_input_shape_fixes_dims_on_a_copy_never_the_users_file(zoo: Zoo, tmp_path: Path) -> None:
     import onnx
 
-    from mobilec.onnx_input import dims_of, load_onnx
+    from mobilec.sources.onnx_input import dims_of, load_onnx
 
     path = zoo["helper_image_model"]
     before = sha256_path(path)
@@ -190,7 +190,7 @@ def test_external_data_inside_the_models_folder_loads_into_a_self_contained_copy
         tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from mobilec.onnx_input import load_onnx
+    from mobilec.sources.onnx_input import load_onnx
 
     path = _external_model(tmp_path / "m", "weights.bin")
     state = _state(tmp_path, path)
@@ -204,7 +204,7 @@ def test_external_data_inside_the_models_folder_loads_into_a_self_contained_copy
 
 @pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../secret.bin"])
 def test_external_data_outside_the_models_folder_is_refused(tmp_path: Path, location: str) -> None:
-    from mobilec.onnx_input import inspect_onnx, load_onnx
+    from mobilec.sources.onnx_input import inspect_onnx, load_onnx
 
     (tmp_path / "secret.bin").write_bytes(b"\0" * 4096)
     path = _external_model(tmp_path / "m", location)
@@ -219,7 +219,7 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path: Path, loca
     ([None, 224, 224, 3], "NHWC"), ([None, 64, 7, 7], "NCHW"), ([None, 4, 32], "NCW"),
     ([None, 32, 4], "NWC"), ([None, 64], "NC"), ([None, 2, 16, 16, 16], "NCDHW")])
 def test_input_layout_guess(shape: list[int | None], layout: str) -> None:
-    from mobilec.onnx_input import guess_layout
+    from mobilec.sources.onnx_input import guess_layout
 
     assert guess_layout(shape) == layout
 
@@ -312,7 +312,7 @@ def test_helper_model_dynamic_dims_nchw_feature_map_and_no_network(
     With every connection refused, the conversion still works and nothing tried to connect."""
     import onnx2tf.utils.common_functions as o2t_common
 
-    from mobilec import onnx2tf_bridge
+    from mobilec.sources import onnx2tf_bridge
 
     attempts: list[Any] = []
 
@@ -383,7 +383,7 @@ def _perturb_weights(path: Path) -> None:
 
 def _reverse_classes(outputs: list[Any]) -> list[Any]:
     """Swap the class axis end for end: a layout bug that still runs and looks plausible."""
-    from mobilec.tfenv import import_tf
+    from mobilec.util.tfenv import import_tf
 
     return [import_tf().reverse(outputs[0], axis=[-1]), *outputs[1:]]
 
@@ -392,7 +392,7 @@ def _reverse_classes(outputs: list[Any]) -> list[Any]:
 @pytest.mark.parametrize("hook", ["weights", "class-axis"])
 def test_broken_conversion_is_caught_and_kept_unverified(
         zoo: Zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook: str) -> None:
-    from mobilec import onnx2tf_bridge
+    from mobilec.sources import onnx2tf_bridge
 
     if hook == "weights":
         monkeypatch.setattr(onnx2tf_bridge, "before_onnx2tf", _perturb_weights)

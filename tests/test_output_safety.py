@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import write_recipe
 
-from mobilec.fsutil import TMP_PREFIX, output_lock, sha256_path
+from mobilec.util.fs import TMP_PREFIX, output_lock, sha256_path
 
 
 def _compress_cmd(recipe: Path, out: Path) -> list[str]:
@@ -64,7 +64,7 @@ def recipe(demo_keras: Path, tmp_path: Path) -> Path:
 
 
 def _inputs(recipe: Path) -> dict[str, str]:
-    from mobilec.recipe import load_recipe
+    from mobilec.recipe.schema import load_recipe
 
     return {"recipe": sha256_path(recipe), "model": sha256_path(load_recipe(recipe).model.path)}
 
@@ -134,7 +134,7 @@ def test_lock_taken_while_loading_is_still_refused(recipe: Path, tmp_path: Path)
 def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
     """A run that dies by SIGKILL (no cleanup at all) must not block the next one."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from mobilec.fsutil import output_lock\n"
+        "import sys, time; from pathlib import Path; from mobilec.util.fs import output_lock\n"
         "with output_lock(Path(sys.argv[1])):\n print('locked', flush=True); time.sleep(60)"),
         str(tmp_path)], stdout=subprocess.PIPE, text=True, env=_env())
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -259,7 +259,7 @@ def test_disk_full_simulated_with_a_file_size_limit(recipe: Path, tmp_path: Path
 def test_work_dirs_of_killed_runs_are_swept(recipe: Path, tmp_path: Path) -> None:
     """SIGKILL allows no cleanup: the killed run's work dir stays in the temp dir. A later run
     removes it once its owner is gone and it is old enough; live or recent ones stay."""
-    from mobilec.fsutil import sweep_stale_work_dirs
+    from mobilec.util.fs import sweep_stale_work_dirs
 
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()

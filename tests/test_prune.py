@@ -81,8 +81,8 @@ def test_graph_only_model_cannot_be_pruned(tmp_path: Path, demo_savedmodel: Path
 
 
 def test_onnx_and_missing_train_data_are_refused_up_front(tmp_path: Path) -> None:
-    from mobilec.plancheck import check_plan
-    from mobilec.recipe import load_recipe
+    from mobilec.policy.plancheck import check_plan
+    from mobilec.recipe.schema import load_recipe
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
@@ -100,8 +100,8 @@ def test_onnx_and_missing_train_data_are_refused_up_front(tmp_path: Path) -> Non
 
 def _state(tmp_path: Path, model: Any, *, labels: bool = True, train: bool = True) -> Any:
     """A ModelState holding a tf_keras model and random 8x8 data (no conversion needed)."""
-    from mobilec.data import Dataset, Split
-    from mobilec.recipe import load_recipe
+    from mobilec.sources.data import Dataset, Split
+    from mobilec.recipe.schema import load_recipe
     from mobilec.state import ModelState, SourceInfo
 
     rng = np.random.default_rng(0)
@@ -117,7 +117,7 @@ def _state(tmp_path: Path, model: Any, *, labels: bool = True, train: bool = Tru
 
 
 def _small_model(custom: bool = False) -> Any:
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
 
@@ -138,7 +138,7 @@ def _small_model(custom: bool = False) -> Any:
 
 
 def test_prune_counts_zeros_and_leaves_the_loaded_model_alone(tmp_path: Path) -> None:
-    from mobilec.recipe import PruneConfig
+    from mobilec.recipe.schema import PruneConfig
     from mobilec.stages import prune
 
     model = _small_model()
@@ -158,7 +158,7 @@ def test_prune_counts_zeros_and_leaves_the_loaded_model_alone(tmp_path: Path) ->
 
 
 def test_prune_without_labels_fine_tunes_to_the_models_own_outputs(tmp_path: Path) -> None:
-    from mobilec.recipe import PruneConfig
+    from mobilec.recipe.schema import PruneConfig
     from mobilec.stages import prune
 
     state = _state(tmp_path, _small_model(), labels=False)
@@ -168,7 +168,7 @@ def test_prune_without_labels_fine_tunes_to_the_models_own_outputs(tmp_path: Pat
 
 
 def test_a_layer_tfmot_cannot_prune_is_named(tmp_path: Path) -> None:
-    from mobilec.recipe import PruneConfig
+    from mobilec.recipe.schema import PruneConfig
     from mobilec.stages import prune
 
     state = _state(tmp_path, _small_model(custom=True))
@@ -179,7 +179,7 @@ def test_a_layer_tfmot_cannot_prune_is_named(tmp_path: Path) -> None:
 
 
 def test_no_train_data_and_graph_only_models_are_refused_by_the_stage(tmp_path: Path) -> None:
-    from mobilec.recipe import PruneConfig
+    from mobilec.recipe.schema import PruneConfig
     from mobilec.stages import prune
 
     state = _state(tmp_path, _small_model(), train=False)

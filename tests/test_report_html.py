@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from conftest import compress, write_recipe
 
-from mobilec import report_html
-from mobilec.report_html import bar_chart_svg, lazy_section, register_section, render_html
+from mobilec.report.build import html as report_html
+from mobilec.report.html import bar_chart_svg, lazy_section, register_section, render_html
 
 EXTERNAL = re.compile(r"(src|href)\s*=|<link|<script|@import|url\(|https?://", re.I)
 
@@ -112,9 +112,9 @@ def test_sections_can_be_added_and_absent_ones_are_left_out(monkeypatch: pytest.
     page = render_html(report)
     assert page.index("<h2>Layer errors</h2>") > page.index("<h2>Budget</h2>")
     assert page.count("<rect") >= 2 and "conv&lt;1&gt;" in page and "12.5 dB" in page
-    lazy = lazy_section("mobilec.report_html", "budget_section")
+    lazy = lazy_section("mobilec.report.html", "budget_section")
     register_section(lazy, before=report_html.summary_section)
-    register_section(lazy_section("mobilec.report_html", "budget_section"))
+    register_section(lazy_section("mobilec.report.html", "budget_section"))
     assert sum(getattr(s, "lazy_key", None) is not None for s in report_html.SECTIONS) == 1
     assert render_html(report).index("<h2>Budget</h2>") < render_html(report).index("Size vs")
 

@@ -15,7 +15,7 @@ from mobilec.formats.tflite import convert_tflite
 def loaded_state(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory):
     from conftest import write_recipe
 
-    from mobilec.recipe import load_recipe
+    from mobilec.recipe.schema import load_recipe
     from mobilec.stages import get_stage
     from mobilec.state import ModelState
 
@@ -44,7 +44,7 @@ def _describe(model: bytes, x: np.ndarray) -> tuple[list[str], list[str], dict, 
 
 @pytest.mark.parametrize("mode", ["float32", "int8"])
 def test_same_model_as_from_keras_model(loaded_state, mode: str) -> None:
-    from mobilec.tfenv import import_tf
+    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     state = loaded_state

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import artifact, compress, read_report, run_cli, write_recipe
 
-from mobilec.delegates import MANIFEST_SUFFIX, read_tflite_hint
-from mobilec.opcompat import nnapi_compat, parse_analyzer, tflite_ops
-from mobilec.targets import NNAPI_DEPRECATED_API, TARGETS, plan_artifacts
+from mobilec.delegates.manifest import MANIFEST_SUFFIX, read_tflite_hint
+from mobilec.delegates.opcompat import nnapi_compat, parse_analyzer, tflite_ops
+from mobilec.policy.targets import NNAPI_DEPRECATED_API, TARGETS, plan_artifacts
 
 ALL_TARGETS = ["android-nnapi", "android-gpu", "ios-coreml", "cpu"]
 # (format, quantization, target, delegate, fallback) the demo must ship
@@ -157,7 +157,7 @@ def test_every_artifact_has_a_correct_delegate_manifest(four: tuple[dict, Path])
 def test_tflite_files_carry_the_delegate_hint_and_still_run(four: tuple[dict, Path]) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from mobilec.data import digits_split
+    from mobilec.sources.data import digits_split
 
     report, out = four
     x = digits_split()[1].x[:16].astype("float32")
@@ -224,7 +224,7 @@ def test_nnapi_check_depends_on_the_android_api_level(four: tuple[dict, Path]) -
 @pytest.mark.slow
 def test_an_op_the_gpu_delegate_cannot_run_is_named_as_falling_back(
         tmp_path: Path, models_dir: Path) -> None:
-    from mobilec.tfenv import import_keras3
+    from mobilec.util.tfenv import import_keras3
 
     keras = import_keras3()
     keras.utils.set_random_seed(0)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
-from mobilec.recipe import CoreMLConfig
-from mobilec.runtime import align_outputs, batched, measure_latency
+from mobilec.recipe.schema import CoreMLConfig
+from mobilec.formats.runtime import align_outputs, batched, measure_latency
 from mobilec.state import Artifact, ModelState
 
 NOT_RUN_REASON = "Core ML runtime needs macOS"
@@ -183,7 +183,7 @@ def coreml_config(state: ModelState) -> CoreMLConfig:
 
 def import_coremltools() -> Any:
     """coremltools, imported quietly: it warns about untested TF/sklearn versions at import."""
-    from mobilec.tfenv import import_tf
+    from mobilec.util.tfenv import import_tf
 
     import_tf()  # the TF frontend needs TF, and TF must come in through tfenv
     os.environ.setdefault("TQDM_DISABLE", "1")  # conversion progress bars
@@ -210,7 +210,7 @@ def _quiet(state: ModelState) -> Iterator[None]:
 
 def _onnx_bridge() -> Any:
     try:
-        from mobilec import onnx2tf_bridge
+        from mobilec.sources import onnx2tf_bridge
     except ImportError:
         return None
     return onnx2tf_bridge if hasattr(onnx2tf_bridge, "ensure_graph") else None
@@ -232,7 +232,7 @@ def feature_name(name: str) -> str:
 def _source(state: ModelState) -> tuple[Any, list[int], list[int]]:
     """What ct.convert takes, the fixed input shape (batch 1), and for each converted output
     (TF names them Identity, Identity_1, …) the index of the source output it is."""
-    from mobilec.tfenv import import_tf
+    from mobilec.util.tfenv import import_tf
 
     if state.keras_model is None and state.graph_dir is None and state.onnx_path is not None:
         bridge = _onnx_bridge()
@@ -461,7 +461,7 @@ def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def structural_check(state: ModelState, artifact: Artifact) -> None:
-    from mobilec.opcompat import coreml_program_ops
+    from mobilec.delegates.opcompat import coreml_program_ops
 
     ct = import_coremltools()
     problems: list[str] = []

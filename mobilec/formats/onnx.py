@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
-from mobilec.runtime import align_outputs, batched, measure_latency
+from mobilec.formats.runtime import align_outputs, batched, measure_latency
 from mobilec.state import Artifact, ModelState, TensorSpec
 
 PRECISION = {
@@ -32,13 +32,13 @@ class OnnxFormat:
             shutil.copyfile(float_path, dest)
         else:
             from mobilec.formats.onnx_quant import quantize_onnx
-            from mobilec.mixed_precision import onnx_exclude
+            from mobilec.diagnose.keep_float import onnx_exclude
 
             # keep_float: the plan's float layers stay out of quantization.
             quantize_onnx(state, float_path, mode, dest,
                           nodes_to_exclude=onnx_exclude(state, float_path, mode))
         artifact.precision = PRECISION.get(mode, mode)
-        from mobilec.mixed_precision import note_kept_float
+        from mobilec.diagnose.keep_float import note_kept_float
 
         note_kept_float(state, artifact)
         artifact.input_layout = state.input_layout
@@ -65,7 +65,7 @@ def float32_onnx(state: ModelState) -> Path:
         return state.onnx_path
     out = state.work_dir / f"float32-v{state.model_version}.onnx"
     opset = _opset(state)
-    from mobilec.tfenv import import_tf
+    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     import tf2onnx

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
-from mobilec.runtime import align_outputs, batched, measure_latency
+from mobilec.formats.runtime import align_outputs, batched, measure_latency
 from mobilec.state import Artifact, ModelState
 
 PRECISION = {
@@ -37,14 +37,14 @@ class TFLiteFormat:
             build_int4(state, artifact, dest)
         else:
             # keep_float: int8 with a few layers left in float; otherwise the plain converter.
-            from mobilec.mixed_precision import mixed_tflite, note_kept_float
+            from mobilec.diagnose.keep_float import mixed_tflite, note_kept_float
 
             dest.write_bytes(mixed_tflite(state, mode) or convert_tflite(state, mode))
         artifact.precision = PRECISION.get(mode, mode)
         if mode != "int4":
             note_kept_float(state, artifact)
         # An ONNX input reaches TF through onnx2tf, which may change the layout (NCHW -> NHWC).
-        from mobilec.onnx2tf_bridge import tf_input_layout
+        from mobilec.sources.onnx2tf_bridge import tf_input_layout
 
         artifact.input_layout, artifact.input_transpose = tf_input_layout(state)
         if mode == "int8-io":
@@ -62,7 +62,7 @@ def representative_dataset(state: ModelState) -> Any:
         raise UnsupportedError(
             "full-integer quantization needs calibration data and the recipe has none",
             hint="add a data: section (train or eval), or use quantize mode dynamic or float16")
-    from mobilec.onnx2tf_bridge import to_tf_layout
+    from mobilec.sources.onnx2tf_bridge import to_tf_layout
 
     x = to_tf_layout(state, state.data.calibration.x.astype("float32"))
 
@@ -74,11 +74,11 @@ def representative_dataset(state: ModelState) -> Any:
 
 
 def make_converter(state: ModelState) -> Any:
-    from mobilec.tfenv import import_tf
+    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     if state.keras_model is not None:
-        from mobilec.serving_export import serving_savedmodel
+        from mobilec.sources.serving_export import serving_savedmodel
 
         # The serving function alone: from_keras_model would save the whole tf_keras model
         # first (3x slower on MobileNetV2); same ops, names and outputs.
@@ -87,7 +87,7 @@ def make_converter(state: ModelState) -> Any:
             return tf.lite.TFLiteConverter.from_saved_model(str(serving))
         return tf.lite.TFLiteConverter.from_keras_model(state.keras_model)
     if state.graph_dir is None and state.onnx_path is not None:
-        from mobilec.onnx2tf_bridge import ensure_graph
+        from mobilec.sources.onnx2tf_bridge import ensure_graph
 
         ensure_graph(state)  # ONNX input: onnx2tf's SavedModel, converted on first use
     if state.graph_dir is not None:
@@ -96,7 +96,7 @@ def make_converter(state: ModelState) -> Any:
 
 
 def convert_tflite(state: ModelState, mode: str) -> bytes:
-    from mobilec.tfenv import import_tf
+    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     conv = make_converter(state)

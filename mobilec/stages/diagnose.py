@@ -15,7 +15,7 @@ REPORT_ROWS = 20
 
 
 def run(state: ModelState, config: Any = None) -> dict[str, Any]:
-    from mobilec.diagnose import diagnose, write_json
+    from mobilec.diagnose.core import diagnose, write_json
 
     try:
         diag = diagnose(state)

@@ -14,16 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from mobilec import kd
+from mobilec.training import kd
 from mobilec.errors import ModelLoadError, StageError, UnsupportedError
-from mobilec.finetune import require_train_data
-from mobilec.flops import model_cost
-from mobilec.metrics import accuracy
-from mobilec.model_surgery import Replacement, clone_layer, is_model, output_layers, rebuild
-from mobilec.recipe import DistillConfig, StudentWidth
-from mobilec.runtime import source_runner
+from mobilec.training.finetune import require_train_data
+from mobilec.training.flops import model_cost
+from mobilec.util.metrics import accuracy
+from mobilec.training.surgery import Replacement, clone_layer, is_model, output_layers, rebuild
+from mobilec.recipe.schema import DistillConfig, StudentWidth
+from mobilec.formats.runtime import source_runner
 from mobilec.state import ModelState
-from mobilec.tfenv import set_seed
+from mobilec.util.tfenv import set_seed
 
 SEED = 0
 WIDTH_KEYS = ("units", "filters")
@@ -116,7 +116,7 @@ def _teacher_logits(state: ModelState, x: np.ndarray) -> np.ndarray:
 def _load_student(state: ModelState, path: Path) -> Any:
     # The recipe's own loaders: a student file gets the same checks (Lambda
     # refusal, input size) and the same Keras 3 -> tf_keras bridge as the model.
-    from mobilec.detect import detect_format
+    from mobilec.sources.detect import detect_format
     from mobilec.stages import load
 
     if not path.exists():

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from mobilec import kd
+from mobilec.training import kd
 from mobilec.errors import StageError, UnsupportedError
-from mobilec.finetune import require_train_data
-from mobilec.flops import model_cost
-from mobilec.metrics import accuracy
-from mobilec.model_surgery import (
+from mobilec.training.finetune import require_train_data
+from mobilec.training.flops import model_cost
+from mobilec.util.metrics import accuracy
+from mobilec.training.surgery import (
     Replacement,
     clone_layer,
     is_model,
@@ -32,10 +32,10 @@ from mobilec.model_surgery import (
     same_layer,
     unique_name,
 )
-from mobilec.recipe import FactorizeConfig
-from mobilec.runtime import source_runner
+from mobilec.recipe.schema import FactorizeConfig
+from mobilec.formats.runtime import source_runner
 from mobilec.state import ModelState
-from mobilec.tfenv import import_tf_keras, set_seed
+from mobilec.util.tfenv import import_tf_keras, set_seed
 
 # Below this saving an extra op (one more kernel launch on device, one more
 # tensor in memory) is not worth the few parameters.

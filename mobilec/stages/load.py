@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.data import adapt_layout, fit_to_input, load_dataset
-from mobilec.detect import (
+from mobilec.sources.data import adapt_layout, fit_to_input, load_dataset
+from mobilec.sources.detect import (
     check_input_size,
     declared_shapes,
     detect_format,
@@ -16,9 +16,9 @@ from mobilec.detect import (
     keras_archive_config,
 )
 from mobilec.errors import ModelLoadError
-from mobilec.fsutil import sha256_path, size_of
-from mobilec.metrics import accuracy
-from mobilec.runtime import count_params, source_runner
+from mobilec.util.fs import sha256_path, size_of
+from mobilec.util.metrics import accuracy
+from mobilec.formats.runtime import count_params, source_runner
 from mobilec.state import ModelState, SourceInfo, TensorSpec
 
 UNSAFE_HINT = ("Lambda layers hold arbitrary Python code; pass --unsafe-deserialization only "
@@ -60,8 +60,8 @@ def _check_config(state: ModelState, config: object, path: Path) -> None:
 
 def _load_keras(state: ModelState, path: Path) -> None:
     _check_config(state, keras_archive_config(path), path)
-    from mobilec.keras_bridge import keras3_to_tf_keras
-    from mobilec.tfenv import import_keras3
+    from mobilec.sources.keras_bridge import keras3_to_tf_keras
+    from mobilec.util.tfenv import import_keras3
 
     keras = import_keras3()
     try:
@@ -106,14 +106,14 @@ def _load_h5(state: ModelState, path: Path) -> None:
         raise ModelLoadError(f"corrupt model_config in .h5: {_first_line(exc)}", where=str(path),
                              hint="re-save the model with model.save('model.h5')") from None
     _check_config(state, config, path)
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     try:
         model = tfk.models.load_model(str(path), compile=False)
     except Exception:  # noqa: BLE001 - maybe a Keras 3 .h5: let Keras 3 read it, then bridge
-        from mobilec.keras_bridge import keras3_to_tf_keras
-        from mobilec.tfenv import import_keras3
+        from mobilec.sources.keras_bridge import keras3_to_tf_keras
+        from mobilec.util.tfenv import import_keras3
 
         try:
             model = keras3_to_tf_keras(import_keras3().saving.load_model(str(path), compile=False))
@@ -127,7 +127,7 @@ def _load_h5(state: ModelState, path: Path) -> None:
 
 def _load_savedmodel(state: ModelState, path: Path) -> None:
     if (path / "keras_metadata.pb").exists():
-        from mobilec.tfenv import import_tf_keras
+        from mobilec.util.tfenv import import_tf_keras
 
         try:
             _set_keras(state, import_tf_keras().models.load_model(str(path), compile=False))
@@ -139,7 +139,7 @@ def _load_savedmodel(state: ModelState, path: Path) -> None:
 
 
 def _load_graph(state: ModelState, path: Path) -> None:
-    from mobilec.tfenv import import_tf
+    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     try:
@@ -166,7 +166,7 @@ def _load_graph(state: ModelState, path: Path) -> None:
 
 
 def _load_onnx(state: ModelState, path: Path) -> None:
-    from mobilec.onnx_input import load_onnx
+    from mobilec.sources.onnx_input import load_onnx
 
     load_onnx(state, path)
 

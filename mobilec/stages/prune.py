@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import UnsupportedError
-from mobilec.finetune import fit, require_trainable, steps_per_epoch, training_targets
-from mobilec.recipe import PruneConfig
+from mobilec.training.finetune import fit, require_trainable, steps_per_epoch, training_targets
+from mobilec.recipe.schema import PruneConfig
 from mobilec.state import ModelState
 
 
@@ -39,7 +39,7 @@ def run(state: ModelState, config: PruneConfig) -> dict[str, Any]:
 
 def import_tfmot() -> Any:
     """tfmot, imported only after TensorFlow is set up for tf_keras (TF_USE_LEGACY_KERAS)."""
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     import_tf_keras()
     import tensorflow_model_optimization as tfmot
@@ -67,7 +67,7 @@ def wrap_prunable(model: Any, schedule: Any) -> tuple[Any, set[str]]:
     """Clone `model` with every layer that has prunable weights wrapped; others as they are.
 
     Returns the clone and the names of the wrapped layers."""
-    from mobilec.tfenv import import_tf_keras
+    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     tfmot = import_tfmot()

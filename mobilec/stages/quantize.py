@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mobilec.recipe import QuantizeConfig
+from mobilec.recipe.schema import QuantizeConfig
 from mobilec.state import ModelState, QuantPlan
 
 
@@ -18,11 +18,11 @@ def run(state: ModelState, config: QuantizeConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"mode": cfg.mode}
     mode = cfg.mode
     if mode == "qat":
-        from mobilec.qat import quantization_aware_train
+        from mobilec.training.qat import quantization_aware_train
 
         metrics.update(quantization_aware_train(state, cfg))
     elif mode == "auto":
-        from mobilec.autoquant import search
+        from mobilec.stages.quantize_auto import search
 
         mode, candidates = search(state, cfg.candidates)
         budget = state.recipe.budget
@@ -31,7 +31,7 @@ def run(state: ModelState, config: QuantizeConfig) -> dict[str, Any]:
         options["auto"] = True
     state.plan = QuantPlan(mode=mode, options=options)
     if cfg.keep_float is not None:
-        from mobilec.mixed_precision import resolve_keep_float
+        from mobilec.diagnose.keep_float import resolve_keep_float
 
         metrics.update(resolve_keep_float(state, cfg))
     return metrics

@@ -1,0 +1,119 @@
+"""Running models on this host: the source model, and the shared runner contract.
+
+A runner takes a batch in the *recipe's* data layout and returns the model's
+outputs as float arrays in the source model's output order.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from mobilec.state import ModelState, TensorSpec
+
+
+class Runner(Protocol):
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+
+def batched(fn: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, size: int = 256
+            ) -> list[np.ndarray]:
+    parts: list[list[np.ndarray]] = []
+    for i in range(0, len(x), size):
+        parts.append([np.asarray(o, dtype=np.float32) for o in fn(x[i:i + size])])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def align_outputs(ref: list[TensorSpec], got_names: list[str], got: list[np.ndarray]
+                  ) -> list[np.ndarray]:
+    """Put a converted model's outputs in the source model's order.
+
+    Converters rename and reorder outputs (TFLite sorts signature outputs by name);
+    match by exact name, then by name prefix, then by unique shape, then by order.
+    """
+    if len(got) != len(ref):
+        return got
+    if len(ref) == 1:
+        return got
+    remaining = dict(zip(got_names, got, strict=True))
+    out: list[np.ndarray | None] = [None] * len(ref)
+    for i, spec in enumerate(ref):
+        for name in list(remaining):
+            base = name.split(":")[0]
+            if name == spec.name or base == spec.name or base.endswith("/" + spec.name):
+                out[i] = remaining.pop(name)
+                break
+    for i, spec in enumerate(ref):
+        if out[i] is not None:
+            continue
+        same = [n for n, a in remaining.items() if list(a.shape[1:]) == list(spec.shape[1:])]
+        if len(same) == 1:
+            out[i] = remaining.pop(same[0])
+    rest = iter(remaining.values())
+    return [o if o is not None else next(rest) for o in out]
+
+
+def source_runner(state: ModelState) -> Runner:
+    """Runs the model as the state currently holds it (after prune/distill, …)."""
+    if state.keras_model is not None:
+        model = state.keras_model
+
+        def run_keras(x: np.ndarray) -> list[np.ndarray]:
+            out = model(x, training=False)
+            out = out if isinstance(out, (list, tuple)) else [out]
+            return [np.asarray(o) for o in out]
+
+        return lambda x: batched(run_keras, x)
+    if state.onnx_path is not None:
+        from mobilec.formats.onnx import ort_session_runner
+
+        return ort_session_runner(state.onnx_path, state.outputs, transpose=None)
+    if state.graph_dir is not None:
+        return _saved_model_runner(state)
+    raise RuntimeError("state holds no model")
+
+
+def _saved_model_runner(state: ModelState) -> Runner:
+    from mobilec.util.tfenv import import_tf
+
+    tf = import_tf()
+    key = ("saved_model", str(state.graph_dir))
+    if key not in state.cache:
+        state.cache[key] = tf.saved_model.load(str(state.graph_dir))
+    loaded = state.cache[key]
+    fn = loaded.signatures["serving_default"]
+    in_name = list(fn.structured_input_signature[1].keys())[0]
+    names = list(fn.structured_outputs.keys())
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        res = fn(**{in_name: tf.constant(x)})
+        return align_outputs(state.outputs, names, [res[n].numpy() for n in names])
+
+    return lambda x: batched(run, x)
+
+
+def measure_latency(invoke: Callable[[], Any], warmup: int = 5, runs: int = 50,
+                    budget_s: float = 2.0) -> dict[str, float]:
+    """Median and p90 of single invocations, after warm-up; stops early past budget_s."""
+    for _ in range(warmup):
+        invoke()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs and (len(times) < 10 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        invoke()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    return {"median": round(statistics.median(times), 4), "p90": round(p90, 4), "runs": len(times)}
+
+
+def count_params(model: Any) -> int | None:
+    try:
+        return int(model.count_params())
+    except Exception:  # noqa: BLE001 - a model we cannot count just reports null
+        return None

@@ -1,0 +1,112 @@
+"""The up-front policy check: target x quantization x format x model x data.
+
+Runs before anything slow (and in `mobilec validate`, without TensorFlow), so an
+illegal combination fails in a second with its name, not after a fine-tune.
+"""
+
+from __future__ import annotations
+
+from mobilec.errors import ModelLoadError, UnsupportedError
+from mobilec.recipe.schema import Recipe
+
+TRAINING_STAGES = ("distill", "factorize", "prune")
+KERAS_FORMATS = ("keras", "h5", "savedmodel")
+
+
+def check_plan(recipe: Recipe, model_format: str | None) -> None:
+    if model_format == "tflite":
+        raise ModelLoadError(".tflite is an output of mobilec, not an input it can compress",
+                             where=str(recipe.model.path),
+                             hint="point model.path at the Keras (.keras/.h5), SavedModel or ONNX "
+                                  "model the .tflite was made from; `mobilec bench` measures a .tflite")
+    data = recipe.data
+    has_train = data is not None and (data.train is not None or data.source == "digits"
+                                      or data.python is not None)
+    has_any = data is not None
+    where = recipe.source
+    for entry in recipe.stages:
+        name = entry.name
+        cfg = entry.config
+        trains = name in TRAINING_STAGES or (name == "quantize" and cfg.mode == "qat")
+        if name == "factorize" and cfg.epochs == 0:
+            trains = False
+        label = "quantize mode qat" if name == "quantize" and cfg.mode == "qat" else name
+        if trains and not has_train:
+            raise UnsupportedError(f"{label} fine-tunes the model and needs data.train "
+                                   "(eval data is never trained on)", where=where,
+                                   hint="add data: {source: npz, train: train.npz} or drop the stage")
+        if trains and model_format == "onnx":
+            raise UnsupportedError(
+                f"{label} needs a Keras model (tf_keras) to fine-tune; this recipe's model is ONNX",
+                where=where, hint="point model.path at the Keras .keras/.h5 or SavedModel "
+                "the ONNX came from, or drop the stage and use post-training quantization")
+        if name == "quantize":
+            mode = cfg.mode
+            if mode in ("int8", "int8-io", "int16x8", "auto") and not has_any:
+                raise UnsupportedError(f"quantize mode {mode} calibrates on data and the recipe "
+                                       "has no data: section", where=where,
+                                       hint="add data (train or eval), or use mode dynamic/float16")
+            if mode == "auto" and (recipe.budget is None or recipe.budget.max_accuracy_drop is None):
+                raise UnsupportedError("quantize mode auto needs budget.max_accuracy_drop",
+                                       where=where, hint="e.g. budget: {max_accuracy_drop: 0.01}")
+            if mode == "auto" and (data is None or data.eval is None and data.source != "digits"
+                                   and data.python is None):
+                raise UnsupportedError("quantize mode auto measures accuracy and needs labelled "
+                                       "data.eval", where=where)
+            if mode == "auto" and cfg.candidates:
+                _check_auto_candidates(cfg.candidates, where)
+            if cfg.keep_float is not None:
+                from mobilec.diagnose.keep_float import check_keep_float
+
+                check_keep_float(recipe, cfg)
+            formats = _formats(recipe)
+            if mode == "palettize" and "coreml" not in formats:
+                raise UnsupportedError(
+                    f"quantize mode palettize is Core ML only; this recipe produces "
+                    f"{', '.join(sorted(formats))}", where=where,
+                    hint="add target ios-coreml, or use int4 for TFLite")
+            if mode == "int4" and formats == {"onnx"}:
+                raise UnsupportedError("quantize mode int4 is TFLite only (ai-edge-quantizer)",
+                                       where=where)
+    _check_coreml(recipe)
+
+
+def _check_coreml(recipe: Recipe) -> None:
+    """Core ML kind x deployment target x quantization (e.g. int4 weights need iOS18)."""
+    if "coreml" not in _formats(recipe):
+        return
+    from mobilec.formats.coreml import deployment_target
+    from mobilec.recipe.schema import CoreMLConfig
+    from mobilec.policy.targets import mode_for_format
+
+    convert = recipe.stage("convert")
+    quant = recipe.stage("quantize")
+    mode = quant.mode if quant is not None and quant.mode != "auto" else "float16"
+    try:
+        deployment_target(convert.coreml if convert is not None else CoreMLConfig(),
+                          mode_for_format(mode, "coreml") or "float16")
+    except UnsupportedError as exc:
+        raise UnsupportedError(exc.message, where=recipe.source, hint=exc.hint) from None
+
+
+def _check_auto_candidates(candidates: list[str], where: str) -> None:
+    from mobilec.stages.quantize_auto import SEARCHABLE
+
+    bad = [c for c in candidates if c not in SEARCHABLE]
+    if bad:
+        raise UnsupportedError(f"quantize auto cannot try {', '.join(bad)}: candidates are "
+                               f".tflite post-training modes ({', '.join(SEARCHABLE)})", where=where,
+                               hint="qat trains and palettize is Core ML only: choose them as the "
+                                    "mode itself")
+
+
+def _formats(recipe: Recipe) -> set[str]:
+    from mobilec.policy.targets import TARGETS
+
+    cfg = recipe.stage("convert")
+    out: set[str] = set()
+    for t in recipe.targets:
+        out.update(TARGETS[t].formats)
+    if cfg is not None and cfg.formats:
+        out = (out & set(cfg.formats)) | set(cfg.formats)
+    return out

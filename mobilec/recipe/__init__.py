@@ -1,0 +1,1 @@
+"""The recipe: schema (pydantic), loading with line-numbered errors, --set overrides."""

@@ -1,0 +1,30 @@
+"""The CI gate: budget violations make the run exit 1 (artifacts are still written)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mobilec.recipe.schema import BudgetConfig
+
+
+def check_budget(artifacts: list[dict[str, Any]], budget: BudgetConfig | None) -> dict[str, Any]:
+    if budget is None:
+        return {"passed": True, "violations": [], "limits": {}}
+    limits = budget.model_dump(exclude_none=True)
+    violations: list[str] = []
+    for a in artifacts:
+        if a["role"] != "artifact" or a["status"] != "ok":
+            continue
+        name = a["path"]
+        drop = a.get("accuracy_drop")
+        if budget.max_accuracy_drop is not None and drop is not None and drop > budget.max_accuracy_drop + 1e-9:
+            violations.append(f"{name}: accuracy drop {drop * 100:.2f} points > "
+                              f"max_accuracy_drop {budget.max_accuracy_drop * 100:.2f} points")
+        size = a.get("size_bytes")
+        if budget.max_size_bytes is not None and size is not None and size > budget.max_size_bytes:
+            violations.append(f"{name}: size {size} bytes > max_size_bytes {budget.max_size_bytes}")
+        lat = (a.get("latency_ms") or {}).get("median")
+        if budget.max_latency_ms is not None and lat is not None and lat > budget.max_latency_ms:
+            violations.append(f"{name}: median latency {lat:.3f} ms > max_latency_ms "
+                              f"{budget.max_latency_ms}")
+    return {"passed": not violations, "violations": violations, "limits": limits}
