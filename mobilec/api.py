@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mobilec.recipe.loader import load_recipe
+from mobilec.recipe.schema import Recipe
 from mobilec.util.progress import Progress
-from mobilec.recipe.schema import Recipe, load_recipe
 
 
 def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,

@@ -120,7 +120,7 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 
 def _load(recipe: str, overrides: tuple[str, ...]) -> Any:
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
 
     return load_recipe(recipe, list(overrides))
 
@@ -220,8 +220,8 @@ def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
 @handle_errors
 def validate(obj: Ctx, recipe: str, overrides: tuple[str, ...], as_json: bool) -> None:
     """Check RECIPE (schema, paths, plan) without loading TensorFlow."""
-    from mobilec.sources.detect import detect_format
     from mobilec.policy.plancheck import check_plan
+    from mobilec.sources.detect import detect_format
 
     r = _load(recipe, overrides)
     fmt = detect_format(Path(r.model.path), r.model.format)
@@ -246,7 +246,7 @@ def validate(obj: Ctx, recipe: str, overrides: tuple[str, ...], as_json: bool) -
 @main.command()
 def schema() -> None:
     """Print the recipe's JSON Schema (for editors)."""
-    from mobilec.recipe.schema import json_schema
+    from mobilec.recipe.loader import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mobilec.sources.detect import detect_format
 from mobilec.errors import (
     EXIT_STAGE,
     Interrupted,
@@ -15,6 +14,12 @@ from mobilec.errors import (
     StageError,
     stop_if_interrupted,
 )
+from mobilec.policy.plancheck import check_plan
+from mobilec.recipe.schema import Recipe
+from mobilec.report.build import build_report, write_reports
+from mobilec.sources.detect import detect_format
+from mobilec.stages import get_stage
+from mobilec.state import ModelState, StageResult
 from mobilec.util.fs import (
     check_can_write,
     check_not_locked,
@@ -24,12 +29,7 @@ from mobilec.util.fs import (
     work_dir_prefix,
 )
 from mobilec.util.nativeio import native_quiet
-from mobilec.policy.plancheck import check_plan
 from mobilec.util.progress import Progress
-from mobilec.recipe.schema import Recipe
-from mobilec.report.build import build_report, write_reports
-from mobilec.stages import get_stage
-from mobilec.state import ModelState, StageResult
 
 
 def stage_plan(recipe: Recipe, evaluate: bool = True) -> list[tuple[str, Any]]:

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.sources.data import Dataset
 from mobilec.recipe.schema import Recipe
+from mobilec.sources.data import Dataset
 
 
 @dataclass

@@ -44,7 +44,7 @@ def load_state(model: Path, work: Path, stages: list[dict[str, Any]] | None = No
     """A ModelState after load (and the given training stages), like compress builds it."""
     import yaml
 
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
     from mobilec.stages import get_stage
     from mobilec.state import ModelState
 
@@ -63,9 +63,9 @@ def load_state(model: Path, work: Path, stages: list[dict[str, Any]] | None = No
 
 def measure(state: Any, fmt: str, mode: str, tag: str) -> dict[str, Any]:
     from mobilec.formats import get_format
+    from mobilec.state import Artifact
     from mobilec.util.fs import gzip_size, size_of
     from mobilec.util.metrics import accuracy
-    from mobilec.state import Artifact
 
     dest = state.work_dir / "bench" / f"{tag}-{mode}.{fmt}"
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,9 @@ def main() -> None:
     import numpy as np
     import yaml
 
+    from mobilec.recipe.loader import load_recipe
+    from mobilec.recipe.schema import DistillConfig
     from mobilec.sources.data import digits_split
-    from mobilec.recipe.schema import DistillConfig, load_recipe
     from mobilec.stages import distill, get_stage
     from mobilec.state import ModelState
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 
-from mobilec.batch.run import run_batch
 from mobilec.batch.cache import ENTRY_FILE, cache_key, key_parts
+from mobilec.batch.run import run_batch
 from mobilec.batch.task import localize_inputs, pack, unpack
 from mobilec.batch.zoo import load_zoo, plan_jobs
 from mobilec.errors import MobilecError, RecipeError

@@ -53,7 +53,7 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(tmp_path: Path) ->
     again = run_cli("init", "r.yaml", cwd=tmp_path)
     assert again.returncode == 2 and "never overwrites" in again.stderr
     assert (tmp_path / "r.yaml").read_text() == before
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
 
     assert load_recipe(tmp_path / "r.yaml").stage("quantize").mode == "int8"
 

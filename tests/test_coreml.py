@@ -140,7 +140,7 @@ def test_mlmodel_kind_writes_a_neuralnetwork(demo_keras: Path, tmp_path: Path) -
 def test_structure_that_differs_from_the_source_fails_verification(
         int8_run: tuple[dict, Path], tmp_path: Path) -> None:
     from mobilec.formats.coreml import structural_check
-    from mobilec.recipe.schema import load_recipe_text
+    from mobilec.recipe.loader import load_recipe_text
     from mobilec.state import Artifact, ModelState, TensorSpec
 
     report, out = int8_run

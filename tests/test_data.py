@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilec.sources.data import adapt_layout, digits_split, fit_to_input, load_dataset
 from mobilec.errors import DataError
 from mobilec.recipe.schema import DataSpec
+from mobilec.sources.data import adapt_layout, digits_split, fit_to_input, load_dataset
 
 
 def test_digits_is_offline_fixed_and_normalised() -> None:

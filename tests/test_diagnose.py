@@ -20,11 +20,11 @@ import pytest
 from conftest import artifact, run_cli, write_recipe
 
 from mobilec.diagnose.core import layer_of
+from mobilec.diagnose.keep_float import match_layers
 from mobilec.diagnose.view import html_section, svg_chart
 from mobilec.errors import RecipeError, UnsupportedError
-from mobilec.diagnose.keep_float import match_layers
 from mobilec.policy.plancheck import check_plan
-from mobilec.recipe.schema import load_recipe
+from mobilec.recipe.loader import load_recipe
 
 DEAD_PIXELS = [0, 32, 39]  # always 0 in scikit-learn's digits (checked in the fixture)
 OUTLIER = 1000.0

@@ -30,7 +30,7 @@ def tfk() -> Any:
 
 def loaded_state(tmp: Path, model: Path, **kw: Any) -> Any:
     """A ModelState after the real load stage (model, data, reference outputs)."""
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
     from mobilec.stages import get_stage
     from mobilec.state import ModelState
 

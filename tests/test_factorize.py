@@ -24,7 +24,7 @@ def tfk() -> Any:
 
 def loaded_state(tmp: Path, model: Path, **kw: Any) -> Any:
     """A ModelState after the real load stage (model, data, reference outputs)."""
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
     from mobilec.stages import get_stage
     from mobilec.state import ModelState
 
@@ -135,8 +135,8 @@ def test_full_rank_factorization_computes_the_same_function(monkeypatch: pytest.
 
 
 def test_factorization_skips_layers_it_would_not_shrink() -> None:
-    from mobilec.training.flops import model_cost
     from mobilec.stages.factorize import factorize_model
+    from mobilec.training.flops import model_cost
 
     model = small_functional()
     # rank 0.8: only `wide` (800x64 -> r 51: 51*864 < 0.9 * 800*64) gets smaller.
@@ -154,7 +154,8 @@ def test_factorization_skips_layers_it_would_not_shrink() -> None:
 # -- the stage ------------------------------------------------------------------
 
 def test_stage_refuses_a_graph_only_model(tmp_path: Path) -> None:
-    from mobilec.recipe.schema import FactorizeConfig, load_recipe
+    from mobilec.recipe.loader import load_recipe
+    from mobilec.recipe.schema import FactorizeConfig
     from mobilec.stages.factorize import run
     from mobilec.state import ModelState
 

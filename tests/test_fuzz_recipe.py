@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from mobilec.errors import MobilecError
 from mobilec.policy.plancheck import check_plan
-from mobilec.recipe.schema import Recipe, apply_overrides, load_recipe_text
+from mobilec.recipe.loader import apply_overrides, load_recipe_text
+from mobilec.recipe.schema import Recipe
 
 FILENAME = "fuzz.yaml"
 # MOBILEC_FUZZ_EXAMPLES=5000 for a deeper run than CI can afford.

@@ -64,7 +64,7 @@ def recipe(demo_keras: Path, tmp_path: Path) -> Path:
 
 
 def _inputs(recipe: Path) -> dict[str, str]:
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
 
     return {"recipe": sha256_path(recipe), "model": sha256_path(load_recipe(recipe).model.path)}
 

@@ -82,7 +82,7 @@ def test_graph_only_model_cannot_be_pruned(tmp_path: Path, demo_savedmodel: Path
 
 def test_onnx_and_missing_train_data_are_refused_up_front(tmp_path: Path) -> None:
     from mobilec.policy.plancheck import check_plan
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
@@ -100,8 +100,8 @@ def test_onnx_and_missing_train_data_are_refused_up_front(tmp_path: Path) -> Non
 
 def _state(tmp_path: Path, model: Any, *, labels: bool = True, train: bool = True) -> Any:
     """A ModelState holding a tf_keras model and random 8x8 data (no conversion needed)."""
+    from mobilec.recipe.loader import load_recipe
     from mobilec.sources.data import Dataset, Split
-    from mobilec.recipe.schema import load_recipe
     from mobilec.state import ModelState, SourceInfo
 
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ POINT = 0.01
 @pytest.fixture(scope="module")
 def loaded(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The demo model loaded once (load stage), as convert sees it."""
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
     from mobilec.stages import get_stage
     from mobilec.state import ModelState
 
@@ -37,8 +37,8 @@ def loaded(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 def build(state: Any, fmt: str, mode: str) -> dict[str, Any]:
     """Build one artifact with the format's builder; size, accuracy and drop on eval."""
     from mobilec.formats import get_format
-    from mobilec.util.metrics import accuracy
     from mobilec.state import Artifact
+    from mobilec.util.metrics import accuracy
 
     dest = state.work_dir / "t" / f"digits-{mode}.{fmt}"
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def test_auto_with_zero_budget_picks_nothing_that_lost_accuracy(tmp_path: Path,
 
 def test_auto_refuses_candidates_it_cannot_try(tmp_path: Path, demo_keras: Path) -> None:
     from mobilec.policy.plancheck import check_plan
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
 
     recipe = load_recipe(write_recipe(tmp_path, demo_keras, budget={"max_accuracy_drop": POINT},
                                       stages=[{"quantize": {"mode": "auto",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mobilec.errors import RecipeError
-from mobilec.recipe.schema import apply_overrides, json_schema, load_recipe, load_recipe_text
+from mobilec.recipe.loader import apply_overrides, json_schema, load_recipe, load_recipe_text
 
 GOOD = """\
 version: 1

@@ -15,7 +15,7 @@ from mobilec.formats.tflite import convert_tflite
 def loaded_state(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory):
     from conftest import write_recipe
 
-    from mobilec.recipe.schema import load_recipe
+    from mobilec.recipe.loader import load_recipe
     from mobilec.stages import get_stage
     from mobilec.state import ModelState
 

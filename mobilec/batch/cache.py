@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mobilec._version import __version__
-from mobilec.util.fs import sha256_path
 from mobilec.recipe.schema import Recipe
+from mobilec.util.fs import sha256_path
 
 ENTRY_FILE = ".mobilec-batch.json"
 ENTRY_VERSION = 1

@@ -13,8 +13,8 @@ from typing import Any
 
 from mobilec._version import __version__
 from mobilec.errors import EXIT_BUDGET, EXIT_OK, EXIT_STAGE
-from mobilec.util.fs import atomic_write_text
 from mobilec.report.build import _fmt_bytes, _pct
+from mobilec.util.fs import atomic_write_text
 
 STATUSES = ("ok", "budget", "failed", "cached")
 HEADERS = ["model", "status", "artifact", "target", "quant", "size", "smaller", "accuracy", "drop",

@@ -128,8 +128,8 @@ class _Runner:
 
     def plan(self) -> list[Job]:
         """Preflight and cache: returns the jobs that must run."""
-        from mobilec.sources.detect import detect_format
         from mobilec.policy.plancheck import check_plan
+        from mobilec.sources.detect import detect_format
 
         todo: list[Job] = []
         key_options = {"evaluate": self.evaluate,

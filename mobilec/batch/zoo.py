@@ -20,7 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mobilec.errors import MobilecError, RecipeError
-from mobilec.recipe.schema import Recipe, apply_overrides, recipe_from_doc
+from mobilec.recipe.loader import apply_overrides, recipe_from_doc
+from mobilec.recipe.schema import Recipe
 from mobilec.recipe.yamlloc import LocatedYaml, format_loc, load_yaml_file
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")

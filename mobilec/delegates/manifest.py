@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mobilec._version import __version__
-from mobilec.util.fs import atomic_write_text, remove_artifact
-from mobilec.state import Artifact, ModelState
 from mobilec.policy.targets import NNAPI_CHECK_API, NNAPI_DEPRECATED_API, NNAPI_WARNING, TARGETS
+from mobilec.state import Artifact, ModelState
+from mobilec.util.fs import atomic_write_text, remove_artifact
 
 METADATA_NAME = "mobilec.delegate"
 MANIFEST_SUFFIX = ".delegate.json"

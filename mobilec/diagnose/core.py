@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.errors import UnsupportedError
-from mobilec.util.fs import atomic_write_text
 from mobilec.state import ModelState
+from mobilec.util.fs import atomic_write_text
 
 JSON_NAME = "diagnose.json"
 BACKENDS = ("tflite", "onnx")
@@ -169,12 +169,12 @@ def run_recipe(recipe: Any, *, out: str | Path | None = None, backend: str | Non
     Training stages (distill, factorize, prune) run too: the diagnosis must be of
     the model that int8 will actually see.
     """
-    from mobilec.sources.detect import detect_format
     from mobilec.errors import StageError
-    from mobilec.util.fs import TMP_PREFIX
-    from mobilec.util.nativeio import native_quiet
     from mobilec.pipeline import output_dir, run_stage
     from mobilec.policy.plancheck import check_plan
+    from mobilec.sources.detect import detect_format
+    from mobilec.util.fs import TMP_PREFIX
+    from mobilec.util.nativeio import native_quiet
     from mobilec.util.progress import Progress
 
     progress = progress or Progress(quiet=True)

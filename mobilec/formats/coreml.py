@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
-from mobilec.recipe.schema import CoreMLConfig
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
+from mobilec.recipe.schema import CoreMLConfig
 from mobilec.state import Artifact, ModelState
 
 NOT_RUN_REASON = "Core ML runtime needs macOS"

@@ -31,8 +31,8 @@ class OnnxFormat:
         if mode == "float32":
             shutil.copyfile(float_path, dest)
         else:
-            from mobilec.formats.onnx_quant import quantize_onnx
             from mobilec.diagnose.keep_float import onnx_exclude
+            from mobilec.formats.onnx_quant import quantize_onnx
 
             # keep_float: the plan's float layers stay out of quantization.
             quantize_onnx(state, float_path, mode, dest,

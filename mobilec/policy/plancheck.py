@@ -76,8 +76,8 @@ def _check_coreml(recipe: Recipe) -> None:
     if "coreml" not in _formats(recipe):
         return
     from mobilec.formats.coreml import deployment_target
-    from mobilec.recipe.schema import CoreMLConfig
     from mobilec.policy.targets import mode_for_format
+    from mobilec.recipe.schema import CoreMLConfig
 
     convert = recipe.stage("convert")
     quant = recipe.stage("quantize")

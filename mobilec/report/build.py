@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from mobilec._version import __version__
-from mobilec.report.budget import check_budget
 from mobilec.errors import EXIT_BUDGET, EXIT_OK, EXIT_STAGE
-from mobilec.util.fs import atomic_write_text
+from mobilec.report.budget import check_budget
 from mobilec.state import Artifact, ModelState
+from mobilec.util.fs import atomic_write_text
 
 ARTIFACT_FIELDS = ("path", "format", "target", "role", "quantization", "precision", "delegate",
                    "fallback", "size_bytes", "gzip_bytes", "size_ratio", "accuracy", "accuracy_drop",

@@ -17,12 +17,12 @@ import numpy as np
 from mobilec.delegates.manifest import prepare_for_placement, write_manifests
 from mobilec.errors import MobilecError, StageError, stop_if_interrupted
 from mobilec.formats import get_format
+from mobilec.formats.runtime import source_runner
+from mobilec.policy.targets import FORMAT_SUFFIX, ArtifactSpec, plan_artifacts
+from mobilec.recipe.schema import ConvertConfig
+from mobilec.state import Artifact, ModelState
 from mobilec.util.fs import atomic_place, gzip_size, os_error_reason, remove_artifact, size_of
 from mobilec.util.metrics import fidelity, passes
-from mobilec.recipe.schema import ConvertConfig
-from mobilec.formats.runtime import source_runner
-from mobilec.state import Artifact, ModelState
-from mobilec.policy.targets import FORMAT_SUFFIX, ArtifactSpec, plan_artifacts
 
 GATED_MODES = ("float32", "float16")
 VERIFY_SAMPLES = 128

@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.training import kd
 from mobilec.errors import ModelLoadError, StageError, UnsupportedError
+from mobilec.formats.runtime import source_runner
+from mobilec.recipe.schema import DistillConfig, StudentWidth
+from mobilec.state import ModelState
+from mobilec.training import kd
 from mobilec.training.finetune import require_train_data
 from mobilec.training.flops import model_cost
-from mobilec.util.metrics import accuracy
 from mobilec.training.surgery import Replacement, clone_layer, is_model, output_layers, rebuild
-from mobilec.recipe.schema import DistillConfig, StudentWidth
-from mobilec.formats.runtime import source_runner
-from mobilec.state import ModelState
+from mobilec.util.metrics import accuracy
 from mobilec.util.tfenv import set_seed
 
 SEED = 0

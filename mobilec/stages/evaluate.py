@@ -11,8 +11,8 @@ from typing import Any
 
 from mobilec.errors import stop_if_interrupted
 from mobilec.formats import get_format
-from mobilec.util.metrics import accuracy, fidelity
 from mobilec.state import Artifact, ModelState
+from mobilec.util.metrics import accuracy, fidelity
 
 SLOWER_THAN_FLOAT = 1.10  # warn when >10% slower than the float32 sibling
 

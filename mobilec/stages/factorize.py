@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.training import kd
 from mobilec.errors import StageError, UnsupportedError
+from mobilec.formats.runtime import source_runner
+from mobilec.recipe.schema import FactorizeConfig
+from mobilec.state import ModelState
+from mobilec.training import kd
 from mobilec.training.finetune import require_train_data
 from mobilec.training.flops import model_cost
-from mobilec.util.metrics import accuracy
 from mobilec.training.surgery import (
     Replacement,
     clone_layer,
@@ -32,9 +34,7 @@ from mobilec.training.surgery import (
     same_layer,
     unique_name,
 )
-from mobilec.recipe.schema import FactorizeConfig
-from mobilec.formats.runtime import source_runner
-from mobilec.state import ModelState
+from mobilec.util.metrics import accuracy
 from mobilec.util.tfenv import import_tf_keras, set_seed
 
 # Below this saving an extra op (one more kernel launch on device, one more

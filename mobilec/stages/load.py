@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from mobilec.errors import ModelLoadError
+from mobilec.formats.runtime import count_params, source_runner
 from mobilec.sources.data import adapt_layout, fit_to_input, load_dataset
 from mobilec.sources.detect import (
     check_input_size,
@@ -15,11 +17,9 @@ from mobilec.sources.detect import (
     find_lambda_layers,
     keras_archive_config,
 )
-from mobilec.errors import ModelLoadError
+from mobilec.state import ModelState, SourceInfo, TensorSpec
 from mobilec.util.fs import sha256_path, size_of
 from mobilec.util.metrics import accuracy
-from mobilec.formats.runtime import count_params, source_runner
-from mobilec.state import ModelState, SourceInfo, TensorSpec
 
 UNSAFE_HINT = ("Lambda layers hold arbitrary Python code; pass --unsafe-deserialization only "
                "for a model you trust")

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import UnsupportedError
-from mobilec.training.finetune import fit, require_trainable, steps_per_epoch, training_targets
 from mobilec.recipe.schema import PruneConfig
 from mobilec.state import ModelState
+from mobilec.training.finetune import fit, require_trainable, steps_per_epoch, training_targets
 
 
 def run(state: ModelState, config: PruneConfig) -> dict[str, Any]:

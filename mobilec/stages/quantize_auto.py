@@ -12,9 +12,9 @@ from typing import Any
 
 from mobilec.errors import MobilecError, UnsupportedError
 from mobilec.formats import get_format
+from mobilec.state import Artifact, ModelState
 from mobilec.util.fs import size_of
 from mobilec.util.metrics import accuracy
-from mobilec.state import Artifact, ModelState
 
 DEFAULT_CANDIDATES = ("int4", "int8", "int16x8", "float16")
 # Modes auto can try: post-training .tflite modes (qat trains; palettize is Core ML).

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.sources.detect import detect_format
 from mobilec.errors import UnsupportedError
-from mobilec.util.fs import size_of
 from mobilec.formats.runtime import measure_latency
+from mobilec.sources.detect import detect_format
+from mobilec.util.fs import size_of
 
 
 def bench_model(path: Path, runs: int = 100, threads: int = 1) -> dict[str, Any]:
@@ -43,8 +43,8 @@ def bench_model(path: Path, runs: int = 100, threads: int = 1) -> dict[str, Any]
     elif fmt in ("keras", "h5", "savedmodel"):
         import tempfile
 
-        from mobilec.recipe.schema import ModelSpec, Recipe
         from mobilec.formats.runtime import source_runner
+        from mobilec.recipe.schema import ModelSpec, Recipe
         from mobilec.stages import load
         from mobilec.state import ModelState
 

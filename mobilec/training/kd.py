@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import DataError
-from mobilec.util.metrics import is_classifier
-from mobilec.training.surgery import clone_layer
 from mobilec.formats.runtime import batched
+from mobilec.training.surgery import clone_layer
+from mobilec.util.metrics import is_classifier
 from mobilec.util.tfenv import import_tf, import_tf_keras
 
 PROB_TOLERANCE = 1e-3  # rows summing to 1 within this are probabilities

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import UnsupportedError
-from mobilec.training.finetune import fit, require_trainable, training_targets
 from mobilec.recipe.schema import QuantizeConfig
 from mobilec.state import ModelState
+from mobilec.training.finetune import fit, require_trainable, training_targets
 
 
 def quantization_aware_train(state: ModelState, cfg: QuantizeConfig) -> dict[str, Any]:
