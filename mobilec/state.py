@@ -87,6 +87,10 @@ class ModelState:
     keras_model: Any = None
     graph_dir: Path | None = None
     onnx_path: Path | None = None
+    # PyTorch sources: the torch.export ExportedProgram (re-exported from its module, so
+    # ExecuTorch lowering sees a fresh graph) and the eager module it came from.
+    torch_program: Any = None
+    torch_module: Any = None
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     input_layout: str = "NHWC"
