@@ -1,25 +1,149 @@
-"""The Python API behind the CLI: `mobilec.compress("recipe.yaml")` returns the report."""
+"""The library: every command of the CLI is one call here that a Python user can make too.
+
+    import mobilec.api as mc
+    report = mc.compress("recipe.yaml")          # == report.json
+    mc.validate("recipe.yaml")                   # no TensorFlow import
+    diag = mc.diagnose("recipe.yaml")            # == diagnose.json
+
+Batch (mobilec.batch.run.run_batch) and explore are clients of this module, like the CLI.
+
+Heavy libraries load inside the calls that need them; importing this module is cheap.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from mobilec.errors import MobilecError, RecipeError
 from mobilec.recipe.loader import load_recipe
 from mobilec.recipe.schema import Recipe
 from mobilec.util.progress import Progress
 
+BUNDLED_RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def _recipe(recipe: str | Path | Recipe, overrides: list[str] | None) -> Recipe:
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+
+
+def _progress(progress: Progress | None, quiet: bool) -> tuple[Progress, bool]:
+    return (progress, False) if progress is not None else (Progress(quiet=quiet), True)
+
 
 def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
              out: str | Path | None = None, evaluate: bool = True, quiet: bool = True,
-             unsafe_deserialization: bool = False, verbose: bool = False) -> dict[str, Any]:
+             progress: Progress | None = None, diagnose: bool = False,
+             unsafe_deserialization: bool = False, trust_code: bool = False,
+             verbose: bool = False) -> dict[str, Any]:
+    """Run a recipe end to end; returns exactly what report.json holds."""
     from mobilec import pipeline
 
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
-    progress = Progress(quiet=quiet)
+    r = _recipe(recipe, overrides)
+    prog, owned = _progress(progress, quiet)
     try:
-        return pipeline.run(recipe, out=out, evaluate=evaluate, progress=progress,
-                            unsafe_deserialization=unsafe_deserialization, verbose=verbose)
+        result = pipeline.run(r, pipeline.compress_plan(r, evaluate, diagnose), out=out,
+                              progress=prog, unsafe_deserialization=unsafe_deserialization,
+                              trust_code=trust_code, verbose=verbose)
     finally:
-        progress.close()
+        if owned:
+            prog.close()
+    assert result.report is not None
+    return result.report
+
+
+def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
+             out: str | Path | None = None, backend: str | None = None, quiet: bool = True,
+             progress: Progress | None = None, unsafe_deserialization: bool = False,
+             trust_code: bool = False, verbose: bool = False) -> dict[str, Any]:
+    """Per-op int8 error, worst first; returns diagnose.json's content plus its `path`.
+
+    Runs the same pipeline as compress (lock, work dir, sweep), planned up to quantize.
+    """
+    import json
+
+    from mobilec import pipeline
+
+    r = _recipe(recipe, overrides)
+    prog, owned = _progress(progress, quiet)
+    try:
+        result = pipeline.run(r, pipeline.diagnose_plan(r, backend), out=out, progress=prog,
+                              report=False, unsafe_deserialization=unsafe_deserialization,
+                              trust_code=trust_code, verbose=verbose)
+    finally:
+        if owned:
+            prog.close()
+    path = result.out_dir / result.state.stages[-1].metrics["json"]
+    return {**json.loads(path.read_text()), "path": str(path)}
+
+
+def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Schema, paths and the plan check, without importing TensorFlow."""
+    import json
+
+    from mobilec.policy.plancheck import check_plan
+    from mobilec.sources.detect import detect_format
+
+    r = _recipe(recipe, overrides)
+    fmt = detect_format(Path(r.model.path), r.model.format)
+    student = getattr(r.stage("distill"), "student", None)
+    needed = {"data.train": r.data and r.data.train, "data.eval": r.data and r.data.eval,
+              "distill.student": student if isinstance(student, Path) else None}
+    for key, p in needed.items():
+        if p is not None and not Path(p).exists():
+            raise RecipeError(f"{key}: file not found", where=str(p),
+                              hint="relative paths resolve against the recipe file's folder")
+    check_plan(r, fmt)
+    return {"valid": True, "name": r.name, "model_format": fmt,
+            "stages": ["load", *[e.name for e in r.stages if e.name != "convert"], "convert",
+                       "evaluate"],
+            "targets": list(r.targets), "recipe": json.loads(r.effective_json())}
+
+
+def inspect(model: str | Path, *, unsafe_deserialization: bool = False) -> dict[str, Any]:
+    """A model's format, inputs, outputs, parameters and ops."""
+    from mobilec.tools.inspect import inspect_model
+
+    return inspect_model(Path(model), unsafe_deserialization=unsafe_deserialization)
+
+
+def bench(model: str | Path, *, runs: int = 100, threads: int = 1) -> dict[str, Any]:
+    """Host latency (median, p90) of a .tflite, .onnx or Keras model."""
+    from mobilec.tools.bench import bench_model
+
+    return bench_model(Path(model), runs=runs, threads=threads)
+
+
+def targets() -> list[dict[str, Any]]:
+    from mobilec.policy.targets import describe
+
+    return describe()
+
+
+def schema(kind: str = "recipe") -> dict[str, Any]:
+    """JSON Schema of the recipe, the report (report.json) or explore.json."""
+    if kind == "recipe":
+        from mobilec.recipe.loader import json_schema
+
+        return json_schema()
+    if kind == "report":
+        from mobilec.report.schema import Report
+
+        return Report.model_json_schema()
+    raise MobilecError(f"no schema named '{kind}'", hint="recipe | report")
+
+
+def bundled_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUNDLED_RECIPES.glob("*.yaml"))}
+
+
+def bundled_recipe(name: str) -> str:
+    files = bundled_recipes()
+    if name not in files:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(files), n=1)
+        raise MobilecError(f"no recipe named '{name}'" + (f"; did you mean '{close[0]}'?"
+                                                          if close else ""),
+                           hint=f"recipes: {', '.join(files)}")
+    return files[name].read_text()

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.recipe.schema import Recipe
+from mobilec.formats import FORMATS
+from mobilec.recipe.schema import ConvertConfig, Recipe
 from mobilec.sources.data import Dataset
 
 
@@ -58,7 +59,19 @@ class Artifact:
     io_quant: dict[str, Any] | None = None  # int8-io: scale/zero-point per input and output
     precision: str | None = None  # what the weights hold, e.g. "int8 weights, float16 compute"
     metrics: dict[str, Any] = field(default_factory=dict)  # filled by evaluate
-    extra: dict[str, Any] = field(default_factory=dict)  # format/target specific report fields
+    # Report fields a format, the verifier or the delegate planner fills (typed, not a bag).
+    route: str | None = None  # the conversion route that produced the shipped file
+    routes_failed: list[dict[str, Any]] = field(default_factory=list)  # {route, reason}
+    verification: dict[str, Any] | None = None  # fidelity against the converter's input
+    kept_float: list[str] | None = None  # keep_float: layers left in float
+    quantizer: str | None = None  # the tool that quantized, when not the converter itself
+    coreml: dict[str, Any] | None = None  # kind, deployment target, compute units
+    delegation: dict[str, Any] | None = None  # ExecuTorch: delegated vs. portable ops
+    not_run_reason: str | None = None  # why this host cannot execute the artifact
+    op_compat: dict[str, Any] | None = None
+    delegate_manifest: str | None = None  # path of <artifact>.delegate.json
+    slower_than_float32: float | None = None
+    manifest: dict[str, Any] | None = None  # the delegate manifest being assembled (not reported)
 
     @property
     def ok(self) -> bool:
@@ -104,7 +117,12 @@ class ModelState:
     notes: list[str] = field(default_factory=list)
     model_version: int = 0  # bumped when a stage replaces the model (invalidates exports)
     started: float = field(default_factory=time.time)
-    cache: dict[str, Any] = field(default_factory=dict)
+    # Memo of results derived from the current model (conversions, sessions), keyed by
+    # model_version where it matters; cleared when a stage replaces the model. Never a way
+    # to pass configuration between stages: that lives in the recipe or the plan.
+    memo: dict[Any, Any] = field(default_factory=dict)
+    # The TensorFlow form an ONNX source was bridged to (onnx2tf), once converted.
+    tf_bridge: Any = None
 
     @property
     def eval_x(self) -> np.ndarray | None:
@@ -120,7 +138,17 @@ class ModelState:
         self.graph_dir = None
         self.onnx_path = None
         self.model_version += 1
-        self.cache.clear()
+        self.memo.clear()
+
+    @property
+    def convert_config(self) -> ConvertConfig:
+        return self.recipe.stage("convert") or ConvertConfig()
+
+    def artifact_name(self, fmt: str, quant: str, unverified: bool = False) -> str:
+        suffix = FORMATS[fmt].suffix
+        if fmt == "coreml" and self.convert_config.coreml.kind == "mlmodel":
+            suffix = ".mlmodel"
+        return f"{self.recipe.name}-{quant}{'.unverified' if unverified else ''}{suffix}"
 
     def note(self, text: str) -> None:
         if text not in self.notes:

@@ -88,7 +88,7 @@ def test_zoo_paths_names_overrides_and_folders(tmp_path: Path) -> None:
     sm.mkdir()
     (sm / "saved_model.pb").write_bytes(b"x")
     (zdir / "sub" / "results").mkdir()   # an earlier run's output folder: not models
-    (zdir / "sub" / "results" / ".mobilec.lock").write_text("")
+    (zdir / "sub" / "results" / "report.json").write_text("{}")
     (zdir / "sub" / "results" / "m-float32.onnx").write_bytes(b"x")
     outside = tmp_path / "elsewhere" / "m.onnx"
     outside.parent.mkdir()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import artifact, run_cli, write_recipe
 
-from mobilec.diagnose.core import layer_of
+from mobilec.diagnose.common import layer_of
 from mobilec.diagnose.keep_float import match_layers
 from mobilec.diagnose.view import html_section, svg_chart
 from mobilec.errors import RecipeError, UnsupportedError
@@ -59,9 +59,9 @@ def outlier_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _pipeline(recipe: Path, **options: Any) -> dict[str, Any]:
-    from mobilec import pipeline
+    from mobilec import api
 
-    return pipeline.run(load_recipe(recipe), **options)
+    return api.compress(load_recipe(recipe), **options)
 
 
 def _stage(report: dict[str, Any], name: str) -> dict[str, Any]:
@@ -207,7 +207,7 @@ def test_keep_float_auto_keeps_nothing_when_int8_serves_well(demo_keras: Path,
 
 @pytest.mark.slow
 def test_keep_float_by_regex_and_onnx_diagnosis(outlier_h5: Path, tmp_path: Path) -> None:
-    from mobilec.diagnose.core import run_recipe
+    from mobilec import api
 
     recipe = write_recipe(tmp_path, outlier_h5, name="byhand",
                           stages=[{"quantize": {"mode": "int8-io", "keep_float": ["emb.*"]}}],
@@ -220,11 +220,12 @@ def test_keep_float_by_regex_and_onnx_diagnosis(outlier_h5: Path, tmp_path: Path
 
     # The .onnx int8 conversion, diagnosed with onnxruntime's qdq_loss_debug: embed's MatMul
     # is where the signal is lost (errors accumulate there, so it ranks by SNR lost).
-    diag, path = run_recipe(load_recipe(recipe), out=tmp_path / "onnx", backend="onnx")
-    assert diag.scope == "cumulative" and path.name == "diagnose.json"
-    assert (diag.rows[0].name, diag.rows[0].op) == ("embed", "MatMul")
-    assert diag.rows[0].loss_db > 20 and all(r.loss_db < 20 for r in diag.rows[1:]
-                                              if r.name != "flat")
+    diag = api.diagnose(load_recipe(recipe), out=tmp_path / "onnx", backend="onnx")
+    rows = diag["rows"]
+    assert diag["scope"] == "cumulative" and Path(diag["path"]).name == "diagnose.json"
+    assert (rows[0]["name"], rows[0]["op"]) == ("embed", "MatMul")
+    assert rows[0]["loss_db"] > 20 and all(r["loss_db"] < 20 for r in rows[1:]
+                                           if r["name"] != "flat")
 
     bad = write_recipe(tmp_path, outlier_h5, name="bad",
                        stages=[{"quantize": {"mode": "int8", "keep_float": ["dense"]}}])

@@ -148,7 +148,7 @@ def test_input_shape_fixes_dims_on_a_copy_never_the_users_file(zoo: Zoo, tmp_pat
     path = zoo["helper_image_model"]
     before = sha256_path(path)
     state = _state(tmp_path, path, [1, 3, 16, 16])
-    load_onnx(state, path)
+    params = load_onnx(state, path)
     assert sha256_path(path) == before
     assert state.onnx_path.parent == state.work_dir
     assert state.inputs[0].shape == [1, 3, 16, 16]
@@ -156,7 +156,7 @@ def test_input_shape_fixes_dims_on_a_copy_never_the_users_file(zoo: Zoo, tmp_pat
     copy = onnx.load(str(state.onnx_path))
     assert dims_of(copy.graph.input[0]) == [1, 3, 16, 16]
     assert [o.shape for o in state.outputs] == [[1, 5], [1, 4, 16, 16]]  # shape inference
-    assert state.cache["params"] == 137
+    assert params == 137
     with pytest.raises(ModelLoadError, match="dim 1 is 3"):
         load_onnx(_state(tmp_path, path, [1, 4, 16, 16]), path)
 
@@ -194,8 +194,7 @@ def test_external_data_inside_the_models_folder_loads_into_a_self_contained_copy
 
     path = _external_model(tmp_path / "m", "weights.bin")
     state = _state(tmp_path, path)
-    load_onnx(state, path)
-    assert state.cache["params"] == 640
+    assert load_onnx(state, path) == 640
     assert not list(state.work_dir.glob("*.bin"))  # weights are inside the copy
     out = ort.InferenceSession(str(state.onnx_path)).run(None, {"x": np.ones((2, 64), "float32")})
     assert out[0].shape == (2, 10) and float(out[0][0, 9]) == pytest.approx(sum(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import compress, write_recipe
 
-from mobilec.report.build import html as report_html
+from mobilec.report import html as report_html
 from mobilec.report.html import bar_chart_svg, lazy_section, register_section, render_html
 
 EXTERNAL = re.compile(r"(src|href)\s*=|<link|<script|@import|url\(|https?://", re.I)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilec.formats.tflite import convert_tflite
+from mobilec.formats.tflite_convert import convert_tflite
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +49,11 @@ def test_same_model_as_from_keras_model(loaded_state, mode: str) -> None:
     tf = import_tf()
     state = loaded_state
     ours = convert_tflite(state, mode)
-    assert any(k[0] == "serving_savedmodel" and v is not None for k, v in state.cache.items()
+    assert any(k[0] == "serving_savedmodel" and v is not None for k, v in state.memo.items()
                if isinstance(k, tuple)), "the serving export was not used"
     reference = tf.lite.TFLiteConverter.from_keras_model(state.keras_model)
     if mode == "int8":
-        from mobilec.formats.tflite import representative_dataset
+        from mobilec.formats.tflite_convert import representative_dataset
 
         reference.optimizations = [tf.lite.Optimize.DEFAULT]
         reference.representative_dataset = representative_dataset(state)

@@ -81,7 +81,7 @@ def worker_main(conn: Connection, log_path: str) -> None:
     from mobilec.batch.task import configure_worker, run_job
 
     configure_worker()  # TensorFlow once per worker, before the first model
-    from mobilec import pipeline  # noqa: F401 - warm the stage and format modules too
+    import mobilec.stages.convert  # noqa: F401 - warm the stage and format modules too
 
     while True:
         try:

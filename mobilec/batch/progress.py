@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mobilec.report.build import _fmt_bytes
+from mobilec.report.table import fmt_bytes
 
 MAX_ROWS = 25  # beyond this the live table shows running, failed and recent models only
 COLORS = {"ok": "green", "cached": "cyan", "budget": "yellow", "failed": "red", "running": "bold"}
@@ -72,7 +72,7 @@ class BatchProgress:
         row.status, row.seconds, row.finished_order = status, seconds, self._done
         row.stage = "" if status != "failed" else row.stage
         row.size, row.accuracy = headline(report)
-        size = _fmt_bytes(row.size) if row.size is not None else "-"
+        size = fmt_bytes(row.size) if row.size is not None else "-"
         acc = "-" if row.accuracy is None else f"{row.accuracy * 100:.2f}%"
         took = "" if seconds is None else f" {seconds:.1f}s"
         text = f"{name}: {status.upper() if status == 'failed' else status} {size} {acc}{took}"
@@ -111,7 +111,7 @@ class BatchProgress:
                 now - r.started if r.started is not None else None)
             color = COLORS.get(r.status, "dim")
             table.add_row(r.name, r.stage, f"[{color}]{r.status}[/]",
-                          "-" if r.size is None else _fmt_bytes(r.size),
+                          "-" if r.size is None else fmt_bytes(r.size),
                           "-" if r.accuracy is None else f"{r.accuracy * 100:.2f}%",
                           "-" if took is None else f"{took:.1f}s")
         return table
@@ -128,7 +128,7 @@ def print_summary(zoo: dict[str, Any]) -> None:
         size, acc = headline(m.get("report"))
         color = COLORS.get(m["status"], "dim")
         table.add_row(m["name"], f"[{color}]{m['status']}[/]",
-                      "-" if size is None else _fmt_bytes(size),
+                      "-" if size is None else fmt_bytes(size),
                       "-" if acc is None else f"{acc * 100:.2f}%",
                       "-" if m.get("seconds") is None else f"{m['seconds']:.1f}s")
     console.print(table)

@@ -13,7 +13,7 @@ from typing import Any
 
 from mobilec._version import __version__
 from mobilec.errors import EXIT_BUDGET, EXIT_OK, EXIT_STAGE
-from mobilec.report.build import _fmt_bytes, _pct
+from mobilec.report.table import fmt_bytes, pct
 from mobilec.util.fs import atomic_write_text
 
 STATUSES = ("ok", "budget", "failed", "cached")
@@ -75,9 +75,9 @@ def table_rows(zoo: dict[str, Any]) -> list[list[str]]:
             lat = (a.get("latency_ms") or {}).get("median")
             status = m["status"] if a.get("status") == "ok" else f"{m['status']} ({a.get('status')})"
             rows.append([m["name"], status, a["path"], a.get("target") or a.get("role", "-"),
-                         a.get("quantization", "-"), _fmt_bytes(a.get("size_bytes")),
+                         a.get("quantization", "-"), fmt_bytes(a.get("size_bytes")),
                          "-" if a.get("size_ratio") is None else f"{a['size_ratio']:.2f}x",
-                         _pct(a.get("accuracy")), "-" if drop is None else f"{drop * 100:+.2f} pt",
+                         pct(a.get("accuracy")), "-" if drop is None else f"{drop * 100:+.2f} pt",
                          "-" if lat is None else f"{lat:.3f}", took])
     return rows
 
@@ -174,13 +174,13 @@ def compact_scatter_svg(points: list[dict[str, Any]], width: int = 760, height: 
                      f'font-size="11">{acc * 100:.1f}%</text>')
         size = 10 ** (lo + (hi - lo) * i / 4)
         parts.append(f'<text x="{x(size):.1f}" y="{top + ph + 16}" text-anchor="middle" '
-                     f'font-size="11">{html.escape(_fmt_bytes(int(size)))}</text>')
+                     f'font-size="11">{html.escape(fmt_bytes(int(size)))}</text>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle" font-size="12">'
                  'size (log scale)</text>')
     parts.append(f'<text x="14" y="{top + ph / 2}" font-size="12" text-anchor="middle" '
                  f'transform="rotate(-90 14 {top + ph / 2})">accuracy</text>')
     for p in points:
-        tip = html.escape(f"{p['model']} / {p['artifact']}: {_fmt_bytes(p['size'])}, "
+        tip = html.escape(f"{p['model']} / {p['artifact']}: {fmt_bytes(p['size'])}, "
                           f"{p['accuracy'] * 100:.2f}%")
         parts.append(f'<circle cx="{x(p["size"]):.1f}" cy="{y(p["accuracy"]):.1f}" r="5" '
                      f'fill="{color[p["model"]]}" fill-opacity="0.8"><title>{tip}</title></circle>')

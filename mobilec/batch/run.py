@@ -49,7 +49,7 @@ def run_batch(zoo_file: str | Path | None = None, *, recipe: str | Path | None =
               out: str | Path | None = None, executor: str | None = None,
               workers: int | None = None, timeout: float | None = None, address: str | None = None,
               force: bool = False, evaluate: bool = True, unsafe_deserialization: bool = False,
-              verbose: bool = False, quiet: bool = True, stream: Any = None) -> dict[str, Any]:
+              trust_code: bool = False, verbose: bool = False, quiet: bool = True, stream: Any = None) -> dict[str, Any]:
     """Run a zoo; returns the zoo report (also written as zoo-report.{json,md,html}).
 
     Either `zoo_file`, or `recipe` plus `models` (files, SavedModel dirs or folders).
@@ -71,7 +71,7 @@ def run_batch(zoo_file: str | Path | None = None, *, recipe: str | Path | None =
                                  title=f"mobilec batch: {zoo.name}")
         runner = _Runner(jobs, out_dir, progress, evaluate=evaluate, force=force,
                          options={"unsafe_deserialization": unsafe_deserialization,
-                                  "verbose": verbose})
+                                  "trust_code": trust_code, "verbose": verbose})
         try:
             todo = runner.plan()
             used = runner.execute(todo, executor, workers=workers, timeout=timeout,

@@ -52,19 +52,18 @@ def run_job(spec: dict[str, Any], out_dir: Path, progress: Progress | None = Non
     start = time.perf_counter()
     options = dict(options or {})
     try:
-        from mobilec import pipeline
+        from mobilec import api
         from mobilec.recipe.schema import Recipe
 
         recipe = Recipe.model_validate(spec["recipe"])
         recipe._source = spec["source"]
         recipe._sha256 = spec["recipe_sha256"]
-        report = pipeline.run(recipe, out=out_dir, evaluate=evaluate,
+        report = api.compress(recipe, out=out_dir, evaluate=evaluate,
                               progress=progress or Progress(quiet=True), **options)
-        report = _as_written(report)
         if model_alias is not None:
             # The model was shipped to this host: report the path the user knows.
             report["model"]["path"] = model_alias
-            from mobilec.report.build import write_reports
+            from mobilec.report.write import write_reports
 
             write_reports(report, Path(out_dir), list(recipe.output.report))
         status = STATUS_BY_EXIT.get(report["exit_code"], "failed")
@@ -85,12 +84,6 @@ def _result(status: str, report: dict[str, Any] | None, error: str | None, start
             ) -> dict[str, Any]:
     return {"status": status, "report": report, "error": error,
             "seconds": round(time.perf_counter() - start, 3)}
-
-
-def _as_written(report: dict[str, Any]) -> dict[str, Any]:
-    """Exactly what report.json holds (JSON types, no run-local fields)."""
-    body = {k: v for k, v in report.items() if k not in ("markdown_sections", "out_dir")}
-    return json.loads(json.dumps(body))
 
 
 def failure_reason(report: dict[str, Any]) -> str:

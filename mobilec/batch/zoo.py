@@ -26,7 +26,8 @@ from mobilec.recipe.yamlloc import LocatedYaml, format_loc, load_yaml_file
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
 RESERVED_NAMES = ("zoo-report.json", "zoo-report.md", "zoo-report.html")  # the batch's own files
-OUTPUT_MARKER = ".mobilec.lock"  # every folder mobilec writes into holds one (fsutil.output_lock)
+# A folder holding one of these is mobilec output, not models to convert.
+OUTPUT_MARKERS = ("report.json", "mobilec.lock.json", "zoo-report.json")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 Executor = Literal["local", "ray"]
 
@@ -171,7 +172,7 @@ def expand_folder(folder: Path) -> list[Path]:
     found: list[Path] = []
 
     def walk(d: Path) -> None:
-        if (d / OUTPUT_MARKER).exists():
+        if any((d / marker).exists() for marker in OUTPUT_MARKERS):
             return  # a mobilec output folder: its .onnx/.tflite are results, not models
         for p in sorted(d.iterdir()):
             if p.name.startswith("."):

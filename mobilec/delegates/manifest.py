@@ -26,7 +26,6 @@ from mobilec.util.fs import atomic_write_text, remove_artifact
 METADATA_NAME = "mobilec.delegate"
 MANIFEST_SUFFIX = ".delegate.json"
 MANIFEST_VERSION = 1
-_KEY = "_delegate"  # Artifact.extra key of the manifest being assembled (not a report field)
 
 FALLBACK_TEXT = {"xnnpack": "the XNNPACK CPU delegate", "cpu_only": "Core ML on the CPU only",
                  None: "the CPU"}
@@ -41,17 +40,17 @@ def prepare_for_placement(state: ModelState, art: Artifact, built: Path) -> Path
     For .tflite that is a copy of the built (and verified) file with the delegate hint
     in its metadata; the copy is loaded once more so a broken write never gets placed.
     """
-    from mobilec.delegates.manifest import opcompat
+    from mobilec.delegates import opcompat
 
     key = ("op_compat", str(built), art.delegate)
-    if key not in state.cache:
+    if key not in state.memo:
         try:
-            state.cache[key] = opcompat.check(built, art.format, art.delegate)
+            state.memo[key] = opcompat.check(built, art.format, art.delegate)
         except Exception as exc:  # noqa: BLE001 - a checker failure must not lose the artifact
-            state.cache[key] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
-    compat = state.cache[key]
+            state.memo[key] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
+    compat = state.memo[key]
     if "error" not in compat:
-        art.extra["op_compat"] = opcompat.summary(compat)
+        art.op_compat = opcompat.summary(compat)
     warnings = _warnings(art, compat)
     for w in warnings["notes"]:
         if w not in art.notes:
@@ -71,7 +70,7 @@ def prepare_for_placement(state: ModelState, art: Artifact, built: Path) -> Path
         manifest["deprecation"] = {"delegate": "nnapi", "from_android": 15,
                                    "from_api_level": NNAPI_DEPRECATED_API,
                                    "then_runs_on": art.fallback}
-    art.extra[_KEY] = manifest
+    art.manifest = manifest
     if art.format != "tflite":
         return built
     hinted = state.work_dir / "hinted" / (art.target or "baseline") / built.name
@@ -88,7 +87,7 @@ def write_manifests(state: ModelState) -> list[Path]:
     """`<artifact>.delegate.json` beside every placed artifact (after renames are final)."""
     written: list[Path] = []
     for art in state.artifacts:
-        manifest = art.extra.get(_KEY)
+        manifest = art.manifest
         if manifest is None or not art.path.exists():
             continue
         manifest = {**manifest, "artifact": art.path.name, "status": art.status}
@@ -101,9 +100,9 @@ def write_manifests(state: ModelState) -> list[Path]:
                 remove_artifact(stale)
         atomic_write_text(path, json.dumps(manifest, indent=2, default=str) + "\n")
         try:
-            art.extra["delegate_manifest"] = str(path.relative_to(state.out_dir))
+            art.delegate_manifest = str(path.relative_to(state.out_dir))
         except ValueError:
-            art.extra["delegate_manifest"] = str(path)
+            art.delegate_manifest = str(path)
         written.append(path)
     return written
 
@@ -118,9 +117,8 @@ def manifest_path(artifact: Path) -> Path:
 
 
 def _twins(state: ModelState, art: Artifact) -> list[Path]:
-    from mobilec.stages.convert import artifact_name
 
-    return [manifest_path(art.path.with_name(artifact_name(state, art.format, art.quantization, u)))
+    return [manifest_path(art.path.with_name(state.artifact_name(art.format, art.quantization, u)))
             for u in (False, True)]
 
 
@@ -135,7 +133,7 @@ def _options(state: ModelState, art: Artifact) -> dict[str, Any]:
 
         cfg = coreml_config(state)
         options["compute_units"] = cfg.compute_units  # the recipe overrides the profile
-        options.update({k: v for k, v in (art.extra.get("coreml") or {}).items()
+        options.update({k: v for k, v in (art.coreml or {}).items()
                         if k != "compute_units"})
     elif not prof:
         options["num_threads"] = 1 if art.delegate in ("xnnpack", "ort-cpu") else None
@@ -311,7 +309,7 @@ def markdown_sections(state: ModelState) -> list[str]:
     """'## Loading on device': per target a snippet with the artifact's real names."""
     blocks: list[str] = []
     for target in dict.fromkeys(state.recipe.targets):
-        arts = [a for a in state.artifacts if a.target == target and a.extra.get(_KEY)
+        arts = [a for a in state.artifacts if a.target == target and a.manifest
                 and a.path.exists()]
         for art in _main_artifacts(arts):
             blocks.append(_snippet(state, art))
@@ -332,7 +330,7 @@ def _main_artifacts(arts: list[Artifact]) -> list[Artifact]:
 
 
 def _snippet(state: ModelState, art: Artifact) -> str:
-    m = art.extra[_KEY]
+    m = art.manifest
     title = f"### {art.target}: `{art.path.name}` ({art.quantization}, {art.delegate}"
     title += f" → {art.fallback})" if art.fallback else ")"
     lines = [title, ""]

@@ -11,7 +11,6 @@ the model has a TensorFlow form, else ONNX), and recorded as layer names in the
 plan. Each format then applies it in its own way: TFLite through the
 QuantizationDebugger's `denylisted_nodes`, onnxruntime through `nodes_to_exclude`.
 
-Importing this module is cheap: `mobilec validate` calls check_keep_float.
 """
 
 from __future__ import annotations
@@ -21,43 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobilec.errors import RecipeError, UnsupportedError
-from mobilec.recipe.schema import QuantizeConfig, Recipe
+from mobilec.errors import UnsupportedError
+from mobilec.formats.kept_float import LAYERS_KEY, NODES_KEY
+from mobilec.policy.modes import INT8_MODES
+from mobilec.recipe.schema import QuantizeConfig
 from mobilec.state import Artifact, ModelState
 
-INT8_MODES = ("int8", "int8-io")
 SIZE_LIMIT_RATIO = 0.4  # a mixed model bigger than this has lost most of what int8 is for
 MAX_KEPT = 12  # auto never keeps more layers than this in float
-PLAN_KEY = "kept_float"  # plan.options: {format: layer names kept in float}
-
-
-# ---------------------------------------------------------------------------- recipe check
-
-def check_keep_float(recipe: Recipe, cfg: QuantizeConfig) -> None:
-    """Up-front check (no TensorFlow): what keep_float needs to run."""
-    where = recipe.source
-    if cfg.mode not in (*INT8_MODES, "auto"):
-        raise UnsupportedError(f"keep_float keeps layers out of full-integer int8; mode "
-                               f"'{cfg.mode}' has no int8 activations", where=where,
-                               hint="use quantize mode int8 (or int8-io), or drop keep_float")
-    if cfg.keep_float == "auto":
-        budget = recipe.budget
-        if budget is None or budget.max_accuracy_drop is None:
-            raise UnsupportedError("keep_float: auto keeps layers in float until "
-                                   "budget.max_accuracy_drop holds, and the recipe has none",
-                                   where=where, hint="e.g. budget: {max_accuracy_drop: 0.01}, or "
-                                   "name the layers: keep_float: [conv1, 'dense_.*']")
-        data = recipe.data
-        if data is None or (data.eval is None and data.source != "digits" and data.python is None):
-            raise UnsupportedError("keep_float: auto measures accuracy and needs labelled "
-                                   "data.eval", where=where)
-    elif cfg.keep_float is not None:
-        for pattern in cfg.keep_float:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise RecipeError(f"quantize.keep_float: {pattern!r} is not a valid regular "
-                                  f"expression ({exc})", where=where) from None
 
 
 # ---------------------------------------------------------------------------- the decision
@@ -94,7 +64,9 @@ def resolve_keep_float(state: ModelState, cfg: QuantizeConfig) -> dict[str, Any]
         else:
             decisions[fmt], metrics[f"keep_float_steps_{fmt}"] = _decide(state, cfg, fmt,
                                                                         must_match=False)
-    plan.options[PLAN_KEY] = decisions
+    plan.options[LAYERS_KEY] = decisions
+    # Formats read node names, not layers: resolve them once, here.
+    plan.options[NODES_KEY] = {fmt: _nodes(state, fmt, layers) for fmt, layers in decisions.items()}
     metrics["keep_float_formats"] = decisions
     return metrics
 
@@ -211,7 +183,7 @@ class _Candidates:
 
     def float32_size(self) -> int:
         if self.backend == "tflite":
-            from mobilec.formats.tflite import convert_tflite
+            from mobilec.formats.tflite_convert import convert_tflite
 
             return len(convert_tflite(self.state, "float32"))
         from mobilec.formats.onnx import float32_onnx
@@ -230,8 +202,9 @@ class _Candidates:
         return size_of(path), float(acc or 0.0)
 
     def _build_tflite(self, path: Path, kept: list[str]) -> Any:
-        from mobilec.diagnose.tflite_graph import selective_int8
-        from mobilec.formats.tflite import LiteRTRunner, convert_tflite
+        from mobilec.formats.tflite import LiteRTRunner
+        from mobilec.formats.tflite_convert import convert_tflite
+        from mobilec.formats.tflite_selective import selective_int8
 
         nodes = tflite_nodes(self.state, kept)
         # Nothing kept: the plain converter, byte for byte what the artifact will be.
@@ -245,25 +218,18 @@ class _Candidates:
         return LiteRTRunner(art, self.state.outputs)
 
     def _build_onnx(self, path: Path, kept: list[str]) -> Any:
-        from mobilec.formats.onnx import float32_onnx, ort_session_runner
+        from mobilec.formats.onnx import float32_onnx
         from mobilec.formats.onnx_quant import quantize_onnx
+        from mobilec.formats.runtime import ort_session_runner
 
         float_path = float32_onnx(self.state)
         quantize_onnx(self.state, float_path, self.mode, path,
                       nodes_to_exclude=onnx_nodes(self.state, float_path, kept))
         return ort_session_runner(path, self.state.outputs,
-                                  self.state.cache.get("onnx_input_transpose"))
+                                  None)
 
 
 # ---------------------------------------------------------------------------- per format
-
-def kept_layers(state: ModelState, fmt: str, mode: str) -> list[str] | None:
-    """The layers the plan keeps in float in a `fmt` build in `mode` (None: no keep_float)."""
-    plan = state.plan
-    if plan is None or mode not in INT8_MODES or PLAN_KEY not in plan.options:
-        return None
-    return list(plan.options[PLAN_KEY].get(fmt, []))
-
 
 def _nodes(state: ModelState, fmt: str, layers: list[str]) -> list[str]:
     if fmt == "tflite":
@@ -289,7 +255,7 @@ def onnx_nodes(state: ModelState, float_path: Path, layers: list[str]) -> list[s
         return []
     import onnx
 
-    from mobilec.diagnose.core import keras_layer_names, layer_of
+    from mobilec.diagnose.common import keras_layer_names, layer_of
 
     names = keras_layer_names(state)
     want = set(layers)
@@ -297,28 +263,3 @@ def onnx_nodes(state: ModelState, float_path: Path, layers: list[str]) -> list[s
     return [n.name for n in graph.node if n.name in want or layer_of(n.name, names) in want]
 
 
-def mixed_tflite(state: ModelState, mode: str) -> bytes | None:
-    """The selectively quantized .tflite when the plan keeps layers in float, else None."""
-    layers = kept_layers(state, "tflite", mode)
-    if not layers:
-        return None
-    from mobilec.diagnose.tflite_graph import selective_int8
-
-    return selective_int8(state, mode, tflite_nodes(state, layers))
-
-
-def onnx_exclude(state: ModelState, float_path: Path, mode: str) -> list[str]:
-    """nodes_to_exclude for an .onnx build in `mode` under this plan."""
-    layers = kept_layers(state, "onnx", mode)
-    return onnx_nodes(state, float_path, layers) if layers else []
-
-
-def note_kept_float(state: ModelState, artifact: Artifact) -> None:
-    """Surface the decision on the artifact's report row (`kept_float`)."""
-    layers = kept_layers(state, artifact.format, artifact.quantization)
-    if layers is None:
-        return
-    artifact.extra["kept_float"] = layers
-    if layers:
-        artifact.precision = (f"{artifact.precision or artifact.quantization}; "
-                              f"float32: {', '.join(layers)}")

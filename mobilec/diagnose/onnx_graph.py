@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.diagnose.core import Diagnosis, OpError, keras_layer_names, layer_of, severity, snr_db
+from mobilec.diagnose.common import (
+    Diagnosis,
+    OpError,
+    keras_layer_names,
+    layer_of,
+    severity,
+    snr_db,
+)
 from mobilec.state import ModelState
 
 CLEAN_DB = 100.0  # SNR of an input that int8 never touched (graph inputs)
@@ -41,7 +48,7 @@ def diagnose_onnx(state: ModelState) -> Diagnosis:
     qdq_path = work / "int8.onnx"
     quantize_onnx(state, float_path, "int8", qdq_path)
     x = state.data.calibration.x.astype(np.float32)
-    transpose = state.cache.get("onnx_input_transpose")
+    transpose = None
     if transpose:
         x = np.transpose(x, transpose)
     acts = {}

@@ -18,40 +18,23 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.diagnose.core import Diagnosis, OpError, keras_layer_names, layer_of, severity, snr_db
-from mobilec.errors import ConversionError
+from mobilec.diagnose.common import (
+    Diagnosis,
+    OpError,
+    keras_layer_names,
+    layer_of,
+    severity,
+    snr_db,
+)
+from mobilec.formats.tflite_selective import quant_debugger
 from mobilec.state import ModelState
 
 NUMERIC_VERIFY = "NumericVerify"
 SIGNATURE_OUTPUT = re.compile(r"StatefulPartitionedCall(?:_\d+)?:(\d+)")
 
 
-def quant_debugger(state: ModelState) -> Any:
-    """The calibrated QuantizationDebugger of the current model (one per model version)."""
-    key = ("quant_debugger", state.model_version)
-    if key in state.cache:
-        return state.cache[key]
-    from mobilec.formats.tflite import make_converter, representative_dataset
-    from mobilec.util.tfenv import import_tf
-
-    tf = import_tf()
-    converter = make_converter(state)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset(state)
-    try:
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=representative_dataset(state))
-    except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        first = (str(exc).strip().splitlines() or [repr(exc)])[0]
-        raise ConversionError(f"TFLite quantization debugger failed: {first[:300]}",
-                              hint="does plain `quantize: {mode: int8}` convert this model?"
-                              ) from exc
-    state.cache[key] = debugger
-    return debugger
-
-
 def diagnose_tflite(state: ModelState) -> Diagnosis:
-    from mobilec.formats.tflite import representative_dataset
+    from mobilec.formats.tflite_convert import representative_dataset
     from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
@@ -110,26 +93,6 @@ def _display_name(state: ModelState, tensor: str, layers: set[str]) -> str:
     if m and int(m.group(1)) < len(state.outputs):
         return state.outputs[int(m.group(1))].name
     return layer_of(tensor, layers)
-
-
-def selective_int8(state: ModelState, mode: str, denylisted_nodes: list[str]) -> bytes:
-    """int8 with the named op outputs left in float (int8-io: integer I/O as well)."""
-    key = ("selective_int8", state.model_version, mode, tuple(denylisted_nodes))
-    if key in state.cache:
-        return state.cache[key]
-    from mobilec.util.tfenv import import_tf
-
-    tf = import_tf()
-    debugger = quant_debugger(state)
-    debugger.options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_nodes=list(denylisted_nodes), fully_quantize=mode == "int8-io")
-    try:
-        model = debugger.get_nondebug_quantized_model()
-    except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [repr(exc)])[0]
-        raise ConversionError(f"selective int8 quantization failed: {first[:300]}") from exc
-    state.cache[key] = model
-    return model
 
 
 class _Acc:

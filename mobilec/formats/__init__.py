@@ -1,11 +1,16 @@
 """Artifact formats. One module per format; register it here with one line.
 
 A format builds an artifact file from the ModelState for one quantization mode,
-runs it on this host (or says it cannot), and lists its ops.
+runs it on this host (or says it cannot), and lists its ops. Which modes it can
+build is the policy table's business (mobilec.policy.modes), not the format's.
+The registry below is plain data so that the recipe schema, the plan check and
+`mobilec targets` can read it without importing any converter.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from importlib import import_module
 from typing import Any, Protocol
 
 from mobilec.errors import UnsupportedError
@@ -14,8 +19,6 @@ from mobilec.errors import UnsupportedError
 class Format(Protocol):
     name: str
     suffix: str
-    #: quantization modes this format can apply (besides float32)
-    modes: frozenset[str]
 
     def build(self, state: Any, artifact: Any, dest: Any) -> None:
         """Write the artifact to `dest` (a path in the work dir) and fill artifact fields."""
@@ -26,21 +29,27 @@ class Format(Protocol):
     def latency(self, state: Any, artifact: Any, sample: Any) -> dict[str, float] | None: ...
 
 
-def _registry() -> dict[str, Format]:
-    from mobilec.formats.coreml import CoreMLFormat
-    from mobilec.formats.onnx import OnnxFormat
-    from mobilec.formats.tflite import TFLiteFormat
+@dataclass(frozen=True)
+class FormatInfo:
+    suffix: str
+    delegate: str  # the delegate an artifact gets when no target names one
+    fallback: str | None
+    impl: str  # "module:Class", imported on first use
 
-    return {f.name: f for f in (TFLiteFormat(), OnnxFormat(), CoreMLFormat())}
 
+FORMATS: dict[str, FormatInfo] = {
+    "tflite": FormatInfo(".tflite", "xnnpack", None, "mobilec.formats.tflite:TFLiteFormat"),
+    "onnx": FormatInfo(".onnx", "ort-cpu", None, "mobilec.formats.onnx:OnnxFormat"),
+    "coreml": FormatInfo(".mlpackage", "coreml", "cpu_only", "mobilec.formats.coreml:CoreMLFormat"),
+}
 
-_FORMATS: dict[str, Format] | None = None
+_LOADED: dict[str, Format] = {}
 
 
 def get_format(name: str) -> Format:
-    global _FORMATS
-    if _FORMATS is None:
-        _FORMATS = _registry()
-    if name not in _FORMATS:
-        raise UnsupportedError(f"unknown format '{name}' (formats: {', '.join(_FORMATS)})")
-    return _FORMATS[name]
+    if name not in FORMATS:
+        raise UnsupportedError(f"unknown format '{name}' (formats: {', '.join(FORMATS)})")
+    if name not in _LOADED:
+        module, cls = FORMATS[name].impl.split(":")
+        _LOADED[name] = getattr(import_module(module), cls)()
+    return _LOADED[name]

@@ -28,47 +28,15 @@ import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
+from mobilec.policy.coreml import deployment_target
+from mobilec.policy.modes import format_modes
 from mobilec.recipe.schema import CoreMLConfig
 from mobilec.state import Artifact, ModelState
 
 NOT_RUN_REASON = "Core ML runtime needs macOS"
-#: modes that compress weights (constexpr ops in an mlprogram: iOS16+)
-COMPRESSED = ("dynamic", "int8", "qat", "palettize", "int4")
 #: coremltools.optimize leaves smaller weight tensors in float (its default threshold)
 WEIGHT_THRESHOLD = 2048
 INT4_BLOCK = 32
-
-
-def _ios(name: str) -> int:
-    return int(name[3:])
-
-
-def deployment_target(cfg: CoreMLConfig, mode: str) -> str | None:
-    """The minimum deployment target a Core ML artifact of `mode` gets (None: coremltools picks).
-
-    An explicit recipe value that the kind or mode cannot honour is a usage error; the
-    default (iOS16) is raised for modes that need newer Core ML ops (int4: iOS18).
-    """
-    explicit = "minimum_deployment_target" in cfg.model_fields_set
-    want = cfg.minimum_deployment_target
-    if cfg.kind == "mlmodel":
-        if explicit and _ios(want) > 14:
-            raise UnsupportedError(
-                f"convert.coreml.kind mlmodel (neuralnetwork) targets iOS13-iOS14; "
-                f"minimum_deployment_target {want} needs kind mlpackage (mlprogram)",
-                hint="drop minimum_deployment_target or use kind: mlpackage")
-        return want if explicit else None
-    need = 18 if mode == "int4" else 16 if mode in COMPRESSED else 15
-    if _ios(want) < need:
-        if explicit:
-            what = "an mlprogram (.mlpackage)" if need == 15 else f"Core ML {mode} weights"
-            raise UnsupportedError(
-                f"{what} need{'s' if need == 15 else ''} minimum_deployment_target iOS{need} or "
-                f"later (recipe: {want})",
-                hint=f"set convert.coreml.minimum_deployment_target: iOS{need}, or use "
-                     "kind: mlmodel for older devices")
-        want = f"iOS{need}"
-    return want
 
 
 def precision_text(mode: str, kind: str, bits: int) -> str:
@@ -92,7 +60,6 @@ def precision_text(mode: str, kind: str, bits: int) -> str:
 class CoreMLFormat:
     name = "coreml"
     suffix = ".mlpackage"
-    modes = frozenset({"float32", "float16", "dynamic", "int8", "int4", "qat", "palettize"})
 
     def precheck(self, state: ModelState) -> None:
         """Before any build: a model Core ML cannot be made from is a usage error (exit 2)."""
@@ -110,7 +77,7 @@ class CoreMLFormat:
     def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
         cfg = coreml_config(state)
         mode = artifact.quantization
-        if mode not in self.modes:
+        if mode not in format_modes("coreml"):
             raise UnsupportedError(f"quantization '{mode}' is not available for Core ML")
         bits = int((state.plan.options if state.plan else {}).get("bits", 4))
         target = deployment_target(cfg, mode)
@@ -126,14 +93,14 @@ class CoreMLFormat:
             model.save(str(dest))
         artifact.precision = precision_text(mode, cfg.kind, bits)
         artifact.input_layout, artifact.input_transpose = _layout(state)
-        artifact.extra["coreml"] = {"kind": cfg.kind, "minimum_deployment_target": target or
+        artifact.coreml = {"kind": cfg.kind, "minimum_deployment_target": target or
                                     "coremltools default", "compute_units": cfg.compute_units}
         if sys.platform != "darwin":
-            artifact.extra["not_run_reason"] = NOT_RUN_REASON
+            artifact.not_run_reason = NOT_RUN_REASON
 
     def runner(self, state: ModelState, artifact: Artifact) -> Any:
         if sys.platform != "darwin":
-            artifact.extra["not_run_reason"] = NOT_RUN_REASON
+            artifact.not_run_reason = NOT_RUN_REASON
             return None
         model = _load_for_prediction(state, artifact)
         if model is None:
@@ -175,10 +142,7 @@ class CoreMLFormat:
 
 
 def coreml_config(state: ModelState) -> CoreMLConfig:
-    cfg = state.cache.get("convert_config")
-    if cfg is None:
-        cfg = state.recipe.stage("convert")
-    return cfg.coreml if cfg is not None else CoreMLConfig()
+    return state.convert_config.coreml
 
 
 def import_coremltools() -> Any:
@@ -260,9 +224,9 @@ def _source(state: ModelState) -> tuple[Any, list[int], list[int]]:
 
         return [serve.get_concrete_function()], [1, *dims], list(range(len(model.outputs)))
     key = ("saved_model", str(state.graph_dir))
-    if key not in state.cache:
-        state.cache[key] = tf.saved_model.load(str(state.graph_dir))
-    fn = state.cache[key].signatures["serving_default"]
+    if key not in state.memo:
+        state.memo[key] = tf.saved_model.load(str(state.graph_dir))
+    fn = state.memo[key].signatures["serving_default"]
     # A SavedModel holds many functions; coremltools wants exactly one: the serving one.
     shape = [1, *[d for d in fn.structured_input_signature[1][
         next(iter(fn.structured_input_signature[1]))].shape[1:]]]
@@ -286,8 +250,8 @@ def _source_index(state: ModelState, key: str) -> int:
 def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str | None) -> Any:
     """The model converted once per (model version, kind, precision, deployment target)."""
     key = ("coreml_base", state.model_version, cfg.kind, precision, target)
-    if key in state.cache:
-        return state.cache[key]
+    if key in state.memo:
+        return state.memo[key]
     ct = import_coremltools()
     src, shape, order = _source(state)
     kwargs: dict[str, Any] = {
@@ -312,7 +276,7 @@ def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str
         raise ConversionError(f"coremltools could not convert the model: "
                               f"{(text[0] if text else type(exc).__name__)[:400]}") from exc
     model = _rename_io(ct, state, model, order)
-    state.cache[key] = model
+    state.memo[key] = model
     return model
 
 
@@ -437,7 +401,7 @@ def _load_for_prediction(state: ModelState, artifact: Artifact) -> Any:
     try:
         return ct.models.MLModel(str(artifact.path), compute_units=units)
     except Exception as exc:  # noqa: BLE001 - a Mac without a usable Core ML framework
-        artifact.extra["not_run_reason"] = f"Core ML could not load the model here: {exc}"[:300]
+        artifact.not_run_reason = f"Core ML could not load the model here: {exc}"[:300]
         return None
 
 
@@ -498,7 +462,7 @@ def structural_check(state: ModelState, artifact: Artifact) -> None:
                 problems.append(f"{kind} '{g['name']}' is {g['dtype']}, source float32")
     if not ops:
         problems.append("the Core ML program has no ops")
-    artifact.extra["verification"] = {"against": "source model structure (no Core ML runtime "
+    artifact.verification = {"against": "source model structure (no Core ML runtime "
                                       "on this host)", "inputs": io_["inputs"],
                                       "outputs": io_["outputs"], "ops": len(ops)}
     if problems:

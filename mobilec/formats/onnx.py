@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
-from mobilec.formats.runtime import align_outputs, batched, measure_latency
-from mobilec.state import Artifact, ModelState, TensorSpec
+from mobilec.formats.kept_float import kept_nodes, note_kept_float
+from mobilec.formats.runtime import measure_latency, ort_session, ort_session_runner
+from mobilec.state import Artifact, ModelState
 
 PRECISION = {
     "float32": "float32 weights and compute",
@@ -23,7 +24,6 @@ PRECISION = {
 class OnnxFormat:
     name = "onnx"
     suffix = ".onnx"
-    modes = frozenset({"float32", "float16", "dynamic", "int8", "int8-io", "qat"})
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
         float_path = float32_onnx(state)
@@ -31,15 +31,12 @@ class OnnxFormat:
         if mode == "float32":
             shutil.copyfile(float_path, dest)
         else:
-            from mobilec.diagnose.keep_float import onnx_exclude
             from mobilec.formats.onnx_quant import quantize_onnx
 
             # keep_float: the plan's float layers stay out of quantization.
             quantize_onnx(state, float_path, mode, dest,
-                          nodes_to_exclude=onnx_exclude(state, float_path, mode))
+                          nodes_to_exclude=kept_nodes(state, "onnx", mode))
         artifact.precision = PRECISION.get(mode, mode)
-        from mobilec.diagnose.keep_float import note_kept_float
-
         note_kept_float(state, artifact)
         artifact.input_layout = state.input_layout
 
@@ -47,7 +44,7 @@ class OnnxFormat:
         return ort_session_runner(artifact.path, state.outputs, artifact.input_transpose)
 
     def latency(self, state: ModelState, artifact: Artifact, sample: np.ndarray) -> dict[str, float]:
-        sess, in_name = _session(artifact.path)
+        sess, in_name = ort_session(artifact.path)
         x1 = sample[:1]
         if artifact.input_transpose:
             x1 = np.transpose(x1, artifact.input_transpose)
@@ -58,10 +55,10 @@ class OnnxFormat:
 def float32_onnx(state: ModelState) -> Path:
     """The float32 .onnx of the current model, converted once per model version."""
     key = "onnx_float32"
-    if key in state.cache:
-        return state.cache[key]
+    if key in state.memo:
+        return state.memo[key]
     if state.onnx_path is not None:
-        state.cache[key] = state.onnx_path  # an ONNX input passes through
+        state.memo[key] = state.onnx_path  # an ONNX input passes through
         return state.onnx_path
     out = state.work_dir / f"float32-v{state.model_version}.onnx"
     opset = _opset(state)
@@ -93,38 +90,10 @@ def float32_onnx(state: ModelState) -> Path:
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise ConversionError(f"tf2onnx failed: {first[:400]}") from exc
-    state.cache[key] = out
+    state.memo[key] = out
     return out
 
 
 def _opset(state: ModelState) -> int:
     cfg = state.recipe.stage("convert")
     return cfg.opset if cfg is not None else 17
-
-
-def _session(path: Path) -> tuple[Any, str]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return sess, sess.get_inputs()[0].name
-
-
-def ort_session_runner(path: Path, outputs: list[TensorSpec],
-                       transpose: tuple[int, ...] | None) -> Any:
-    sess, in_name = _session(path)
-    names = [o.name for o in sess.get_outputs()]
-    dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
-    fixed_batch = sess.get_inputs()[0].shape[0]
-    size = fixed_batch if isinstance(fixed_batch, int) and fixed_batch > 0 else 256
-
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        if transpose:
-            x = np.transpose(x, transpose)
-        res = sess.run(None, {in_name: x.astype(dtype)})
-        return align_outputs(outputs, names, [np.asarray(r, dtype=np.float32) for r in res])
-
-    return lambda x: batched(run, x, size=size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -69,8 +70,6 @@ def source_runner(state: ModelState) -> Runner:
 
         return lambda x: batched(run_keras, x)
     if state.onnx_path is not None:
-        from mobilec.formats.onnx import ort_session_runner
-
         return ort_session_runner(state.onnx_path, state.outputs, transpose=None)
     if state.graph_dir is not None:
         return _saved_model_runner(state)
@@ -82,9 +81,9 @@ def _saved_model_runner(state: ModelState) -> Runner:
 
     tf = import_tf()
     key = ("saved_model", str(state.graph_dir))
-    if key not in state.cache:
-        state.cache[key] = tf.saved_model.load(str(state.graph_dir))
-    loaded = state.cache[key]
+    if key not in state.memo:
+        state.memo[key] = tf.saved_model.load(str(state.graph_dir))
+    loaded = state.memo[key]
     fn = loaded.signatures["serving_default"]
     in_name = list(fn.structured_input_signature[1].keys())[0]
     names = list(fn.structured_outputs.keys())
@@ -117,3 +116,32 @@ def count_params(model: Any) -> int | None:
         return int(model.count_params())
     except Exception:  # noqa: BLE001 - a model we cannot count just reports null
         return None
+
+
+def ort_session(path: Path) -> tuple[Any, str]:
+    """A one-thread CPU onnxruntime session and its first input's name."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess, sess.get_inputs()[0].name
+
+
+def ort_session_runner(path: Path, outputs: list[TensorSpec],
+                       transpose: tuple[int, ...] | None) -> Any:
+    sess, in_name = ort_session(path)
+    names = [o.name for o in sess.get_outputs()]
+    dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
+    fixed_batch = sess.get_inputs()[0].shape[0]
+    size = fixed_batch if isinstance(fixed_batch, int) and fixed_batch > 0 else 256
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        if transpose:
+            x = np.transpose(x, transpose)
+        res = sess.run(None, {in_name: x.astype(dtype)})
+        return align_outputs(outputs, names, [np.asarray(r, dtype=np.float32) for r in res])
+
+    return lambda x: batched(run, x, size=size)

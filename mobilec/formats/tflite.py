@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.formats.kept_float import kept_nodes, note_kept_float
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
+from mobilec.formats.tflite_convert import convert_tflite
+from mobilec.formats.tflite_selective import selective_int8
 from mobilec.state import Artifact, ModelState
 
 PRECISION = {
@@ -27,7 +28,6 @@ PRECISION = {
 class TFLiteFormat:
     name = "tflite"
     suffix = ".tflite"
-    modes = frozenset({"float32", "float16", "dynamic", "int8", "int8-io", "int16x8", "int4", "qat"})
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
         mode = artifact.quantization
@@ -37,9 +37,9 @@ class TFLiteFormat:
             build_int4(state, artifact, dest)
         else:
             # keep_float: int8 with a few layers left in float; otherwise the plain converter.
-            from mobilec.diagnose.keep_float import mixed_tflite, note_kept_float
-
-            dest.write_bytes(mixed_tflite(state, mode) or convert_tflite(state, mode))
+            nodes = kept_nodes(state, "tflite", mode)
+            dest.write_bytes(selective_int8(state, mode, nodes) if nodes
+                             else convert_tflite(state, mode))
         artifact.precision = PRECISION.get(mode, mode)
         if mode != "int4":
             note_kept_float(state, artifact)
@@ -55,76 +55,6 @@ class TFLiteFormat:
 
     def latency(self, state: ModelState, artifact: Artifact, sample: np.ndarray) -> dict[str, float]:
         return LiteRTRunner(artifact, state.outputs).latency(sample)
-
-
-def representative_dataset(state: ModelState) -> Any:
-    if state.data is None or state.data.calibration is None:
-        raise UnsupportedError(
-            "full-integer quantization needs calibration data and the recipe has none",
-            hint="add a data: section (train or eval), or use quantize mode dynamic or float16")
-    from mobilec.sources.onnx2tf_bridge import to_tf_layout
-
-    x = to_tf_layout(state, state.data.calibration.x.astype("float32"))
-
-    def gen() -> Iterator[list[np.ndarray]]:
-        for i in range(len(x)):
-            yield [x[i:i + 1]]
-
-    return gen
-
-
-def make_converter(state: ModelState) -> Any:
-    from mobilec.util.tfenv import import_tf
-
-    tf = import_tf()
-    if state.keras_model is not None:
-        from mobilec.sources.serving_export import serving_savedmodel
-
-        # The serving function alone: from_keras_model would save the whole tf_keras model
-        # first (3x slower on MobileNetV2); same ops, names and outputs.
-        serving = serving_savedmodel(state)
-        if serving is not None:
-            return tf.lite.TFLiteConverter.from_saved_model(str(serving))
-        return tf.lite.TFLiteConverter.from_keras_model(state.keras_model)
-    if state.graph_dir is None and state.onnx_path is not None:
-        from mobilec.sources.onnx2tf_bridge import ensure_graph
-
-        ensure_graph(state)  # ONNX input: onnx2tf's SavedModel, converted on first use
-    if state.graph_dir is not None:
-        return tf.lite.TFLiteConverter.from_saved_model(str(state.graph_dir))
-    raise UnsupportedError("no TensorFlow form of the model is available for the TFLite converter")
-
-
-def convert_tflite(state: ModelState, mode: str) -> bytes:
-    from mobilec.util.tfenv import import_tf
-
-    tf = import_tf()
-    conv = make_converter(state)
-    if mode == "float16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif mode in ("dynamic", "qat"):
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif mode in ("int8", "int8-io"):
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative_dataset(state)
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if mode == "int8-io":
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
-    elif mode == "int16x8":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative_dataset(state)
-        conv.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-    elif mode != "float32":
-        raise UnsupportedError(f"quantization '{mode}' is not available for .tflite")
-    try:
-        return conv.convert()
-    except Exception as exc:  # noqa: BLE001 - converter errors are many types
-        text = str(exc).strip().splitlines()
-        msg = next((ln for ln in text if "error" in ln.lower()), text[0] if text else repr(exc))
-        raise ConversionError(f"TFLite converter failed ({mode}): {msg[:400]}") from exc
 
 
 def _interpreter(path: Path) -> Any:

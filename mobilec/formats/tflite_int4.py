@@ -20,17 +20,17 @@ RECIPE = "weight_only_wi4_afp32"
 
 def float32_tflite(state: ModelState) -> bytes:
     """The float32 .tflite of the current model, converted once per model version."""
-    from mobilec.formats.tflite import convert_tflite
+    from mobilec.formats.tflite_convert import convert_tflite
 
     key = ("tflite_float32_bytes", state.model_version)
-    if key not in state.cache:
-        state.cache[key] = convert_tflite(state, "float32")
-    return state.cache[key]
+    if key not in state.memo:
+        state.memo[key] = convert_tflite(state, "float32")
+    return state.memo[key]
 
 
 def build_int4(state: ModelState, artifact: Artifact, dest: Path) -> None:
     dest.write_bytes(quantize_int4(float32_tflite(state)))
-    artifact.extra["quantizer"] = f"ai-edge-quantizer {RECIPE}"
+    artifact.quantizer = f"ai-edge-quantizer {RECIPE}"
 
 
 def quantize_int4(float_model: bytes) -> bytes:

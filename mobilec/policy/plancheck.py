@@ -6,8 +6,11 @@ illegal combination fails in a second with its name, not after a fine-tune.
 
 from __future__ import annotations
 
-from mobilec.errors import ModelLoadError, UnsupportedError
-from mobilec.recipe.schema import Recipe
+import re
+
+from mobilec.errors import ModelLoadError, RecipeError, UnsupportedError
+from mobilec.policy.modes import INT8_MODES
+from mobilec.recipe.schema import QuantizeConfig, Recipe
 
 TRAINING_STAGES = ("distill", "factorize", "prune")
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
@@ -56,8 +59,6 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
             if mode == "auto" and cfg.candidates:
                 _check_auto_candidates(cfg.candidates, where)
             if cfg.keep_float is not None:
-                from mobilec.diagnose.keep_float import check_keep_float
-
                 check_keep_float(recipe, cfg)
             formats = _formats(recipe)
             if mode == "palettize" and "coreml" not in formats:
@@ -75,8 +76,8 @@ def _check_coreml(recipe: Recipe) -> None:
     """Core ML kind x deployment target x quantization (e.g. int4 weights need iOS18)."""
     if "coreml" not in _formats(recipe):
         return
-    from mobilec.formats.coreml import deployment_target
-    from mobilec.policy.targets import mode_for_format
+    from mobilec.policy.coreml import deployment_target
+    from mobilec.policy.modes import mode_for_format
     from mobilec.recipe.schema import CoreMLConfig
 
     convert = recipe.stage("convert")
@@ -90,7 +91,7 @@ def _check_coreml(recipe: Recipe) -> None:
 
 
 def _check_auto_candidates(candidates: list[str], where: str) -> None:
-    from mobilec.stages.quantize_auto import SEARCHABLE
+    from mobilec.policy.modes import SEARCHABLE
 
     bad = [c for c in candidates if c not in SEARCHABLE]
     if bad:
@@ -110,3 +111,30 @@ def _formats(recipe: Recipe) -> set[str]:
     if cfg is not None and cfg.formats:
         out = (out & set(cfg.formats)) | set(cfg.formats)
     return out
+
+
+def check_keep_float(recipe: Recipe, cfg: QuantizeConfig) -> None:
+    """Up-front check (no TensorFlow): what keep_float needs to run."""
+    where = recipe.source
+    if cfg.mode not in (*INT8_MODES, "auto"):
+        raise UnsupportedError(f"keep_float keeps layers out of full-integer int8; mode "
+                               f"'{cfg.mode}' has no int8 activations", where=where,
+                               hint="use quantize mode int8 (or int8-io), or drop keep_float")
+    if cfg.keep_float == "auto":
+        budget = recipe.budget
+        if budget is None or budget.max_accuracy_drop is None:
+            raise UnsupportedError("keep_float: auto keeps layers in float until "
+                                   "budget.max_accuracy_drop holds, and the recipe has none",
+                                   where=where, hint="e.g. budget: {max_accuracy_drop: 0.01}, or "
+                                   "name the layers: keep_float: [conv1, 'dense_.*']")
+        data = recipe.data
+        if data is None or (data.eval is None and data.source != "digits" and data.python is None):
+            raise UnsupportedError("keep_float: auto measures accuracy and needs labelled "
+                                   "data.eval", where=where)
+    elif cfg.keep_float is not None:
+        for pattern in cfg.keep_float:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise RecipeError(f"quantize.keep_float: {pattern!r} is not a valid regular "
+                                  f"expression ({exc})", where=where) from None

@@ -9,15 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mobilec.errors import UnsupportedError
-
-FORMAT_MODES: dict[str, frozenset[str]] = {
-    "tflite": frozenset({"float32", "float16", "dynamic", "int8", "int8-io", "int16x8", "int4", "qat"}),
-    "onnx": frozenset({"float32", "float16", "dynamic", "int8", "int8-io", "qat"}),
-    # Core ML compresses weights only (coremltools.optimize); its I/O stays float.
-    "coreml": frozenset({"float32", "float16", "dynamic", "int8", "int4", "qat", "palettize"}),
-}
-FORMAT_SUFFIX = {"tflite": ".tflite", "onnx": ".onnx", "coreml": ".mlpackage"}
-GENERIC_DELEGATE = {"tflite": ("xnnpack", None), "onnx": ("ort-cpu", None), "coreml": ("coreml", "cpu_only")}
+from mobilec.formats import FORMATS
+from mobilec.policy.modes import CALIBRATING, mode_for_format
 
 
 @dataclass(frozen=True)
@@ -97,16 +90,6 @@ def profile(name: str) -> TargetProfile:
     return TARGETS[name]
 
 
-def mode_for_format(mode: str, fmt: str) -> str | None:
-    """The mode a format applies for a plan mode, or None when it cannot."""
-    if mode == "qat":
-        return "qat" if fmt != "coreml" else "int8"
-    # .onnx and Core ML keep float I/O; their int8 is the same plan without the I/O part.
-    if fmt in ("onnx", "coreml") and mode == "int8-io":
-        return "int8"
-    return mode if mode in FORMAT_MODES[fmt] else None
-
-
 def plan_artifacts(targets: list[str], plan_mode: str | None, formats: list[str] | None = None,
                    has_calibration: bool = True) -> list[ArtifactSpec]:
     """Every artifact the recipe asks for, plus the float32 baseline of each format."""
@@ -122,7 +105,7 @@ def plan_artifacts(targets: list[str], plan_mode: str | None, formats: list[str]
     for name in targets:
         prof = profile(name)
         wanted = plan_mode or prof.preferred_quantization
-        if plan_mode is None and wanted in ("int8", "int8-io", "int16x8") and not has_calibration:
+        if plan_mode is None and wanted in CALIBRATING and not has_calibration:
             wanted = "dynamic"
         for fmt in prof.formats:
             if formats is not None and fmt not in formats:
@@ -139,7 +122,7 @@ def plan_artifacts(targets: list[str], plan_mode: str | None, formats: list[str]
     # formats named in `convert.formats` that no target produces
     for fmt in formats or []:
         if not any(s.format == fmt for s in specs):
-            delegate, fallback = GENERIC_DELEGATE[fmt]
+            delegate, fallback = FORMATS[fmt].delegate, FORMATS[fmt].fallback
             mode = mode_for_format(plan_mode or "float32", fmt)
             if mode is None:
                 add(ArtifactSpec(fmt, plan_mode or "float32", None, delegate, fallback,
@@ -150,14 +133,14 @@ def plan_artifacts(targets: list[str], plan_mode: str | None, formats: list[str]
     for fmt in sorted({s.format for s in specs}):
         if not any(s.format == fmt and s.quantization == "float32" and not s.skipped_reason
                    for s in specs):
-            delegate, fallback = GENERIC_DELEGATE[fmt]
+            delegate, fallback = FORMATS[fmt].delegate, FORMATS[fmt].fallback
             add(ArtifactSpec(fmt, "float32", None, delegate, fallback, role="baseline"))
     return specs
 
 
 def describe() -> list[dict[str, Any]]:
     """One row per target for `mobilec targets` (and its --json)."""
-    return [{"target": p.name, "artifacts": ", ".join(FORMAT_SUFFIX[f] for f in p.formats),
+    return [{"target": p.name, "artifacts": ", ".join(FORMATS[f].suffix for f in p.formats),
              "formats": list(p.formats), "quantization": p.preferred_quantization,
              "delegate": ", ".join(dict.fromkeys(p.delegate_for(f) for f in p.formats)),
              "fallback": p.fallback or "-", "platform": p.platform,

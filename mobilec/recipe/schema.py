@@ -82,11 +82,30 @@ class DistillConfig(Strict):
 
 
 class FactorizeConfig(Strict):
-    rank: float | None = Field(None, gt=0, le=1, description="Fraction of full rank to keep.")
+    rank: float | Literal["auto"] | None = Field(
+        None, description="Fraction of full rank to keep (0-1], or 'auto': per-layer ranks chosen "
+                          "from measured sensitivity within the accuracy budget.")
     energy: float | None = Field(None, gt=0, le=1, description="Fraction of spectrum energy to keep.")
+    min_share: float = Field(0.02, ge=0, lt=1, description=(
+        "Leave a layer alone when factorizing it saves less than this share of the model's "
+        "parameters."))
+    skip: list[str] = Field(default_factory=list, description="Layer names never factorized.")
+    skip_edges: bool = Field(True, description=(
+        "Leave the first layer and the layers that produce the outputs alone (they save little "
+        "and cost the most accuracy)."))
+    max_drop: float | None = Field(None, ge=0, le=1, description=(
+        "rank auto: accuracy drop this stage may spend (default: budget.max_accuracy_drop, "
+        "else 0.01)."))
     epochs: int = Field(0, ge=0, le=1000)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
+
+    @field_validator("rank")
+    @classmethod
+    def _fraction(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, (int, float)) and not 0 < v <= 1:
+            raise ValueError("rank must be a fraction in (0, 1] or 'auto'")
+        return v
 
     @model_validator(mode="after")
     def _one_of(self) -> FactorizeConfig:
@@ -115,6 +134,10 @@ class QuantizeConfig(Strict):
         None, description="auto: modes to try, smallest first (default int4,int8,int16x8,float16).")
     keep_float: Literal["auto"] | list[str] | None = Field(
         None, description="int8: 'auto' or layer names/regexes to keep in float.")
+    equalize: Literal["auto", True, False] = Field(
+        False, description="Cross-layer equalization before int8: 'auto' applies it when the "
+                           "calibration data shows a channel range imbalance and keeps it only "
+                           "if accuracy improves.")
 
     @field_validator("candidates")
     @classmethod

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mobilec.report.build import ARTIFACT_HEADERS, artifact_cells
+from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any], wide: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -34,4 +34,21 @@ def print_report(report: dict[str, Any]) -> None:
         console.print("[red]budget violated:[/]")
         for v in b["violations"]:
             console.print(f"  - {v}")
-    console.print(f"outputs: {report.get('out_dir', '')}")
+    first = next((a["path"] for a in report["artifacts"]), None)
+    if first is not None:
+        console.print(f"artifacts under the output dir: {first.split('/')[0]}/…")
+
+
+def print_targets(rows: list[dict[str, Any]], wide: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("target", "artifacts", "quantization", "delegate", "fallback", "constraints")
+    for r in rows:
+        table.add_row(r["target"], r["artifacts"], r["quantization"], r["delegate"], r["fallback"],
+                      r["constraints"])
+    console = Console()
+    console.print(table)
+    for r in rows:  # below the table: a warning is a sentence, not a cell
+        if r["warning"]:
+            console.print(f"[yellow]{r['target']}[/]: {r['warning']}")

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from mobilec.report.build import ARTIFACT_HEADERS, _fmt_bytes, artifact_cells
+from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells, fmt_bytes
 
 Section = Callable[[dict[str, Any]], str | None]
 
@@ -55,7 +55,7 @@ def summary_section(report: dict[str, Any]) -> str:
     lines = [
         f'<p><span class="badge {cls}">{_e(verdict)}</span> exit code {_e(code)}</p>',
         f'<p class="meta">model <code>{_e(m.get("path"))}</code> ({_e(m.get("format"))}, '
-        f'{params} params, {_e(_fmt_bytes(m.get("size_bytes")))}), accuracy '
+        f'{params} params, {_e(fmt_bytes(m.get("size_bytes")))}), accuracy '
         f'{"-" if acc is None else f"{acc * 100:.2f}%"}</p>',
         f'<p class="meta">recipe <code>{_e(report.get("recipe"))}</code> · mobilec '
         f'{_e(report.get("mobilec_version"))} · {_e((report.get("host") or {}).get("platform"))}</p>',
@@ -124,7 +124,7 @@ def candidates_section(report: dict[str, Any]) -> str | None:
                 "over budget" if drop is not None else "-"))
             cls = "ok" if c.get("chosen") else ("bad" if c.get("error") else "")
             rows.append(f"<tr><td>{_e(c['mode'])}</td><td class='num'>"
-                        f"{_e(_fmt_bytes(c.get('size_bytes')))}</td><td class='num'>"
+                        f"{_e(fmt_bytes(c.get('size_bytes')))}</td><td class='num'>"
                         f"{'-' if acc is None else f'{acc * 100:.2f}%'}</td><td class='num'>"
                         f"{'-' if drop is None else f'{drop * 100:+.2f} pt'}</td>"
                         f"<td class='{cls}'>{_e(mark)}</td></tr>")
@@ -307,7 +307,7 @@ def size_accuracy_svg(report: dict[str, Any], width: int = 760, height: int = 38
             x = sx(ref_size)
             parts.append(f'<path d="M{x:.1f},{y - 7:.1f} L{x + 7:.1f},{y:.1f} L{x:.1f},{y + 7:.1f} '
                          f'L{x - 7:.1f},{y:.1f} Z" fill="#222"><title>original model: '
-                         f'{_e(_fmt_bytes(ref_size))}, {ref_acc * 100:.2f}%</title></path>'
+                         f'{_e(fmt_bytes(ref_size))}, {ref_acc * 100:.2f}%</title></path>'
                          f'<text x="{x + 9:.1f}" y="{y - 8:.1f}" font-size="11">original '
                          f'({_e(model.get("format") or "model")} file)</text>')
     placed: list[tuple[float, float]] = []
@@ -318,7 +318,7 @@ def size_accuracy_svg(report: dict[str, Any], width: int = 760, height: int = 38
         while any(abs(px - x) < 60 and abs(py - ly) < 12 for px, py in placed):
             ly -= 12  # labels of near-identical points stack instead of overlapping
         placed.append((x, ly))
-        title = (f"{', '.join(p['paths'])}: {_fmt_bytes(p['size'])}, "
+        title = (f"{', '.join(p['paths'])}: {fmt_bytes(p['size'])}, "
                  f"{p['accuracy'] * 100:.2f}%")
         stroke = ' stroke="#b3261e" stroke-width="2"' if p["bad"] else ' stroke="#fff"'
         fill = color

@@ -60,15 +60,15 @@ def ensure_graph(state: ModelState) -> Path:
         return state.graph_dir
     if state.onnx_path is None:
         raise UnsupportedError("no TensorFlow form of the model is available")
-    if ERROR_CACHE in state.cache:
-        raise state.cache[ERROR_CACHE]
+    if ERROR_CACHE in state.memo:
+        raise state.memo[ERROR_CACHE]
     try:
         graph = convert(state)
     except ConversionError as exc:
-        state.cache[ERROR_CACHE] = exc
+        state.memo[ERROR_CACHE] = exc
         raise
     state.graph_dir = graph.saved_model
-    state.cache["onnx2tf"] = graph
+    state.tf_bridge = graph
     state.note(f"TensorFlow formats were converted from ONNX by onnx2tf ({graph.seconds:.1f} s); "
                f"their input layout is {graph.input_layout}"
                + (f" (the recipe's data is transposed {list(graph.input_transpose)})"
@@ -79,7 +79,7 @@ def ensure_graph(state: ModelState) -> Path:
 def tf_input_layout(state: ModelState) -> tuple[str, tuple[int, ...] | None]:
     """(layout, transpose) of the TensorFlow form's input: what a TFLite/Core ML artifact
     built from it expects, and the permutation that takes the recipe's data there."""
-    graph = state.cache.get("onnx2tf")
+    graph = state.tf_bridge
     if isinstance(graph, TFGraph):
         return graph.input_layout, graph.input_transpose
     return state.input_layout, None

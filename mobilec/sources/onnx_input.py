@@ -209,8 +209,9 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_onnx(state: ModelState, path: Path) -> None:
-    """Check the model, fix its dynamic dims, and point the state at a working copy of it."""
+def load_onnx(state: ModelState, path: Path) -> int:
+    """Check the model, fix its dynamic dims, and point the state at a working copy of it.
+    Returns the parameter count."""
     import onnx
 
     path = Path(path)
@@ -238,9 +239,10 @@ def load_onnx(state: ModelState, path: Path) -> None:
     state.outputs = [TensorSpec(v.name, [d if isinstance(d, int) else None for d in dims_of(v)],
                                 dtype_of(v)) for v in model.graph.output]
     state.input_layout = guess_layout(shape)
-    state.cache["params"] = count_params(model)
-    state.cache["onnx_opsets"] = opsets(model)
-    state.cache["onnx_ops"] = op_histogram(model)
+    params = count_params(model)
+    if state.source is not None:
+        state.source.params = params
+    return params
 
 
 def fix_input_dims(inp: Any, want: list[int] | None, path: Path) -> list[int | None]:

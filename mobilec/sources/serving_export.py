@@ -21,10 +21,10 @@ def serving_savedmodel(state: ModelState) -> Path | None:
     """The export's directory, or None when this model cannot be exported this way
     (the caller then falls back to from_keras_model)."""
     key = ("serving_savedmodel", state.model_version, id(state.keras_model))
-    if key not in state.cache:
-        state.cache[key] = _export(state.keras_model, state.work_dir /
+    if key not in state.memo:
+        state.memo[key] = _export(state.keras_model, state.work_dir /
                                    f"tflite-serving-v{state.model_version}")
-    return state.cache[key]
+    return state.memo[key]
 
 
 def _export(model: Any, dest: Path) -> Path | None:

@@ -18,19 +18,22 @@ from mobilec.delegates.manifest import prepare_for_placement, write_manifests
 from mobilec.errors import MobilecError, StageError, stop_if_interrupted
 from mobilec.formats import get_format
 from mobilec.formats.runtime import source_runner
-from mobilec.policy.targets import FORMAT_SUFFIX, ArtifactSpec, plan_artifacts
+from mobilec.policy.targets import ArtifactSpec, plan_artifacts
 from mobilec.recipe.schema import ConvertConfig
 from mobilec.state import Artifact, ModelState
 from mobilec.util.fs import atomic_place, gzip_size, os_error_reason, remove_artifact, size_of
 from mobilec.util.metrics import fidelity, passes
 
 GATED_MODES = ("float32", "float16")
+# What a build fills on its work-dir artifact and each placed copy inherits.
+COPIED_FIELDS = ("status", "error", "input_layout", "input_transpose", "io_quant", "precision",
+                 "route", "routes_failed", "verification", "kept_float", "quantizer", "coreml",
+                 "delegation", "not_run_reason")
 VERIFY_SAMPLES = 128
 
 
 def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
     cfg = config or ConvertConfig()
-    state.cache["convert_config"] = cfg
     has_calib = state.data is not None and state.data.calibration is not None
     plan_mode = state.plan.mode if state.plan else None
     specs = plan_artifacts(list(state.recipe.targets), plan_mode, cfg.formats, has_calib)
@@ -48,22 +51,10 @@ def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
     return {"artifacts": len(state.artifacts), "failed": len(failed)}
 
 
-def artifact_name(state: ModelState, fmt: str, quant: str, unverified: bool = False) -> str:
-    suffix = FORMAT_SUFFIX[fmt]
-    if fmt == "coreml" and _coreml_kind(state) == "mlmodel":
-        suffix = ".mlmodel"
-    return f"{state.recipe.name}-{quant}{'.unverified' if unverified else ''}{suffix}"
-
-
-def _coreml_kind(state: ModelState) -> str:
-    cfg = state.cache.get("convert_config")
-    return cfg.coreml.kind if cfg is not None else "mlpackage"
-
-
 def _materialize(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, str], Artifact]
                  ) -> Artifact:
     folder = spec.target or "baseline"
-    art = Artifact(path=state.out_dir / folder / artifact_name(state, spec.format, spec.quantization),
+    art = Artifact(path=state.out_dir / folder / state.artifact_name(spec.format, spec.quantization),
                    format=spec.format, quantization=spec.quantization, target=spec.target,
                    role=spec.role, delegate=spec.delegate, fallback=spec.fallback)
     if spec.skipped_reason:
@@ -77,7 +68,7 @@ def _materialize(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, s
     if work.status == "failed":
         return art
     if art.status == "failed-verification":
-        art.path = art.path.with_name(artifact_name(state, spec.format, spec.quantization, True))
+        art.path = art.path.with_name(state.artifact_name(spec.format, spec.quantization, True))
     _discard_stale(state, art)
     # op compatibility for this artifact's delegate; .tflite gets the hint in its metadata
     atomic_place(prepare_for_placement(state, art, work.path), art.path)
@@ -87,17 +78,16 @@ def _materialize(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, s
 
 
 def _copy_result(work: Artifact, art: Artifact) -> None:
-    for name in ("status", "error", "input_layout", "input_transpose", "io_quant", "precision"):
+    for name in COPIED_FIELDS:
         setattr(art, name, getattr(work, name))
     art.notes.extend(work.notes)
-    art.extra.update(work.extra)
     art.metrics.update(work.metrics)
 
 
 def _discard_stale(state: ModelState, art: Artifact) -> None:
     """A re-run must not leave a previous run's verified/unverified twin beside the new file."""
-    for twin in (artifact_name(state, art.format, art.quantization, False),
-                 artifact_name(state, art.format, art.quantization, True)):
+    for twin in (state.artifact_name(art.format, art.quantization, False),
+                 state.artifact_name(art.format, art.quantization, True)):
         p = art.path.with_name(twin)
         if p != art.path and p.exists():
             remove_artifact(p)
@@ -105,7 +95,7 @@ def _discard_stale(state: ModelState, art: Artifact) -> None:
 
 def _build(state: ModelState, spec: ArtifactSpec) -> Artifact:
     fmt = get_format(spec.format)
-    dest = state.work_dir / "build" / artifact_name(state, spec.format, spec.quantization)
+    dest = state.work_dir / "build" / state.artifact_name(spec.format, spec.quantization)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Artifact(path=dest, format=spec.format, quantization=spec.quantization, target=spec.target)
     try:
@@ -147,16 +137,16 @@ def _verify(state: ModelState, fmt: Any, work: Artifact) -> None:
         return
     x = verification_inputs(state)
     key = ("converter_input_outputs", state.model_version, len(x))
-    if key not in state.cache:
-        state.cache[key] = source_runner(state)(x)
+    if key not in state.memo:
+        state.memo[key] = source_runner(state)(x)
     try:
         got = runner(x)
     except Exception as exc:  # noqa: BLE001 - a model that cannot run failed verification
         work.status = "failed-verification"
         work.error = f"artifact does not run on this host: {str(exc).strip()[:300]}"
         return
-    fid = fidelity(state.cache[key], got)
-    work.extra["verification"] = {"against": "converter input", "samples": len(x), **fid}
+    fid = fidelity(state.memo[key], got)
+    work.verification = {"against": "converter input", "samples": len(x), **fid}
     if work.quantization not in GATED_MODES:
         return
     ok, why = passes(fid, state.recipe.verify.min_top1_agreement, state.recipe.verify.min_snr_db)
@@ -173,7 +163,7 @@ def _distrust_broken_formats(state: ModelState) -> None:
             a.status = "failed-verification"
             a.error = (f"the float32 {a.format} conversion failed verification, so this "
                        "variant is not trusted")
-            new = a.path.with_name(artifact_name(state, a.format, a.quantization, True))
+            new = a.path.with_name(state.artifact_name(a.format, a.quantization, True))
             a.path.rename(new)
             a.path = new
 

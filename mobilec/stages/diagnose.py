@@ -1,30 +1,38 @@
-"""diagnose (compress --diagnose): per-op int8 error, worst first, after everything else.
+"""diagnose: per-op int8 error, worst first.
 
-Writes diagnose.json beside the report; the stage metrics carry the worst rows,
-which report.html draws as a bar chart.
+Last stage of `compress --diagnose`, and the stage `mobilec diagnose` plans after
+the model-changing stages. Writes diagnose.json (and, for `mobilec diagnose`,
+diagnose.html) into the output dir; the stage metrics carry the worst rows, which
+report.html draws as a bar chart.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mobilec.diagnose.core import diagnose, write_json
 from mobilec.errors import EXIT_STAGE, MobilecError, StageError
 from mobilec.state import ModelState
+from mobilec.util.fs import atomic_write_text
 
 REPORT_ROWS = 20
 
 
-def run(state: ModelState, config: Any = None) -> dict[str, Any]:
-    from mobilec.diagnose.core import diagnose, write_json
-
+def run(state: ModelState, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    config = config or {}
     try:
-        diag = diagnose(state)
+        diag = diagnose(state, config.get("backend"))
     except MobilecError as exc:
         if exc.exit_code == EXIT_STAGE:
             raise
         # The artifacts are built by now: fail this stage (exit 3) and keep the report.
         raise StageError(exc.message, where=exc.where, hint=exc.hint) from exc
     path = write_json(diag, state.out_dir)
+    if config.get("html"):
+        from mobilec.diagnose.view import html_page
+
+        atomic_write_text(path.with_name("diagnose.html"),
+                          html_page(diag.as_dict(), f"mobilec diagnose: {state.recipe.name}"))
     summary = diag.as_dict(limit=REPORT_ROWS)
     worst = diag.rows[0] if diag.rows else None
     return {"backend": diag.backend, "ops": len(diag.rows),

@@ -34,7 +34,7 @@ def evaluate_artifact(state: ModelState, art: Artifact) -> None:
     runner = fmt.runner(state, art)
     if runner is None:
         art.metrics["accuracy"] = None
-        reason = art.extra.get("not_run_reason") or f"{art.format} runtime is not available on {sys.platform}"
+        reason = art.not_run_reason or f"{art.format} runtime is not available on {sys.platform}"
         art.notes.append(reason)
         return
     x = state.eval_x
@@ -73,4 +73,4 @@ def _slower_than_float(state: ModelState) -> None:
         if a.quantization != "float32" and lat and ref and lat > ref * SLOWER_THAN_FLOAT:
             a.notes.append(f"slower than float32 on this host: {lat:.3f} ms vs {ref:.3f} ms median "
                            f"({lat / ref:.2f}x); measure on the device before shipping")
-            a.extra["slower_than_float32"] = round(lat / ref, 2)
+            a.slower_than_float32 = round(lat / ref, 2)

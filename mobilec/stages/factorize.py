@@ -7,6 +7,17 @@ filters (the original strides, padding, dilation) -> a 1x1 conv with cout filter
 At full rank the pair computes exactly what the layer did. A layer is left as it
 is when the pair would not be at least MIN_SAVING smaller.
 
+Which layers: by default not the first layer nor the layers that produce the
+outputs (they hold few parameters and cost the most accuracy: a 10-class head at
+rank 2 breaks the model), nor a layer whose factorization saves less than
+`min_share` of the model's parameters. `rank: auto` measures each candidate's
+sensitivity (the accuracy drop on the eval data after factorizing that layer
+alone at 1/8, 1/4 and 1/2 of full rank; top-1 agreement or output noise without
+labels) and then lowers ranks greedily, most parameters saved per unit of
+sensitivity first, while the estimated drop stays within the allowance
+(`max_drop`, else budget.max_accuracy_drop); the combination is measured and
+backed off move by move until it fits, before any fine-tuning.
+
 Optional fine-tuning (epochs > 0) distills the factorized model towards the
 outputs the model had before this stage (mixed with the labels when there are
 any), so it also works on unlabelled train data.
@@ -14,13 +25,14 @@ any), so it also works on unlabelled train data.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mobilec.errors import StageError, UnsupportedError
-from mobilec.formats.runtime import source_runner
+from mobilec.errors import RecipeError, StageError, UnsupportedError
+from mobilec.formats.runtime import batched, source_runner
 from mobilec.recipe.schema import FactorizeConfig
 from mobilec.state import ModelState
 from mobilec.training import kd
@@ -29,12 +41,14 @@ from mobilec.training.flops import model_cost
 from mobilec.training.surgery import (
     Replacement,
     clone_layer,
+    graph_nodes,
     is_model,
+    output_layers,
     rebuild,
     same_layer,
     unique_name,
 )
-from mobilec.util.metrics import accuracy
+from mobilec.util.metrics import accuracy, snr_db
 from mobilec.util.tfenv import import_tf_keras, set_seed
 
 # Below this saving an extra op (one more kernel launch on device, one more
@@ -45,6 +59,12 @@ MIN_SAVING = 0.10
 FINETUNE_TEMPERATURE = 2.0
 FINETUNE_ALPHA = 0.5
 SEED = 0
+# rank: auto tries these fractions of each layer's full rank.
+AUTO_FRACTIONS = (0.125, 0.25, 0.5)
+# Output noise (relative energy) weighs this much against one unit of accuracy drop when
+# ordering moves: it only separates moves whose accuracy cost is not measurable.
+NOISE_WEIGHT = 0.01
+DEFAULT_MAX_DROP = 0.01
 
 
 @dataclass
@@ -65,8 +85,24 @@ def run(state: ModelState, config: FactorizeConfig) -> dict[str, Any]:
             where=str(state.recipe.model.path),
             hint="point model.path at the Keras .keras/.h5 the model came from, or drop the stage")
     before = model_cost(model)
-    new, factored, skipped = factorize_model(model, rank=config.rank, energy=config.energy)
+    allowed, reasons = candidates(model, config)
+    min_params = int(config.min_share * before.params)
     metrics: dict[str, Any] = {"params_before": before.params, "flops_before": before.flops}
+    if config.rank == "auto":
+        ranks, search = auto_ranks(state, model, allowed, config, before.params)
+        metrics["rank_search"] = search
+        new, factored, skipped = factorize_model(model, rank=None, energy=None,
+                                                 only=set(ranks), ranks=ranks)
+        for name in allowed - set(ranks):
+            reasons[name] = "rank auto: no measured rank fits the allowance and saves enough"
+    else:
+        new, factored, skipped = factorize_model(model, rank=config.rank, energy=config.energy,
+                                                 only=allowed, min_params=min_params)
+    for name in skipped:
+        reasons.setdefault(name, f"would save less than {MIN_SAVING:.0%} of the layer or "
+                                 f"{config.min_share:.0%} of the model's parameters")
+    skipped = sorted(reasons)
+    metrics["skip_reasons"] = reasons
     if not factored:
         state.note("factorize: no layer would get smaller at this rank/energy; model unchanged")
         return {**metrics, "params_after": before.params, "flops_after": before.flops,
@@ -77,21 +113,218 @@ def run(state: ModelState, config: FactorizeConfig) -> dict[str, Any]:
         metrics.update(_finetune(state, model, new, config))
     state.replace_model(new)
     after = model_cost(new)
+    acc_after = _eval_accuracy(state)
     metrics.update({
         "params_after": after.params, "flops_after": after.flops,
         "params_ratio": round(after.params / before.params, 4) if before.params else None,
         "layers_factorized": factored, "layers_skipped": skipped,
         "accuracy_before": acc_before, "accuracy_factorized": acc_svd,
-        "accuracy_after": _eval_accuracy(state),
+        "accuracy_after": acc_after,
+        "accuracy_drop_factorized": _drop(acc_before, acc_svd),
+        "accuracy_drop": _drop(acc_before, acc_after),
     })
     if after.uncounted:
         metrics["flops_uncounted"] = after.uncounted
     return metrics
 
 
-def factorize_model(model: Any, *, rank: float | None, energy: float | None
-                    ) -> tuple[Any, list[dict[str, Any]], list[str]]:
-    """A copy of `model` with its eligible layers factorized; (model, factorized, skipped)."""
+def _drop(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else round(before - after, 6)
+
+
+def candidates(model: Any, config: FactorizeConfig) -> tuple[set[str], dict[str, str]]:
+    """(names factorize may touch, {name: why not} for the eligible layers it must leave)."""
+    tfk = import_tf_keras()
+    eligible = {layer.name: layer for layer in _layers(model) if _eligible(layer, tfk)}
+    reasons: dict[str, str] = {}
+    if config.skip_edges:
+        for name in _first_layers(model):
+            reasons[name] = "first layer: few parameters, and every later layer reads it"
+        outs = output_layers(model)
+        for name, layer in eligible.items():
+            if id(layer) in outs:
+                reasons[name] = "produces a model output: its rank would cap the outputs"
+    unknown = [n for n in config.skip if n not in eligible]
+    if unknown:
+        raise RecipeError(f"factorize.skip names layers that are not Dense/Conv layers of the "
+                          f"model: {unknown}", hint=f"eligible layers: {sorted(eligible)}")
+    for name in config.skip:
+        reasons[name] = "listed in skip"
+    reasons = {n: r for n, r in reasons.items() if n in eligible}
+    return set(eligible) - set(reasons), reasons
+
+
+def _layers(model: Any) -> list[Any]:
+    found = []
+    for layer in model.layers:
+        found.extend(_layers(layer) if is_model(layer) else [layer])
+    return found
+
+
+def _first_layers(model: Any) -> set[str]:
+    """The weighted layers reached first from each input (through Reshape, Rescaling, …)."""
+    consumers: dict[int, list[Any]] = {}
+    for node in graph_nodes(model):
+        ins = node.inbound_layers
+        for layer in ins if isinstance(ins, (list, tuple)) else [ins]:
+            consumers.setdefault(id(layer), []).append(node.layer)
+    found: set[str] = set()
+    stack = [t._keras_history.layer for t in model.inputs]
+    seen: set[int] = set()
+    while stack:
+        layer = stack.pop()
+        for nxt in consumers.get(id(layer), []):
+            if id(nxt) in seen:
+                continue
+            seen.add(id(nxt))
+            if nxt.weights or is_model(nxt):
+                found.add(nxt.name)
+            else:
+                stack.append(nxt)
+    return found
+
+
+def auto_ranks(state: ModelState, model: Any, allowed: set[str], config: FactorizeConfig,
+               total_params: int) -> tuple[dict[str, int], dict[str, Any]]:
+    """Per-layer ranks for `rank: auto`, and what the search measured."""
+    probe = _Probe(state, model)
+    allowance = probe.allowance(config)
+    floor = int(config.min_share * total_params)
+    options: dict[str, list[dict[str, Any]]] = {}
+    full: dict[str, int] = {}
+    for layer in _layers(model):
+        if layer.name not in allowed:
+            continue
+        kernel = layer.get_weights()[0]
+        fan_in, out = int(np.prod(kernel.shape[:-1])), int(kernel.shape[-1])
+        full[layer.name] = min(fan_in, out)
+        for frac in AUTO_FRACTIONS:
+            r = max(1, int(round(frac * full[layer.name])))
+            saved = fan_in * out - r * (fan_in + out)
+            if saved < max(floor, MIN_SAVING * fan_in * out):
+                continue
+            trial = factorize_model(model, rank=None, energy=None, only={layer.name},
+                                    ranks={layer.name: r})[0]
+            options.setdefault(layer.name, []).append({"rank": r, "params_saved": saved,
+                                                       **probe.measure(trial)})
+    chosen = _greedy(options, allowance)
+    # Sensitivities add up only roughly: measure the combination, back off until it fits.
+    measured = None
+    while chosen["moves"]:
+        trial = factorize_model(model, rank=None, energy=None, only=set(chosen["ranks"]),
+                                ranks=chosen["ranks"])[0]
+        measured = probe.measure(trial)["sensitivity"]
+        if measured <= allowance:
+            break
+        name, previous = chosen["moves"].pop()
+        if previous is None:
+            chosen["ranks"].pop(name)
+        else:
+            chosen["ranks"][name] = previous
+        measured = None
+    ranks = chosen["ranks"]
+    layers = []
+    for name, opts in options.items():
+        pick = next((o for o in opts if o["rank"] == ranks.get(name)), None)
+        layers.append({"name": name, "full_rank": full[name], "chosen_rank": ranks.get(name),
+                       "sensitivity": pick["sensitivity"] if pick else None,
+                       "params_saved": pick["params_saved"] if pick else 0, "measured": opts})
+    search = {"metric": probe.metric, "data": probe.data_note, "allowance": allowance,
+              "estimated_drop": round(sum(x["sensitivity"] or 0.0 for x in layers), 6),
+              "measured_drop": measured, "layers": layers,
+              "not_measured": sorted(allowed - set(options))}
+    return ranks, search
+
+
+def _greedy(options: dict[str, list[dict[str, Any]]], allowance: float) -> dict[str, Any]:
+    """Lower ranks one move at a time: the most parameters saved per unit of sensitivity
+    first (output noise breaks ties between moves that cost no measurable accuracy)."""
+    current: dict[str, dict[str, Any]] = {}
+    ranks: dict[str, int] = {}
+    moves: list[tuple[str, int | None]] = []
+    zero = {"params_saved": 0, "sensitivity": 0.0, "noise": 0.0}
+    while True:
+        spent = sum(o["sensitivity"] for o in current.values())
+        best, best_key = None, 0.0
+        for name, opts in options.items():
+            cur = current.get(name, zero)
+            for o in opts:
+                gain = o["params_saved"] - cur["params_saved"]
+                if gain <= 0 or spent - cur["sensitivity"] + o["sensitivity"] > allowance:
+                    continue
+                cost = (max(o["sensitivity"] - cur["sensitivity"], 0.0)
+                        + NOISE_WEIGHT * max(o["noise"] - cur["noise"], 0.0) + 1e-9)
+                if gain / cost > best_key:
+                    best, best_key = (name, o), gain / cost
+        if best is None:
+            return {"ranks": ranks, "moves": moves}
+        name, o = best
+        moves.append((name, ranks.get(name)))
+        current[name], ranks[name] = o, o["rank"]
+
+
+class _Probe:
+    """How much a trial model loses against the original, on the data the stage can use."""
+
+    def __init__(self, state: ModelState, model: Any) -> None:
+        if state.eval_x is not None:
+            self.x, y = state.eval_x, state.eval_y
+            self.data_note = f"eval ({len(self.x)} samples)"
+        elif state.data is not None and state.data.calibration is not None:
+            self.x, y = state.data.calibration.x, None
+            self.data_note = f"calibration ({len(self.x)} samples)"
+        else:
+            raise UnsupportedError("factorize rank: auto measures each layer's sensitivity on "
+                                   "data and the recipe has none", where=state.recipe.source,
+                                   hint="add a data: section, or give a fixed rank (e.g. 0.5)")
+        self.ref = _predict(model, self.x)
+        classifier = self.ref.ndim == 2 and self.ref.shape[-1] >= 2
+        self.y = y if classifier and y is not None else None
+        self.metric = ("accuracy drop" if self.y is not None else
+                       "top-1 disagreement" if classifier else "relative output noise")
+        self.base = accuracy(self.ref, self.y) if self.y is not None else None
+        self.verify_snr = state.recipe.verify.min_snr_db
+        self.budget = state.recipe.budget.max_accuracy_drop if state.recipe.budget else None
+
+    def allowance(self, config: FactorizeConfig) -> float:
+        if self.metric == "relative output noise":
+            return 10.0 ** (-self.verify_snr / 10.0)  # verify.min_snr_db as a noise share
+        for value in (config.max_drop, self.budget):
+            if value is not None:
+                return float(value)
+        return DEFAULT_MAX_DROP
+
+    def measure(self, trial: Any) -> dict[str, Any]:
+        got = _predict(trial, self.x)
+        snr = snr_db(self.ref, got)
+        noise = 10.0 ** (-snr / 10.0) if math.isfinite(snr) else (0.0 if snr > 0 else 1.0)
+        if self.y is not None:
+            sens = max(0.0, self.base - accuracy(got, self.y))
+        elif self.metric == "top-1 disagreement":
+            sens = float(np.mean(got.argmax(-1) != self.ref.argmax(-1)))
+        else:
+            sens = noise
+        return {"sensitivity": round(sens, 6), "noise": noise,
+                "snr_db": round(snr, 2) if math.isfinite(snr) else None}
+
+
+def _predict(model: Any, x: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        out = model(batch, training=False)
+        return [np.asarray(out[0] if isinstance(out, (list, tuple)) else out)]
+
+    return batched(run, x)[0]
+
+
+def factorize_model(model: Any, *, rank: float | None, energy: float | None,
+                    only: set[str] | None = None, ranks: dict[str, int] | None = None,
+                    min_params: int = 0) -> tuple[Any, list[dict[str, Any]], list[str]]:
+    """A copy of `model` with its eligible layers factorized; (model, factorized, skipped).
+
+    only: the layer names that may be touched (None: every eligible layer). ranks:
+    an absolute rank per layer name, instead of rank/energy. min_params: leave a
+    layer alone when the pair would save fewer parameters than this.
+    """
     factored: list[dict[str, Any]] = []
     skipped: list[str] = []
     taken: set[str] = set()
@@ -100,13 +333,13 @@ def factorize_model(model: Any, *, rank: float | None, energy: float | None
     def replace(layer: Any) -> Replacement:
         if is_model(layer):
             return [(rebuild(layer, replace), None)]
-        if not _eligible(layer, tfk):
+        if not _eligible(layer, tfk) or (only is not None and layer.name not in only):
             return same_layer(layer)
         kernel, *bias = layer.get_weights()
-        low = low_rank(kernel, rank=rank, energy=energy)
+        low = low_rank(kernel, rank=rank, energy=energy, keep=(ranks or {}).get(layer.name))
         old_params = kernel.size + sum(b.size for b in bias)
         new_params = low.first.size + low.second.size + sum(b.size for b in bias)
-        if new_params > old_params * (1.0 - MIN_SAVING):
+        if new_params > old_params * (1.0 - MIN_SAVING) or old_params - new_params < min_params:
             skipped.append(layer.name)
             return same_layer(layer)
         factored.append({"name": layer.name, "kind": type(layer).__name__, "rank": low.rank,
@@ -117,14 +350,20 @@ def factorize_model(model: Any, *, rank: float | None, energy: float | None
     return rebuild(model, replace), factored, skipped
 
 
-def low_rank(kernel: np.ndarray, *, rank: float | None, energy: float | None) -> LowRank:
-    """Truncated SVD of a Dense/Conv kernel, split evenly (S^1/2 each side)."""
+def low_rank(kernel: np.ndarray, *, rank: float | None, energy: float | None,
+             keep: int | None = None) -> LowRank:
+    """Truncated SVD of a Dense/Conv kernel, split evenly (S^1/2 each side).
+
+    keep: an absolute rank, instead of the fraction `rank` or the `energy` share.
+    """
     matrix = kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
     u, s, vt = np.linalg.svd(matrix, full_matrices=False)
     full = len(s)
     power = s ** 2
     total = float(power.sum())
-    if rank is not None:
+    if keep is not None:
+        r = max(1, keep)
+    elif rank is not None:
         r = max(1, int(round(rank * full)))
     elif total == 0.0:
         r = 1

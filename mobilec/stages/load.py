@@ -37,8 +37,8 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
                              hint="point model.path at the Keras, SavedModel or ONNX source model")
     loader(state, path)
     check_input_size(state.inputs[0].shape, str(path))  # SavedModel/ONNX: known only after load
-    state.source.params = count_params(state.keras_model) if state.keras_model is not None else \
-        state.cache.get("params")
+    if state.keras_model is not None:
+        state.source.params = count_params(state.keras_model)
     _load_data(state)
     return {"format": fmt, "params": state.source.params,
             "inputs": [t.as_dict() for t in state.inputs],
@@ -83,7 +83,7 @@ def _export_keras3(state: ModelState, model: Any) -> None:
     out = state.work_dir / "keras3-export"
     model.export(str(out), format="tf_saved_model", verbose=False)
     _load_graph(state, out)
-    state.cache["params"] = count_params(model)
+    state.source.params = count_params(model)
 
 
 def _load_h5(state: ModelState, path: Path) -> None:
@@ -159,8 +159,8 @@ def _load_graph(state: ModelState, path: Path) -> None:
     state.inputs = [TensorSpec(n, list(s.shape), s.dtype.name) for n, s in ins.items()]
     state.outputs = [TensorSpec(n, list(s.shape), s.dtype.name) for n, s in fn.structured_outputs.items()]
     state.graph_dir = path
-    state.cache[("saved_model", str(path))] = loaded
-    state.cache["params"] = int(sum(np.prod(v.shape) for v in loaded.variables)) \
+    state.memo[("saved_model", str(path))] = loaded
+    state.source.params = int(sum(np.prod(v.shape) for v in loaded.variables)) \
         if hasattr(loaded, "variables") else None
     _apply_input_shape(state)
 

@@ -12,13 +12,12 @@ from typing import Any
 
 from mobilec.errors import MobilecError, UnsupportedError
 from mobilec.formats import get_format
+from mobilec.policy.modes import SEARCHABLE
 from mobilec.state import Artifact, ModelState
 from mobilec.util.fs import size_of
 from mobilec.util.metrics import accuracy
 
 DEFAULT_CANDIDATES = ("int4", "int8", "int16x8", "float16")
-# Modes auto can try: post-training .tflite modes (qat trains; palettize is Core ML).
-SEARCHABLE = ("int4", "int8", "int8-io", "int16x8", "dynamic", "float16")
 TOLERANCE = 1e-9  # accuracy is a ratio of counts: compare without float noise
 
 

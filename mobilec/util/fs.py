@@ -176,14 +176,22 @@ def clean_temp(directory: Path) -> None:
         remove_artifact(p)
 
 
+def lock_path(directory: Path) -> Path:
+    """Where the run lock of an output dir lives: outside it, so that a CI job uploading the
+    folder never ships it. One file per resolved output path, in the system temp dir."""
+    key = hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:24]
+    folder = Path(tempfile.gettempdir()) / "mobilec-locks"
+    folder.mkdir(mode=0o1777, exist_ok=True)
+    return folder / f"{key}.lock"
+
+
 @contextlib.contextmanager
 def output_lock(directory: Path, wait: bool = False) -> Iterator[None]:
     """One mobilec run per output directory; a second refuses (or waits) instead of interleaving."""
     import fcntl
 
     _check_writable(directory)
-    lock_path = directory / ".mobilec.lock"
-    fh = open(lock_path, "a+")
+    fh = open(lock_path(directory), "a+")
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -213,9 +221,8 @@ def check_not_locked(directory: Path) -> None:
     Only a probe (output_lock still guards the writing); creates nothing."""
     import fcntl
 
-    lock_path = Path(directory) / ".mobilec.lock"
     try:
-        fh = open(lock_path)
+        fh = open(lock_path(directory))
     except OSError:
         return  # no lock file (or unreadable): nobody to wait for, or output_lock will say
     with fh:

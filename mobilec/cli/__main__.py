@@ -1,0 +1,3 @@
+from mobilec.cli import main
+
+main()

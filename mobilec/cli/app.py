@@ -1,0 +1,143 @@
+"""The click group, the flags every command shares, and how errors and signals end a command.
+
+Nothing here imports TensorFlow: `mobilec --help`, `validate`, `schema` and `targets`
+must stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mobilec._version import __version__
+from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_STAGE, Interrupted, MobilecError
+
+
+class Ctx:
+    verbose: bool = False
+    quiet: bool = False
+    json: bool = False
+
+
+def _err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User mistakes print one paragraph and exit 2/3; bugs say so, -v shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Ctx) or Ctx()
+        previous = _install_signal_handlers()
+        try:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                # A library turned the signal's exception into its own error: still an
+                # interruption (unless the error already says so, like batch's summary).
+                if Interrupted.received is not None and \
+                        getattr(exc, "exit_code", None) not in (EXIT_SIGINT, EXIT_SIGTERM):
+                    raise Interrupted(Interrupted.received) from exc
+                raise
+        except MobilecError as exc:
+            if ctx.verbose:
+                traceback.print_exc()
+            _err(f"error: {exc.render()}")
+            sys.exit(exc.exit_code)
+        except Interrupted as exc:  # SIGINT/SIGTERM (a BaseException: no stage swallowed it)
+            _err(f"error: {exc.render()}")
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _err("error: interrupted by SIGINT; no partial artifact was kept")
+            sys.exit(EXIT_SIGINT)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if ctx.verbose:
+                traceback.print_exc()
+            _err(f"error: internal error ({type(exc).__name__}: {str(exc)[:300]}). This is a "
+                 "mobilec bug; rerun with -v for the traceback and report it.")
+            sys.exit(EXIT_STAGE)
+        finally:
+            _restore_signal_handlers(previous)  # an in-process caller gets its own back
+
+    return wrapper
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    def on_term(signum: int, frame: Any) -> None:
+        Interrupted.received = signum
+        raise Interrupted(signum)
+
+    Interrupted.received = None
+    previous: dict[int, Any] = {}
+    try:
+        # SIGINT too, as Interrupted rather than KeyboardInterrupt: a KeyboardInterrupt that
+        # crosses a C-level PyRun_* call (inside TensorFlow's import) sets a CPython flag that
+        # makes the process kill itself with SIGINT at exit, whatever exit code we chose.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_term)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+        pass
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        try:
+            signal.signal(signum, handler)
+        except (ValueError, TypeError):  # not the main thread, or a handler set from C
+            pass
+
+
+def _flag(name: str) -> Callable[[click.Context, click.Parameter, bool], None]:
+    """Store a shared flag on the context object, wherever on the line it was typed."""
+
+    def store(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            setattr(ctx.ensure_object(Ctx), name, True)
+
+    return store
+
+
+def common_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-v, -q and --json, accepted before the sub-command (on the group) and after it."""
+    fn = click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True,
+                      callback=_flag("verbose"), help="Show tracebacks and converter logs.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, expose_value=False, is_eager=True,
+                      callback=_flag("quiet"), help="Only errors on stderr.")(fn)
+    return click.option("--json", is_flag=True, expose_value=False, is_eager=True,
+                        callback=_flag("json"),
+                        help="Machine output on stdout (logs go to stderr).")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mobilec")
+@common_flags
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """mobilec: make trained models fit on phones.
+
+    Load a Keras, SavedModel or ONNX model, prune and quantize it, convert it to
+    TFLite, Core ML and ONNX for each target device, verify every conversion and
+    report size, accuracy, fidelity and latency.
+
+    Exit codes: 0 ok, 1 budget violated, 2 usage or invalid input, 3 a stage failed.
+    """
+    ctx.ensure_object(Ctx)
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a recipe key, e.g. --set stages.1.quantize.mode=float16.")
+unsafe_option = click.option("--unsafe-deserialization", is_flag=True,
+                             help="Allow Lambda layers (arbitrary code) in Keras models you trust.")
+trust_option = click.option("--trust-code", is_flag=True,
+                            help="Allow the recipe to run Python code: model.module factories "
+                                 "and data.python hooks. Only for recipes you trust.")

@@ -1,0 +1,125 @@
+"""report.json as a typed model. `build_report` fills it; `mobilec schema --report`
+prints its JSON Schema; CI tools (compare, JUnit) read reports through it.
+
+Free-form parts stay free-form on purpose: stage metrics differ per stage, and
+op-compatibility / delegation / verification details differ per format.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ArtifactStatus = Literal["ok", "degraded", "failed", "failed-verification", "skipped"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Tensor(_Model):
+    name: str
+    shape: list[int | None]
+    dtype: str = "float32"
+
+
+class ModelInfo(_Model):
+    path: str
+    format: str | None
+    sha256: str | None
+    params: int | None
+    size_bytes: int | None
+    accuracy: float | None = Field(None, description="The source model on data.eval (labels).")
+    inputs: list[Tensor] = Field(default_factory=list)
+    outputs: list[Tensor] = Field(default_factory=list)
+
+
+class DataInfo(_Model):
+    source: str
+    train_samples: int
+    eval_samples: int
+    calibration_samples: int
+    labels: bool
+
+
+class StageRow(_Model):
+    name: str
+    seconds: float
+    status: Literal["ok", "failed", "skipped", "interrupted"]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class Latency(_Model):
+    median: float | None = None
+    p90: float | None = None
+    runs: int | None = None
+
+
+class ArtifactRow(_Model):
+    path: str
+    format: str
+    target: str | None
+    role: Literal["artifact", "baseline", "candidate"]
+    quantization: str
+    precision: str | None = None
+    delegate: str | None = None
+    fallback: str | None = None
+    size_bytes: int | None = None
+    gzip_bytes: int | None = None
+    size_ratio: float | None = Field(None, description="float32 size / this size, same format.")
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    fidelity: dict[str, Any] | None = Field(
+        None, description="Against the source model: top1_agreement, max_abs_err, snr_db, "
+                          "per-output figures.")
+    latency_ms: Latency | None = None
+    op_compat: dict[str, Any] | None = None
+    input_layout: str | None = None
+    io_quant: dict[str, Any] | None = None
+    route: str | None = Field(None, description="The conversion route that made this file.")
+    routes_failed: list[dict[str, Any]] = Field(
+        default_factory=list, description="Routes tried before it: {route, reason}.")
+    verification: dict[str, Any] | None = None
+    delegate_manifest: str | None = None
+    slower_than_float32: float | None = None
+    kept_float: list[str] | None = None
+    quantizer: str | None = None
+    coreml: dict[str, Any] | None = None
+    delegation: dict[str, Any] | None = None
+    status: ArtifactStatus
+    error: str | None = None
+    note: str | None = None
+
+
+class Budget(_Model):
+    passed: bool
+    violations: list[str] = Field(default_factory=list)
+    limits: dict[str, Any] = Field(default_factory=dict)
+
+
+class Host(_Model):
+    platform: str
+    python: str
+    machine: str
+
+
+class Report(_Model):
+    mobilec_version: str
+    recipe: str
+    recipe_sha256: str
+    name: str | None
+    model: ModelInfo
+    data: DataInfo | None
+    stages: list[StageRow]
+    artifacts: list[ArtifactRow]
+    budget: Budget
+    notes: list[str] = Field(default_factory=list)
+    host: Host
+    exit_code: int = Field(description="0 ok, 1 budget violated, 2 usage, 3 a stage failed.")
+
+
+def validated(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as report.json holds it: checked against the model, every field present."""
+    return Report.model_validate(report).model_dump(mode="json")
