@@ -15,9 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mobilec import pipeline
 from mobilec.errors import MobilecError, RecipeError
-from mobilec.recipe.loader import load_recipe
+from mobilec.policy.plancheck import check_plan
+from mobilec.policy.targets import describe
+from mobilec.recipe.loader import json_schema, load_recipe
 from mobilec.recipe.schema import Recipe
+from mobilec.report.schema import Report
+from mobilec.sources.detect import detect_format
+from mobilec.tools.bench import bench_model
+from mobilec.tools.inspect import inspect_model
 from mobilec.util.progress import Progress
 
 BUNDLED_RECIPES = Path(__file__).resolve().parent / "recipes"
@@ -37,7 +44,6 @@ def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
              unsafe_deserialization: bool = False, trust_code: bool = False,
              verbose: bool = False) -> dict[str, Any]:
     """Run a recipe end to end; returns exactly what report.json holds."""
-    from mobilec import pipeline
 
     r = _recipe(recipe, overrides)
     prog, owned = _progress(progress, quiet)
@@ -62,7 +68,6 @@ def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     """
     import json
 
-    from mobilec import pipeline
 
     r = _recipe(recipe, overrides)
     prog, owned = _progress(progress, quiet)
@@ -81,8 +86,6 @@ def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None)
     """Schema, paths and the plan check, without importing TensorFlow."""
     import json
 
-    from mobilec.policy.plancheck import check_plan
-    from mobilec.sources.detect import detect_format
 
     r = _recipe(recipe, overrides)
     fmt = detect_format(Path(r.model.path), r.model.format)
@@ -102,20 +105,17 @@ def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None)
 
 def inspect(model: str | Path, *, unsafe_deserialization: bool = False) -> dict[str, Any]:
     """A model's format, inputs, outputs, parameters and ops."""
-    from mobilec.tools.inspect import inspect_model
 
     return inspect_model(Path(model), unsafe_deserialization=unsafe_deserialization)
 
 
 def bench(model: str | Path, *, runs: int = 100, threads: int = 1) -> dict[str, Any]:
     """Host latency (median, p90) of a .tflite, .onnx or Keras model."""
-    from mobilec.tools.bench import bench_model
 
     return bench_model(Path(model), runs=runs, threads=threads)
 
 
 def targets() -> list[dict[str, Any]]:
-    from mobilec.policy.targets import describe
 
     return describe()
 
@@ -123,12 +123,8 @@ def targets() -> list[dict[str, Any]]:
 def schema(kind: str = "recipe") -> dict[str, Any]:
     """JSON Schema of the recipe, the report (report.json) or explore.json."""
     if kind == "recipe":
-        from mobilec.recipe.loader import json_schema
-
         return json_schema()
     if kind == "report":
-        from mobilec.report.schema import Report
-
         return Report.model_json_schema()
     raise MobilecError(f"no schema named '{kind}'", hint="recipe | report")
 

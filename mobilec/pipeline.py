@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mobilec.delegates.manifest import markdown_sections
 from mobilec.errors import (
     EXIT_STAGE,
     Interrupted,
@@ -118,7 +119,6 @@ def run(recipe: Recipe, plan: Plan, *, out: str | Path | None = None,
 
 
 def md_sections(state: ModelState) -> list[str]:
-    from mobilec.delegates.manifest import markdown_sections
 
     return markdown_sections(state)
 

@@ -219,3 +219,112 @@ def test_energy_095_halves_a_large_dense_model_within_a_point(tmp_path: Path) ->
           f"{dense['full_rank']}, accuracy {m['accuracy_before']} -> {m['accuracy_factorized']} "
           f"(SVD) -> {m['accuracy_after']} (1 epoch)")
     assert "fc_lowrank" in [layer.name for layer in state.keras_model.layers]
+
+
+# -- which layers, and rank: auto ------------------------------------------------------
+
+def test_default_candidates_leave_the_first_layer_and_the_head_alone() -> None:
+    from mobilec.errors import RecipeError
+    from mobilec.recipe.schema import FactorizeConfig
+    from mobilec.stages.factorize import candidates, factorize_model
+
+    model = small_functional()
+    allowed, reasons = candidates(model, FactorizeConfig(rank=0.25))
+    assert allowed == {"c1", "d3", "c1d", "wide"}
+    assert "first layer" in reasons["c3"] and "output" in reasons["probs"]
+    without, reasons = candidates(model, FactorizeConfig(rank=0.25, skip=["wide"]))
+    assert "wide" not in without and reasons["wide"] == "listed in skip"
+    assert candidates(model, FactorizeConfig(rank=0.25, skip_edges=False))[0] == {
+        "c3", "c1", "d3", "c1d", "wide", "probs"}
+    with pytest.raises(RecipeError, match="not Dense/Conv layers"):
+        candidates(model, FactorizeConfig(rank=0.25, skip=["nope"]))
+    # min_share as a parameter floor: only `wide` (800x64) saves more than 20k at rank 0.25
+    _, done, skipped = factorize_model(model, rank=0.25, energy=None, only=allowed,
+                                       min_params=20_000)
+    assert [d["name"] for d in done] == ["wide"] and sorted(skipped) == ["c1", "c1d", "d3"]
+
+
+def test_greedy_spends_the_allowance_where_it_saves_most_per_unit_of_sensitivity() -> None:
+    from mobilec.stages.factorize import _greedy
+
+    def opt(rank: int, saved: int, sens: float, noise: float = 0.0) -> dict[str, Any]:
+        return {"rank": rank, "params_saved": saved, "sensitivity": sens, "noise": noise}
+
+    options = {
+        "big": [opt(8, 900, 0.02), opt(16, 800, 0.004), opt(32, 500, 0.0, 1e-4)],
+        "small": [opt(8, 250, 0.0, 1e-3), opt(16, 200, 0.0, 1e-5)],
+    }
+    # 0.01 allows big at rank 16 (0.004) but not at rank 8 (0.02); small costs nothing.
+    assert _greedy(options, 0.01)["ranks"] == {"big": 16, "small": 8}
+    assert _greedy(options, 0.0)["ranks"] == {"big": 32, "small": 8}
+    assert _greedy(options, 1.0)["ranks"] == {"big": 8, "small": 8}
+
+
+@pytest.fixture(scope="module")
+def wide_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """make_demo_model.build(width=4): the issue's 1.35M-parameter digits CNN, trained."""
+    import make_demo_model
+
+    from mobilec.util.tfenv import configure_environment
+
+    configure_environment()
+    model = make_demo_model.build(width=4)
+    assert model.count_params() == 1_347_850
+    assert make_demo_model.train(model, epochs=8) >= 0.97
+    path = tmp_path_factory.mktemp("wide") / "digits4.keras"
+    model.save(path)
+    return path
+
+
+def factorize_report(tmp: Path, model: Path, factorize: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                                   dict[str, Any]]:
+    from conftest import artifact, compress
+
+    report = compress(write_recipe(tmp, model, name="wide", stages=[
+        {"factorize": factorize}, {"convert": {"formats": ["tflite"]}}],
+        budget={"max_accuracy_drop": POINT}))
+    stage = next(s for s in report["stages"] if s["name"] == "factorize")
+    assert stage["status"] == "ok", stage
+    return stage["metrics"], artifact(report, "tflite", "float32", target=None)
+
+
+@pytest.mark.slow
+def test_rank_auto_halves_the_wide_cnn_within_a_point(tmp_path: Path, wide_cnn: Path) -> None:
+    m, tfl = factorize_report(tmp_path, wide_cnn, {"rank": "auto", "epochs": 1})
+    assert m["params_before"] >= 2 * m["params_after"], m
+    # only the middle conv and the hidden Dense (Keras numbers layer names per session)
+    assert {d["kind"] for d in m["layers_factorized"]} <= {"Conv2D", "Dense"}
+    assert "probs" in m["skip_reasons"] and len(m["skip_reasons"]) == 2
+    assert not {d["name"] for d in m["layers_factorized"]} & set(m["skip_reasons"])
+    search = m["rank_search"]
+    assert search["metric"] == "accuracy drop" and search["allowance"] == POINT
+    assert search["measured_drop"] is not None and search["measured_drop"] <= POINT
+    for layer in search["layers"]:  # each layer: its measurements, the chosen rank, the saving
+        assert [o["rank"] for o in layer["measured"]] == sorted(o["rank"] for o in layer["measured"])
+        if layer["chosen_rank"] is not None:
+            assert layer["params_saved"] > 0 and layer["sensitivity"] is not None
+    assert m["accuracy_before"] >= 0.97
+    assert m["accuracy_drop"] <= POINT and m["accuracy_after"] is not None, m
+    # the artifact, measured on its own runtime, stays within the budget too
+    assert tfl["accuracy_drop"] <= POINT, tfl
+    print(f"\nrank auto: {m['params_before']} -> {m['params_after']} params "
+          f"({m['params_before'] / m['params_after']:.1f}x), ranks "
+          f"{[(x['name'], x['chosen_rank'], x['full_rank']) for x in search['layers']]}, accuracy "
+          f"{m['accuracy_before']} -> {m['accuracy_factorized']} (SVD) -> {m['accuracy_after']}")
+
+
+@pytest.mark.slow
+def test_fixed_rank_leaves_first_layer_and_head_and_reports_its_drop(tmp_path: Path,
+                                                                     wide_cnn: Path) -> None:
+    m, _ = factorize_report(tmp_path, wide_cnn, {"rank": 0.25, "epochs": 1})
+    assert sorted(d["kind"] for d in m["layers_factorized"]) == ["Conv2D", "Dense"]
+    assert "output" in m["skip_reasons"].pop("probs")
+    ((first, why),) = m["skip_reasons"].items()
+    assert first.startswith("conv2d") and "first layer" in why
+    assert first not in {d["name"] for d in m["layers_factorized"]}
+    assert m["accuracy_drop"] == pytest.approx(m["accuracy_before"] - m["accuracy_after"], abs=1e-6)
+    assert m["accuracy_drop_factorized"] == pytest.approx(
+        m["accuracy_before"] - m["accuracy_factorized"], abs=1e-6)
+    assert m["params_after"] < m["params_before"] / 2
+    print(f"\nrank 0.25: {m['params_before']} -> {m['params_after']} params, accuracy "
+          f"{m['accuracy_before']} -> {m['accuracy_factorized']} (SVD) -> {m['accuracy_after']}")

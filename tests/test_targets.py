@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import artifact, compress, read_report, run_cli, write_recipe
 
-from mobilec.delegates.manifest import MANIFEST_SUFFIX, read_tflite_hint
+from mobilec.delegates.manifest import MANIFEST_SUFFIX
+from mobilec.delegates.tflite_metadata import read_tflite_hint
 from mobilec.delegates.opcompat import nnapi_compat, parse_analyzer, tflite_ops
 from mobilec.policy.targets import NNAPI_DEPRECATED_API, TARGETS, plan_artifacts
 

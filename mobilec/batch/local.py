@@ -27,6 +27,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+import mobilec.stages.convert  # noqa: F401 - warm the stage and format modules too
+from mobilec.batch.task import configure_worker, run_job
 from mobilec.util.progress import Progress
 
 STARTUP_GRACE_S = 300.0  # a worker that takes longer to start than this is stuck
@@ -78,10 +80,8 @@ def worker_main(conn: Connection, log_path: str) -> None:
     # Ctrl-C reaches the whole process group; the driver decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _redirect_output(log_path)
-    from mobilec.batch.task import configure_worker, run_job
 
     configure_worker()  # TensorFlow once per worker, before the first model
-    import mobilec.stages.convert  # noqa: F401 - warm the stage and format modules too
 
     while True:
         try:

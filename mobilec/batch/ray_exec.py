@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mobilec.batch.task import WORKER_ENV, configure_worker, localize_inputs, pack, run_job
 from mobilec.errors import MobilecError
 
 Event = Callable[..., None]
@@ -36,7 +37,6 @@ def ray_task(spec: dict[str, Any], digests: dict[str, str], blobs: dict[str, Any
     """Runs on a Ray worker (reused across tasks, so TensorFlow is imported once per worker)."""
     import ray
 
-    from mobilec.batch.task import configure_worker, localize_inputs, pack, run_job
 
     configure_worker()
     with tempfile.TemporaryDirectory(prefix="mobilec-ray-") as tmp:
@@ -74,7 +74,6 @@ class RayPool:
         # Dispatch no more than can run: the timeout then counts from (about) the start, and
         # shipped inputs wait on the driver instead of filling the object store.
         self.parallel = max(1, min(parallel or cpus, cpus))
-        from mobilec.batch.task import WORKER_ENV
 
         # The env is set before the worker's Python starts, so native thread pools see it too.
         self.remote = self.ray.remote(num_cpus=1, max_retries=0,
@@ -142,7 +141,6 @@ class RayPool:
 
 
 def _pack_input(path: Path) -> bytes:
-    from mobilec.batch.task import pack
 
     return pack(path)
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from mobilec._version import __version__
 from mobilec.errors import EXIT_BUDGET, EXIT_OK, EXIT_STAGE
+from mobilec.report.html import CSS
+from mobilec.report.html import size_accuracy_svg as report_chart
 from mobilec.report.table import fmt_bytes, pct
 from mobilec.util.fs import atomic_write_text
 
@@ -133,8 +135,6 @@ def zoo_chart(zoo: dict[str, Any]) -> str:
     if not points:
         return "<p>No artifact has both a size and an accuracy to chart.</p>"
     if len(points) <= LABELLED_POINTS:
-        from mobilec.report.html import size_accuracy_svg as report_chart
-
         merged = {"model": {}, "budget": None, "stages": [], "artifacts": [
             {**a, "path": f"{m['name']}/{a['path']}", "quantization": f"{m['name']}: "
              f"{a.get('quantization')}"}
@@ -209,7 +209,6 @@ def render_html(zoo: dict[str, Any]) -> str:
     if budget:
         sections += "<h2>Budget violations</h2><ul>" + "".join(
             f"<li><code>{html.escape(n)}</code>: {html.escape(v)}</li>" for n, v in budget) + "</ul>"
-    from mobilec.report.html import CSS
 
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>{CSS}tr.failed td{{background:#fde8e8}}tr.budget td{{background:#fff6dd}}

@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.batch.cache import ENTRY_FILE, cache_key, changed, key_parts, lookup, make_entry
+from mobilec.batch.local import LocalPool, default_workers
 from mobilec.batch.progress import BatchProgress
+from mobilec.batch.ray_exec import RayPool
 from mobilec.batch.report import build_zoo_report, write_zoo_reports
 from mobilec.batch.task import input_paths, unpack
 from mobilec.batch.zoo import Job, Zoo, load_zoo, plan_jobs, zoo_from_models
 from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, MobilecError
+from mobilec.policy.plancheck import check_plan
+from mobilec.sources.detect import detect_format
 from mobilec.util.fs import TMP_PREFIX, atomic_write_text, clean_temp, output_lock, sha256_path
 
 LOG_DIR = ".mobilec-logs"
@@ -128,8 +132,6 @@ class _Runner:
 
     def plan(self) -> list[Job]:
         """Preflight and cache: returns the jobs that must run."""
-        from mobilec.policy.plancheck import check_plan
-        from mobilec.sources.detect import detect_format
 
         todo: list[Job] = []
         key_options = {"evaluate": self.evaluate,
@@ -170,8 +172,6 @@ class _Runner:
                 self.progress.stage(name, kw["stage"])
 
         if executor == "ray":
-            from mobilec.batch.ray_exec import RayPool
-
             pool: Any = RayPool(address=address, parallel=workers, timeout=timeout,
                                 on_event=on_event, verbose=verbose)
             tasks: list[Any] = []
@@ -182,8 +182,6 @@ class _Runner:
                 tasks.append((job.index, job.spec(), inputs, digests, self.evaluate, self.options))
             used = pool.parallel
         else:
-            from mobilec.batch.local import LocalPool, default_workers
-
             pool = LocalPool(min(workers or default_workers(), len(todo)), self.out_dir / LOG_DIR,
                              timeout=timeout, on_event=on_event)
             tasks = [(job.index, job.spec(), self.staging(job), self.evaluate, self.options)

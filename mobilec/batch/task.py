@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mobilec import api
 from mobilec.errors import MobilecError
+from mobilec.recipe.schema import Recipe
+from mobilec.report.write import write_reports
+from mobilec.util.fs import sha256_path
 from mobilec.util.progress import Progress
+from mobilec.util.tfenv import import_tf
 
 STATUS_BY_EXIT = {0: "ok", 1: "budget"}
 # One compute thread per worker, under every executor and worker count: multi-threaded
@@ -32,7 +36,6 @@ def configure_worker() -> None:
     import os
 
     os.environ.update(WORKER_ENV)
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     try:
@@ -52,9 +55,6 @@ def run_job(spec: dict[str, Any], out_dir: Path, progress: Progress | None = Non
     start = time.perf_counter()
     options = dict(options or {})
     try:
-        from mobilec import api
-        from mobilec.recipe.schema import Recipe
-
         recipe = Recipe.model_validate(spec["recipe"])
         recipe._source = spec["source"]
         recipe._sha256 = spec["recipe_sha256"]
@@ -63,7 +63,6 @@ def run_job(spec: dict[str, Any], out_dir: Path, progress: Progress | None = Non
         if model_alias is not None:
             # The model was shipped to this host: report the path the user knows.
             report["model"]["path"] = model_alias
-            from mobilec.report.write import write_reports
 
             write_reports(report, Path(out_dir), list(recipe.output.report))
         status = STATUS_BY_EXIT.get(report["exit_code"], "failed")
@@ -135,7 +134,6 @@ def localize_inputs(spec: dict[str, Any], digests: dict[str, str],
     shipped is fetched and unpacked under `dest`. Returns the spec to run and, if
     the model moved, its original path (for the report).
     """
-    from mobilec.util.fs import sha256_path
 
     spec = copy.deepcopy(spec)
     model_alias = None

@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from mobilec import api
+from mobilec.batch.progress import print_summary
+from mobilec.batch.run import run_batch
 from mobilec.cli.app import (
     Ctx,
     common_flags,
@@ -19,7 +21,10 @@ from mobilec.cli.app import (
     trust_option,
     unsafe_option,
 )
+from mobilec.diagnose.view import print_table
 from mobilec.errors import MobilecError
+from mobilec.recipe.starter import write_starter
+from mobilec.report.console import print_report, print_targets
 from mobilec.util.nativeio import stdout_to_stderr
 from mobilec.util.progress import Progress
 
@@ -59,8 +64,6 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
     if obj.json:
         _echo_json(report)
     elif not obj.quiet:
-        from mobilec.report.console import print_report
-
         print_report(report, wide=wide)
     sys.exit(report["exit_code"])
 
@@ -98,8 +101,6 @@ def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
     if obj.json:
         _echo_json(data)
     elif not obj.quiet:
-        from mobilec.diagnose.view import print_table
-
         path = Path(data["path"])
         print_table(data, limit=top)
         click.echo(f"wrote {path} and {path.with_name('diagnose.html')}")
@@ -140,7 +141,6 @@ def targets(obj: Ctx, wide: bool) -> None:
     if obj.json:
         _echo_json(rows)
         return
-    from mobilec.report.console import print_targets
 
     print_targets(rows, wide=wide)
 
@@ -172,7 +172,6 @@ def recipes_show(name: str) -> None:
 @handle_errors
 def init(path: str) -> None:
     """Write a commented starter recipe (never overwrites)."""
-    from mobilec.recipe.starter import write_starter
 
     click.echo(f"wrote {write_starter(Path(path))}")
 
@@ -256,7 +255,6 @@ def batch(obj: Ctx, inputs: tuple[str, ...], base_recipe: str | None, overrides:
     if base_recipe is None and len(inputs) != 1:
         raise MobilecError("give one zoo file, or --recipe BASE.yaml followed by models",
                            hint="mobilec batch zoo.yaml | mobilec batch --recipe r.yaml a.onnx")
-    from mobilec.batch.run import run_batch
 
     with stdout_to_stderr(obj.json):
         zoo = run_batch(None if base_recipe else inputs[0], recipe=base_recipe,
@@ -268,7 +266,5 @@ def batch(obj: Ctx, inputs: tuple[str, ...], base_recipe: str | None, overrides:
     if obj.json:
         _echo_json(zoo)
     elif not obj.quiet:
-        from mobilec.batch.progress import print_summary
-
         print_summary(zoo)
     sys.exit(zoo["totals"]["exit_code"])

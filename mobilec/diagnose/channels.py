@@ -140,3 +140,34 @@ def keras_consumers(model: Any) -> dict[str, list[str]]:
         return found
 
     return {name: reach(name, set()) for name in direct}
+
+
+def onnx_range_imbalance(model_proto: Any, feeds: dict[str, np.ndarray],
+                         threshold: float = IMBALANCE_RATIO) -> list[dict[str, Any]]:
+    """range_imbalance for an ONNX graph: the outputs of Conv/Gemm/MatMul/Add/Relu nodes whose
+    channel ranges differ by more than `threshold`, worst first (NCHW: channel axis 1 for
+    4-D Conv outputs, else the last axis)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto()
+    model.CopyFrom(model_proto)
+    watched = {n.output[0]: n for n in model.graph.node
+               if n.op_type in ("Conv", "Gemm", "MatMul", "Add", "Relu") and n.output}
+    known = {o.name for o in model.graph.output}
+    for name in watched:
+        if name not in known:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    rows = []
+    for name, value in zip(names, sess.run(names, feeds), strict=True):
+        node = watched.get(name)
+        if node is None or value.ndim < 2 or not np.issubdtype(value.dtype, np.floating):
+            continue
+        stats = channel_stats(value, axis=1 if node.op_type == "Conv" and value.ndim == 4 else -1)
+        if stats["range_ratio"] > threshold:
+            rows.append({"layer": node.name or name, "kind": node.op_type, "tensor": name,
+                         "channels": stats["channels"], "range_ratio": round(stats["range_ratio"], 3),
+                         "widest_channel": stats["widest_channel"]})
+    return sorted(rows, key=lambda r: -r["range_ratio"])

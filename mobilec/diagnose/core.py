@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.diagnose.common import Diagnosis
+from mobilec.diagnose.onnx_graph import diagnose_onnx
+from mobilec.diagnose.tflite_graph import diagnose_tflite
 from mobilec.errors import UnsupportedError
 from mobilec.state import ModelState
 from mobilec.util.fs import atomic_write_text
@@ -49,12 +51,8 @@ def diagnose(state: ModelState, backend: str | None = None) -> Diagnosis:
     key = ("diagnose", backend, state.model_version)
     if key not in state.memo:
         if backend == "tflite":
-            from mobilec.diagnose.tflite_graph import diagnose_tflite
-
             state.memo[key] = diagnose_tflite(state)
         else:
-            from mobilec.diagnose.onnx_graph import diagnose_onnx
-
             state.memo[key] = diagnose_onnx(state)
     return state.memo[key]
 

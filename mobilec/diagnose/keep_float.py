@@ -20,11 +20,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mobilec.diagnose.common import keras_layer_names, layer_of
+from mobilec.diagnose.core import diagnose, pick_backend
 from mobilec.errors import UnsupportedError
 from mobilec.formats.kept_float import LAYERS_KEY, NODES_KEY
+from mobilec.formats.onnx import float32_onnx
+from mobilec.formats.onnx_quant import quantize_onnx
+from mobilec.formats.runtime import ort_session_runner
+from mobilec.formats.tflite import LiteRTRunner
+from mobilec.formats.tflite_convert import convert_tflite
+from mobilec.formats.tflite_selective import selective_int8
 from mobilec.policy.modes import INT8_MODES
+from mobilec.policy.targets import plan_artifacts
 from mobilec.recipe.schema import QuantizeConfig
+from mobilec.sources.onnx2tf_bridge import tf_input_layout
 from mobilec.state import Artifact, ModelState
+from mobilec.util.fs import size_of
+from mobilec.util.metrics import accuracy
 
 SIZE_LIMIT_RATIO = 0.4  # a mixed model bigger than this has lost most of what int8 is for
 MAX_KEPT = 12  # auto never keeps more layers than this in float
@@ -40,7 +52,6 @@ def resolve_keep_float(state: ModelState, cfg: QuantizeConfig) -> dict[str, Any]
     .tflite and .onnx do); otherwise (an ONNX model's onnx2tf .tflite names its
     ops differently) decided again on that format. Returns the stage metrics.
     """
-    from mobilec.diagnose.core import pick_backend
 
     plan = state.plan
     if plan is None or plan.mode not in INT8_MODES:
@@ -73,7 +84,6 @@ def resolve_keep_float(state: ModelState, cfg: QuantizeConfig) -> dict[str, Any]
 
 def int8_formats(state: ModelState) -> list[str]:
     """The formats among tflite/onnx this recipe builds with full-integer int8."""
-    from mobilec.policy.targets import plan_artifacts
 
     cfg = state.recipe.stage("convert")
     specs = plan_artifacts(list(state.recipe.targets), state.plan.mode,
@@ -84,7 +94,6 @@ def int8_formats(state: ModelState) -> list[str]:
 
 def _decide(state: ModelState, cfg: QuantizeConfig, fmt: str, must_match: bool = True
             ) -> tuple[list[str], list[dict[str, Any]]]:
-    from mobilec.diagnose.core import diagnose
 
     if cfg.keep_float == "auto":
         return _auto(state, fmt, state.plan.mode, lambda: diagnose(state, fmt).layers())
@@ -183,17 +192,11 @@ class _Candidates:
 
     def float32_size(self) -> int:
         if self.backend == "tflite":
-            from mobilec.formats.tflite_convert import convert_tflite
-
             return len(convert_tflite(self.state, "float32"))
-        from mobilec.formats.onnx import float32_onnx
-        from mobilec.util.fs import size_of
 
         return size_of(float32_onnx(self.state))
 
     def measure(self, kept: list[str]) -> tuple[int, float]:
-        from mobilec.util.fs import size_of
-        from mobilec.util.metrics import accuracy
 
         path = self.dir / f"{len(kept)}{'.tflite' if self.backend == 'tflite' else '.onnx'}"
         runner = self._build_tflite(path, kept) if self.backend == "tflite" else \
@@ -202,9 +205,6 @@ class _Candidates:
         return size_of(path), float(acc or 0.0)
 
     def _build_tflite(self, path: Path, kept: list[str]) -> Any:
-        from mobilec.formats.tflite import LiteRTRunner
-        from mobilec.formats.tflite_convert import convert_tflite
-        from mobilec.formats.tflite_selective import selective_int8
 
         nodes = tflite_nodes(self.state, kept)
         # Nothing kept: the plain converter, byte for byte what the artifact will be.
@@ -212,15 +212,10 @@ class _Candidates:
                          else convert_tflite(self.state, self.mode))
         art = Artifact(path=path, format="tflite", quantization=self.mode)
         if self.state.keras_model is None and self.state.onnx_path is not None:
-            from mobilec.sources.onnx2tf_bridge import tf_input_layout
-
             art.input_layout, art.input_transpose = tf_input_layout(self.state)
         return LiteRTRunner(art, self.state.outputs)
 
     def _build_onnx(self, path: Path, kept: list[str]) -> Any:
-        from mobilec.formats.onnx import float32_onnx
-        from mobilec.formats.onnx_quant import quantize_onnx
-        from mobilec.formats.runtime import ort_session_runner
 
         float_path = float32_onnx(self.state)
         quantize_onnx(self.state, float_path, self.mode, path,
@@ -234,7 +229,6 @@ class _Candidates:
 def _nodes(state: ModelState, fmt: str, layers: list[str]) -> list[str]:
     if fmt == "tflite":
         return tflite_nodes(state, layers)
-    from mobilec.formats.onnx import float32_onnx
 
     return onnx_nodes(state, float32_onnx(state), layers)
 
@@ -243,7 +237,6 @@ def tflite_nodes(state: ModelState, layers: list[str]) -> list[str]:
     """The TFLite op output tensors of these layers (what denylisted_nodes takes)."""
     if not layers:
         return []
-    from mobilec.diagnose.core import diagnose
 
     want = set(layers)
     return [r.tensor for r in diagnose(state, "tflite").rows if r.name in want]
@@ -255,7 +248,6 @@ def onnx_nodes(state: ModelState, float_path: Path, layers: list[str]) -> list[s
         return []
     import onnx
 
-    from mobilec.diagnose.common import keras_layer_names, layer_of
 
     names = keras_layer_names(state)
     want = set(layers)

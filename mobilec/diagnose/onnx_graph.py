@@ -26,6 +26,8 @@ from mobilec.diagnose.common import (
     severity,
     snr_db,
 )
+from mobilec.formats.onnx import float32_onnx
+from mobilec.formats.onnx_quant import quantize_onnx
 from mobilec.state import ModelState
 
 CLEAN_DB = 100.0  # SNR of an input that int8 never touched (graph inputs)
@@ -39,8 +41,6 @@ def diagnose_onnx(state: ModelState) -> Diagnosis:
         modify_model_output_intermediate_tensors,
     )
 
-    from mobilec.formats.onnx import float32_onnx
-    from mobilec.formats.onnx_quant import quantize_onnx
 
     float_path = float32_onnx(state)
     work = state.work_dir / f"diagnose-onnx-v{state.model_version}"

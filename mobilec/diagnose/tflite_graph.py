@@ -26,16 +26,16 @@ from mobilec.diagnose.common import (
     severity,
     snr_db,
 )
+from mobilec.formats.tflite_convert import representative_dataset
 from mobilec.formats.tflite_selective import quant_debugger
 from mobilec.state import ModelState
+from mobilec.util.tfenv import import_tf
 
 NUMERIC_VERIFY = "NumericVerify"
 SIGNATURE_OUTPUT = re.compile(r"StatefulPartitionedCall(?:_\d+)?:(\d+)")
 
 
 def diagnose_tflite(state: ModelState) -> Diagnosis:
-    from mobilec.formats.tflite_convert import representative_dataset
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     debugger = quant_debugger(state)

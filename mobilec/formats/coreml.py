@@ -13,30 +13,34 @@ its accuracy stays null with the reason; on darwin it is run and measured.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import os
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mobilec.delegates.opcompat import coreml_compat
+from mobilec.delegates.snippets import swift
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.formats.coreml_compress import (
+    INT4_BLOCK,
+    WEIGHT_THRESHOLD,
+    compress_mlprogram,
+    compress_neuralnetwork,
+)
+from mobilec.formats.coreml_structure import describe_io, structural_check
+from mobilec.formats.coreml_tools import coreml_config, feature_name, import_coremltools, quiet
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
 from mobilec.policy.coreml import deployment_target
 from mobilec.policy.modes import format_modes
 from mobilec.recipe.schema import CoreMLConfig
+from mobilec.sources import onnx2tf_bridge
 from mobilec.state import Artifact, ModelState
+from mobilec.util.tfenv import import_tf
 
 NOT_RUN_REASON = "Core ML runtime needs macOS"
-#: coremltools.optimize leaves smaller weight tensors in float (its default threshold)
-WEIGHT_THRESHOLD = 2048
-INT4_BLOCK = 32
 
 
 def precision_text(mode: str, kind: str, bits: int) -> str:
@@ -65,14 +69,25 @@ class CoreMLFormat:
         """Before any build: a model Core ML cannot be made from is a usage error (exit 2)."""
         if state.keras_model is not None or state.graph_dir is not None:
             return
-        if state.onnx_path is not None and _onnx_bridge() is not None:
-            return
+        if state.onnx_path is not None:
+            return  # reaches TensorFlow through onnx2tf
         raise UnsupportedError(
             "Core ML conversion needs the model in TensorFlow form (Keras or SavedModel); "
             "this ONNX model cannot be converted to TensorFlow here yet",
             where=str(state.recipe.model.path),
             hint="point model.path at the Keras/SavedModel the ONNX came from, or drop target "
                  "ios-coreml (the .onnx artifact runs on iOS with onnxruntime's Core ML EP)")
+
+    def describe_io(self, path: Path) -> dict[str, list[dict[str, Any]]]:
+        return describe_io(path)
+
+    def op_compat(self, path: Path, delegate: str | None) -> dict[str, Any]:
+
+        return coreml_compat(path)
+
+    def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
+
+        return "swift", swift(artifact, manifest)
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
         cfg = coreml_config(state)
@@ -81,13 +96,13 @@ class CoreMLFormat:
             raise UnsupportedError(f"quantization '{mode}' is not available for Core ML")
         bits = int((state.plan.options if state.plan else {}).get("bits", 4))
         target = deployment_target(cfg, mode)
-        with _quiet(state):
+        with quiet(state):
             if cfg.kind == "mlpackage":
                 base = _converted(state, cfg, "float32" if mode == "float32" else "float16",
                                   target)
-                model = _compress_mlprogram(base, mode, bits)
+                model = compress_mlprogram(base, mode, bits)
             else:
-                model = _compress_neuralnetwork(_converted(state, cfg, "float32", target), mode,
+                model = compress_neuralnetwork(_converted(state, cfg, "float32", target), mode,
                                                 bits)
             _describe(state, model, cfg, mode)
             model.save(str(dest))
@@ -141,68 +156,16 @@ class CoreMLFormat:
 # ----------------------------------------------------------------------------- helpers
 
 
-def coreml_config(state: ModelState) -> CoreMLConfig:
-    return state.convert_config.coreml
-
-
-def import_coremltools() -> Any:
-    """coremltools, imported quietly: it warns about untested TF/sklearn versions at import."""
-    from mobilec.util.tfenv import import_tf
-
-    import_tf()  # the TF frontend needs TF, and TF must come in through tfenv
-    os.environ.setdefault("TQDM_DISABLE", "1")  # conversion progress bars
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        import coremltools
-    finally:
-        logger.setLevel(level)
-    return coremltools
-
-
-@contextlib.contextmanager
-def _quiet(state: ModelState) -> Iterator[None]:
-    """coremltools prints progress and per-layer lines; keep stdout clean for --json."""
-    if state.options.get("verbose"):
-        yield
-        return
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        yield
-
-
-def _onnx_bridge() -> Any:
-    try:
-        from mobilec.sources import onnx2tf_bridge
-    except ImportError:
-        return None
-    return onnx2tf_bridge if hasattr(onnx2tf_bridge, "ensure_graph") else None
-
-
 def _layout(state: ModelState) -> tuple[str, tuple[int, ...] | None]:
-    bridge = _onnx_bridge()
-    if bridge is not None and hasattr(bridge, "tf_input_layout"):
-        return bridge.tf_input_layout(state)
-    return state.input_layout, None
-
-
-def feature_name(name: str) -> str:
-    """A Core ML feature name from a TF/Keras tensor name (Swift/ObjC need identifiers)."""
-    clean = re.sub(r"\W", "_", name.split(":")[0]).strip("_") or "x"
-    return clean if not clean[0].isdigit() else f"x_{clean}"
+    return onnx2tf_bridge.tf_input_layout(state)
 
 
 def _source(state: ModelState) -> tuple[Any, list[int], list[int]]:
     """What ct.convert takes, the fixed input shape (batch 1), and for each converted output
     (TF names them Identity, Identity_1, …) the index of the source output it is."""
-    from mobilec.util.tfenv import import_tf
 
     if state.keras_model is None and state.graph_dir is None and state.onnx_path is not None:
-        bridge = _onnx_bridge()
-        if bridge is None:
-            CoreMLFormat().precheck(state)
-        bridge.ensure_graph(state)
+        onnx2tf_bridge.ensure_graph(state)
     spec = state.inputs[0]
     dims = list(spec.shape[1:])
     if any(d is None for d in dims):
@@ -238,10 +201,8 @@ def _source(state: ModelState) -> tuple[Any, list[int], list[int]]:
 
 def _source_index(state: ModelState, key: str) -> int:
     """Which source output a SavedModel signature key is (keys may be sanitized names)."""
-    bridge = _onnx_bridge()
     for i, t in enumerate(state.outputs):
-        if key in (t.name, feature_name(t.name)) or (
-                bridge is not None and key == bridge.signature_name(t.name)):
+        if key in (t.name, feature_name(t.name), onnx2tf_bridge.signature_name(t.name)):
             return i
     return next(i for i, t in enumerate(state.outputs) if t.name == key) \
         if any(t.name == key for t in state.outputs) else -1
@@ -320,57 +281,6 @@ def _rename_io(ct: Any, state: ModelState, model: Any, order: list[int]) -> Any:
     return ct.models.MLModel(spec, skip_model_load=True)
 
 
-def _compress_mlprogram(base: Any, mode: str, bits: int) -> Any:
-    if mode in ("float32", "float16"):
-        return base
-    import coremltools.optimize as cto
-
-    opt = cto.coreml
-    if mode in ("dynamic", "int8", "qat"):
-        config = opt.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
-                                             granularity="per_channel",
-                                             weight_threshold=WEIGHT_THRESHOLD)
-        return opt.linear_quantize_weights(base, opt.OptimizationConfig(global_config=config))
-    if mode == "int4":
-        config = opt.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4",
-                                             granularity="per_block", block_size=INT4_BLOCK,
-                                             weight_threshold=WEIGHT_THRESHOLD)
-        return opt.linear_quantize_weights(base, opt.OptimizationConfig(global_config=config))
-    if mode == "palettize":
-        config = opt.OpPalettizerConfig(mode="kmeans", nbits=bits,
-                                        weight_threshold=WEIGHT_THRESHOLD)
-        return opt.palettize_weights(base, opt.OptimizationConfig(global_config=config))
-    raise UnsupportedError(f"quantization '{mode}' is not available for Core ML")
-
-
-def _compress_neuralnetwork(base: Any, mode: str, bits: int) -> Any:
-    if mode == "float32":
-        return base
-    from coremltools.models.neural_network import quantization_utils as qu
-
-    if mode == "float16":
-        return qu.quantize_weights(base, nbits=16)
-    if mode in ("dynamic", "int8", "qat"):
-        return qu.quantize_weights(base, nbits=8, quantization_mode="linear")
-    if mode == "int4":
-        return qu.quantize_weights(base, nbits=4, quantization_mode="linear")
-    if mode == "palettize":
-        # coremltools' own "kmeans" mode writes a 2-D table into a 1-D proto field under
-        # numpy 2; the same k-means through a custom LUT function avoids that bug.
-        return qu.quantize_weights(base, nbits=bits, quantization_mode="custom_lut",
-                                   lut_function=_kmeans_lut)
-    raise UnsupportedError(f"quantization '{mode}' is not available for Core ML")
-
-
-def _kmeans_lut(nbits: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from coremltools.models.neural_network.quantization_utils import (
-        _get_kmeans_lookup_table_and_weight,
-    )
-
-    lut, qw = _get_kmeans_lookup_table_and_weight(nbits, weights)
-    return np.asarray(lut, dtype=np.float32).reshape(-1), qw
-
-
 def _describe(state: ModelState, model: Any, cfg: CoreMLConfig, mode: str) -> None:
     """Model metadata from the recipe, and the delegate hint an app can read."""
     md = state.recipe.metadata
@@ -405,66 +315,3 @@ def _load_for_prediction(state: ModelState, artifact: Artifact) -> Any:
         return None
 
 
-# ----------------------------------------------------------------------------- structure
-
-_DTYPES = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float64"}
-
-
-def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Names, shapes and dtypes of a saved Core ML model's inputs and outputs."""
-    ct = import_coremltools()
-    spec = ct.utils.load_spec(str(path))
-
-    def feat(f: Any) -> dict[str, Any]:
-        arr = f.type.multiArrayType
-        return {"name": f.name, "shape": [int(d) for d in arr.shape],
-                "dtype": _DTYPES.get(arr.dataType, str(arr.dataType))}
-
-    return {"inputs": [feat(f) for f in spec.description.input],
-            "outputs": [feat(f) for f in spec.description.output]}
-
-
-def structural_check(state: ModelState, artifact: Artifact) -> None:
-    from mobilec.delegates.opcompat import coreml_program_ops
-
-    ct = import_coremltools()
-    problems: list[str] = []
-    try:
-        with _quiet(state):
-            ct.models.MLModel(str(artifact.path), skip_model_load=True)
-        io_ = describe_io(artifact.path)
-        ops = coreml_program_ops(artifact.path)
-    except Exception as exc:  # noqa: BLE001 - a spec that does not reload failed verification
-        artifact.status = "failed-verification"
-        artifact.error = f"the Core ML model does not reload: {str(exc).strip()[:300]}"
-        return
-    for kind, want, got in (("input", state.inputs, io_["inputs"]),
-                            ("output", state.outputs, io_["outputs"])):
-        if len(want) != len(got):
-            problems.append(f"{len(got)} {kind}s, source has {len(want)}")
-            continue
-        named = {g["name"]: g for g in got}
-        for i, w in enumerate(want):
-            shape = [1, *w.shape[1:]]
-            if kind == "input" and artifact.input_transpose:
-                shape = [shape[k] for k in artifact.input_transpose]
-            # Core ML matches features by name; a lone feature may only be misnamed
-            g = named.get(feature_name(w.name)) or (got[i] if len(got) == 1 else None)
-            if g is None or g["name"] != feature_name(w.name):
-                has = ", ".join(f"'{n}'" for n in named)
-                problems.append(f"no {kind} named '{feature_name(w.name)}' (has {has})")
-                if g is None:
-                    continue
-            if any(d is not None and d != s for d, s in zip(shape, g["shape"], strict=False)) \
-                    or len(shape) != len(g["shape"]):
-                problems.append(f"{kind} '{g['name']}' has shape {g['shape']}, source {shape}")
-            if g["dtype"] != "float32":
-                problems.append(f"{kind} '{g['name']}' is {g['dtype']}, source float32")
-    if not ops:
-        problems.append("the Core ML program has no ops")
-    artifact.verification = {"against": "source model structure (no Core ML runtime "
-                                      "on this host)", "inputs": io_["inputs"],
-                                      "outputs": io_["outputs"], "ops": len(ops)}
-    if problems:
-        artifact.status = "failed-verification"
-        artifact.error = "Core ML structure differs from the source model: " + "; ".join(problems)

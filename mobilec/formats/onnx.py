@@ -8,10 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from mobilec.delegates.opcompat import onnx_compat
+from mobilec.delegates.snippets import kotlin_ort
 from mobilec.errors import ConversionError, UnsupportedError
 from mobilec.formats.kept_float import kept_nodes, note_kept_float
+from mobilec.formats.onnx_quant import quantize_onnx
 from mobilec.formats.runtime import measure_latency, ort_session, ort_session_runner
 from mobilec.state import Artifact, ModelState
+from mobilec.util.tfenv import import_tf
 
 PRECISION = {
     "float32": "float32 weights and compute",
@@ -31,8 +35,6 @@ class OnnxFormat:
         if mode == "float32":
             shutil.copyfile(float_path, dest)
         else:
-            from mobilec.formats.onnx_quant import quantize_onnx
-
             # keep_float: the plan's float layers stay out of quantization.
             quantize_onnx(state, float_path, mode, dest,
                           nodes_to_exclude=kept_nodes(state, "onnx", mode))
@@ -52,6 +54,18 @@ class OnnxFormat:
         return measure_latency(lambda: sess.run(None, feed))
 
 
+    def describe_io(self, path: Path) -> dict[str, list[dict[str, Any]]]:
+        return describe_io(path)
+
+    def op_compat(self, path: Path, delegate: str | None) -> dict[str, Any]:
+
+        return onnx_compat(path)
+
+    def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
+
+        return "kotlin", kotlin_ort(artifact, manifest)
+
+
 def float32_onnx(state: ModelState) -> Path:
     """The float32 .onnx of the current model, converted once per model version."""
     key = "onnx_float32"
@@ -62,7 +76,6 @@ def float32_onnx(state: ModelState) -> Path:
         return state.onnx_path
     out = state.work_dir / f"float32-v{state.model_version}.onnx"
     opset = _opset(state)
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     import tf2onnx
@@ -97,3 +110,20 @@ def float32_onnx(state: ModelState) -> Path:
 def _opset(state: ModelState) -> int:
     cfg = state.recipe.stage("convert")
     return cfg.opset if cfg is not None else 17
+
+
+def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+
+    def row(v: Any) -> dict[str, Any]:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in t.shape.dim]
+        return {"name": v.name, "shape": dims,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    return {"inputs": [row(v) for v in graph.input if v.name not in inits],
+            "outputs": [row(v) for v in graph.output]}

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mobilec.state import ModelState, TensorSpec
+from mobilec.util.tfenv import import_tf
 
 
 class Runner(Protocol):
@@ -77,7 +78,6 @@ def source_runner(state: ModelState) -> Runner:
 
 
 def _saved_model_runner(state: ModelState) -> Runner:
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     key = ("saved_model", str(state.graph_dir))

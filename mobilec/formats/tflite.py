@@ -7,10 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from mobilec.delegates.opcompat import tflite_compat
+from mobilec.delegates.snippets import kotlin_tflite
 from mobilec.formats.kept_float import kept_nodes, note_kept_float
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
 from mobilec.formats.tflite_convert import convert_tflite
+from mobilec.formats.tflite_int4 import build_int4
 from mobilec.formats.tflite_selective import selective_int8
+from mobilec.sources.onnx2tf_bridge import tf_input_layout
 from mobilec.state import Artifact, ModelState
 
 PRECISION = {
@@ -32,8 +36,6 @@ class TFLiteFormat:
     def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
         mode = artifact.quantization
         if mode == "int4":
-            from mobilec.formats.tflite_int4 import build_int4
-
             build_int4(state, artifact, dest)
         else:
             # keep_float: int8 with a few layers left in float; otherwise the plain converter.
@@ -44,7 +46,6 @@ class TFLiteFormat:
         if mode != "int4":
             note_kept_float(state, artifact)
         # An ONNX input reaches TF through onnx2tf, which may change the layout (NCHW -> NHWC).
-        from mobilec.sources.onnx2tf_bridge import tf_input_layout
 
         artifact.input_layout, artifact.input_transpose = tf_input_layout(state)
         if mode == "int8-io":
@@ -55,6 +56,17 @@ class TFLiteFormat:
 
     def latency(self, state: ModelState, artifact: Artifact, sample: np.ndarray) -> dict[str, float]:
         return LiteRTRunner(artifact, state.outputs).latency(sample)
+
+    def describe_io(self, path: Path) -> dict[str, list[dict[str, Any]]]:
+        return describe_io(path)
+
+    def op_compat(self, path: Path, delegate: str | None) -> dict[str, Any]:
+
+        return tflite_compat(path, delegate)
+
+    def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
+
+        return "kotlin", kotlin_tflite(artifact, manifest)
 
 
 def _interpreter(path: Path) -> Any:
@@ -151,3 +163,26 @@ class LiteRTRunner:
         it.allocate_tensors()
         it.set_tensor(d["index"], x1)
         return measure_latency(it.invoke)
+
+
+def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    sigs = it.get_signature_list()
+
+    def row(name: str, d: dict[str, Any]) -> dict[str, Any]:
+        out = {"name": name, "shape": [int(x) for x in d["shape"]],
+               "dtype": np.dtype(d["dtype"]).name}
+        scale, zero = d.get("quantization", (0.0, 0))
+        if np.dtype(d["dtype"]).kind in "iu" and scale:
+            out["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
+        return out
+
+    if sigs:
+        runner = it.get_signature_runner(next(iter(sigs)))
+        return {"inputs": [row(n, d) for n, d in runner.get_input_details().items()],
+                "outputs": [row(n, d) for n, d in runner.get_output_details().items()]}
+    return {"inputs": [row(d["name"], d) for d in it.get_input_details()],
+            "outputs": [row(d["name"], d) for d in it.get_output_details()]}

@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.sources.onnx2tf_bridge import ensure_graph, to_tf_layout
+from mobilec.sources.serving_export import serving_savedmodel
 from mobilec.state import ModelState
+from mobilec.util.tfenv import import_tf
 
 
 def representative_dataset(state: ModelState) -> Any:
@@ -18,7 +21,6 @@ def representative_dataset(state: ModelState) -> Any:
         raise UnsupportedError(
             "full-integer quantization needs calibration data and the recipe has none",
             hint="add a data: section (train or eval), or use quantize mode dynamic or float16")
-    from mobilec.sources.onnx2tf_bridge import to_tf_layout
 
     x = to_tf_layout(state, state.data.calibration.x.astype("float32"))
 
@@ -30,12 +32,9 @@ def representative_dataset(state: ModelState) -> Any:
 
 
 def make_converter(state: ModelState) -> Any:
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     if state.keras_model is not None:
-        from mobilec.sources.serving_export import serving_savedmodel
-
         # The serving function alone: from_keras_model would save the whole tf_keras model
         # first (3x slower on MobileNetV2); same ops, names and outputs.
         serving = serving_savedmodel(state)
@@ -43,8 +42,6 @@ def make_converter(state: ModelState) -> Any:
             return tf.lite.TFLiteConverter.from_saved_model(str(serving))
         return tf.lite.TFLiteConverter.from_keras_model(state.keras_model)
     if state.graph_dir is None and state.onnx_path is not None:
-        from mobilec.sources.onnx2tf_bridge import ensure_graph
-
         ensure_graph(state)  # ONNX input: onnx2tf's SavedModel, converted on first use
     if state.graph_dir is not None:
         return tf.lite.TFLiteConverter.from_saved_model(str(state.graph_dir))
@@ -52,7 +49,6 @@ def make_converter(state: ModelState) -> Any:
 
 
 def convert_tflite(state: ModelState, mode: str) -> bytes:
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     conv = make_converter(state)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.formats.tflite_convert import convert_tflite
 from mobilec.state import Artifact, ModelState
 
 RECIPE = "weight_only_wi4_afp32"
@@ -20,7 +21,6 @@ RECIPE = "weight_only_wi4_afp32"
 
 def float32_tflite(state: ModelState) -> bytes:
     """The float32 .tflite of the current model, converted once per model version."""
-    from mobilec.formats.tflite_convert import convert_tflite
 
     key = ("tflite_float32_bytes", state.model_version)
     if key not in state.memo:

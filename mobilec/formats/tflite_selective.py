@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from mobilec.errors import ConversionError
+from mobilec.formats.tflite_convert import make_converter, representative_dataset
 from mobilec.state import ModelState
+from mobilec.util.tfenv import import_tf
 
 
 def quant_debugger(state: ModelState) -> Any:
@@ -17,8 +19,6 @@ def quant_debugger(state: ModelState) -> Any:
     key = ("quant_debugger", state.model_version)
     if key in state.memo:
         return state.memo[key]
-    from mobilec.formats.tflite_convert import make_converter, representative_dataset
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     converter = make_converter(state)
@@ -41,7 +41,6 @@ def selective_int8(state: ModelState, mode: str, denylisted_nodes: list[str]) ->
     key = ("selective_int8", state.model_version, mode, tuple(denylisted_nodes))
     if key in state.memo:
         return state.memo[key]
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     debugger = quant_debugger(state)

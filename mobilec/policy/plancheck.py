@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 
 from mobilec.errors import ModelLoadError, RecipeError, UnsupportedError
-from mobilec.policy.modes import INT8_MODES
-from mobilec.recipe.schema import QuantizeConfig, Recipe
+from mobilec.policy.coreml import deployment_target
+from mobilec.policy.modes import INT8_MODES, MODES, SEARCHABLE, mode_for_format
+from mobilec.policy.targets import TARGETS
+from mobilec.recipe.schema import CoreMLConfig, QuantizeConfig, Recipe
 
 TRAINING_STAGES = ("distill", "factorize", "prune")
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
@@ -30,10 +32,11 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
     for entry in recipe.stages:
         name = entry.name
         cfg = entry.config
-        trains = name in TRAINING_STAGES or (name == "quantize" and cfg.mode == "qat")
+        trains = name in TRAINING_STAGES or (name == "quantize" and cfg.mode in MODES
+                                             and MODES[cfg.mode].trains)
         if name == "factorize" and cfg.epochs == 0:
             trains = False
-        label = "quantize mode qat" if name == "quantize" and cfg.mode == "qat" else name
+        label = f"quantize mode {cfg.mode}" if name == "quantize" else name
         if trains and not has_train:
             raise UnsupportedError(f"{label} fine-tunes the model and needs data.train "
                                    "(eval data is never trained on)", where=where,
@@ -44,41 +47,45 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
                 where=where, hint="point model.path at the Keras .keras/.h5 or SavedModel "
                 "the ONNX came from, or drop the stage and use post-training quantization")
         if name == "quantize":
-            mode = cfg.mode
-            if mode in ("int8", "int8-io", "int16x8", "auto") and not has_any:
-                raise UnsupportedError(f"quantize mode {mode} calibrates on data and the recipe "
-                                       "has no data: section", where=where,
-                                       hint="add data (train or eval), or use mode dynamic/float16")
-            if mode == "auto" and (recipe.budget is None or recipe.budget.max_accuracy_drop is None):
-                raise UnsupportedError("quantize mode auto needs budget.max_accuracy_drop",
-                                       where=where, hint="e.g. budget: {max_accuracy_drop: 0.01}")
-            if mode == "auto" and (data is None or data.eval is None and data.source != "digits"
-                                   and data.python is None):
-                raise UnsupportedError("quantize mode auto measures accuracy and needs labelled "
-                                       "data.eval", where=where)
-            if mode == "auto" and cfg.candidates:
-                _check_auto_candidates(cfg.candidates, where)
-            if cfg.keep_float is not None:
-                check_keep_float(recipe, cfg)
-            formats = _formats(recipe)
-            if mode == "palettize" and "coreml" not in formats:
-                raise UnsupportedError(
-                    f"quantize mode palettize is Core ML only; this recipe produces "
-                    f"{', '.join(sorted(formats))}", where=where,
-                    hint="add target ios-coreml, or use int4 for TFLite")
-            if mode == "int4" and formats == {"onnx"}:
-                raise UnsupportedError("quantize mode int4 is TFLite only (ai-edge-quantizer)",
-                                       where=where)
+            _check_quantize(recipe, cfg, has_any)
     _check_coreml(recipe)
+
+
+def _check_quantize(recipe: Recipe, cfg: QuantizeConfig, has_data: bool) -> None:
+    """What the mode table says a mode needs: calibration data, a format that applies it."""
+    where, mode, data = recipe.source, cfg.mode, recipe.data
+    row = MODES.get(mode)
+    if (mode == "auto" or (row is not None and row.calibrates and not row.trains)) \
+            and not has_data:
+        raise UnsupportedError(f"quantize mode {mode} calibrates on data and the recipe "
+                               "has no data: section", where=where,
+                               hint="add data (train or eval), or use mode dynamic/float16")
+    if mode == "auto":
+        if recipe.budget is None or recipe.budget.max_accuracy_drop is None:
+            raise UnsupportedError("quantize mode auto needs budget.max_accuracy_drop",
+                                   where=where, hint="e.g. budget: {max_accuracy_drop: 0.01}")
+        if data is None or (data.eval is None and data.source != "digits"
+                            and data.python is None):
+            raise UnsupportedError("quantize mode auto measures accuracy and needs labelled "
+                                   "data.eval", where=where)
+        if cfg.candidates:
+            _check_auto_candidates(cfg.candidates, where)
+    if cfg.keep_float is not None:
+        check_keep_float(recipe, cfg)
+    formats = _formats(recipe)
+    if row is not None and not formats & set(row.formats):
+        can = ", ".join(sorted(row.formats))
+        raise UnsupportedError(
+            f"quantize mode {mode} applies to {can} only; this recipe produces "
+            f"{', '.join(sorted(formats))}", where=where,
+            hint="add a target that ships one of those formats (mobilec targets), or choose "
+                 "another mode")
 
 
 def _check_coreml(recipe: Recipe) -> None:
     """Core ML kind x deployment target x quantization (e.g. int4 weights need iOS18)."""
     if "coreml" not in _formats(recipe):
         return
-    from mobilec.policy.coreml import deployment_target
-    from mobilec.policy.modes import mode_for_format
-    from mobilec.recipe.schema import CoreMLConfig
 
     convert = recipe.stage("convert")
     quant = recipe.stage("quantize")
@@ -91,7 +98,6 @@ def _check_coreml(recipe: Recipe) -> None:
 
 
 def _check_auto_candidates(candidates: list[str], where: str) -> None:
-    from mobilec.policy.modes import SEARCHABLE
 
     bad = [c for c in candidates if c not in SEARCHABLE]
     if bad:
@@ -102,7 +108,6 @@ def _check_auto_candidates(candidates: list[str], where: str) -> None:
 
 
 def _formats(recipe: Recipe) -> set[str]:
-    from mobilec.policy.targets import TARGETS
 
     cfg = recipe.stage("convert")
     out: set[str] = set()

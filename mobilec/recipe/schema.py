@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mobilec.formats import FORMATS
+from mobilec.policy.modes import RECIPE_MODES
+from mobilec.policy.targets import TARGETS
 from mobilec.sources.detect import MAX_INPUT_ELEMENTS
 
 SCHEMA_VERSION = 1
 
-QuantMode = Literal["dynamic", "float16", "int8", "int8-io", "int16x8", "int4", "palettize", "qat",
-                    "auto"]
-QUANT_MODES: tuple[str, ...] = typing.get_args(QuantMode)
-TargetName = Literal["android-nnapi", "android-gpu", "ios-coreml", "cpu"]
-FormatName = Literal["tflite", "onnx", "coreml"]
+# The enumerations come from the tables they describe: a new mode, target or format is a
+# row there, and the schema (and `mobilec schema`) follows.
+QuantMode = Literal[RECIPE_MODES]  # type: ignore[valid-type]
+QUANT_MODES: tuple[str, ...] = RECIPE_MODES
+TargetName = Literal[tuple(TARGETS)]  # type: ignore[valid-type]
+FormatName = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
 ModelFormat = Literal["auto", "keras", "h5", "savedmodel", "onnx"]
 STAGE_ORDER = ("distill", "factorize", "prune", "quantize", "convert")
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from mobilec.diagnose.view import report_section
 from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells, fmt_bytes
 
 Section = Callable[[dict[str, Any]], str | None]
@@ -167,7 +168,6 @@ SECTIONS: list[Section] = [summary_section, chart_section, artifacts_section, ca
 
 def diagnose_section(report: dict[str, Any]) -> str | None:
     """compress --diagnose: int8 error per layer, worst 20 as bars (mobilec.diagnose.view)."""
-    from mobilec.diagnose.view import report_section
 
     return report_section(report)
 

@@ -9,6 +9,7 @@ does not fit, fewer columns are shown (or, for --wide, one small table per artif
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich import box
@@ -39,33 +40,47 @@ def _gaps(n: int) -> int:
 
 
 def _fold_name(name: str, width: int | None) -> str:
-    """Break a path that is too wide at its slashes (target dir on one line, file on the
-    next); a single part still too wide is folded by the table itself."""
+    """Break a path that is too wide after a separator (/ - _ .), filling each line; a
+    piece still wider than the column is folded by the table itself."""
     if width is None or len(name) <= width:
         return name
-    lines: list[str] = []
-    for part in name.split("/"):
-        if lines and len(lines[-1]) + 1 + len(part) <= width:
-            lines[-1] += "/" + part
-        else:
-            if lines:
-                lines[-1] += "/"
-            lines.append(part)
+    lines = [""]
+    for piece in re.findall(r"[^/_.-]+[/_.-]?|[/_.-]", name):
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
     return "\n".join(lines)
 
 
-def _fits(rows: list[list[str]], cols: tuple[int, ...], width: int) -> int | None:
-    """The artifact column's width if these columns fit `width`, else None."""
+def _fold_status(status: str, width: int) -> str:
+    # "failed-verification" in a narrow table: break after the hyphen, never inside a word
+    return status if len(status) <= width else status.replace("-", "-\n")
+
+
+def _fits(rows: list[list[str]], cols: tuple[int, ...], width: int, fold: bool
+          ) -> tuple[int, int] | None:
+    """(artifact width, status width) if these columns fit `width`, else None. Without
+    `fold`, only if every path fits whole on one line; with it, the path folds and, if
+    that is still not enough, the status breaks at its hyphen."""
     widths = {i: max(len(FULL_HEADERS[i]), *(len(r[i]) for r in rows)) for i in cols}
-    others = sum(w for i, w in widths.items() if i != 0) + _gaps(len(cols))
-    room = width - others
-    if room >= widths[0]:
-        return widths[0]
-    return room if room >= MIN_NAME else None
+    status_widths = [widths.get(12, 0)]
+    if fold and 12 in widths:
+        status_widths.append(max(len(FULL_HEADERS[12]),
+                                 *(len(part) for r in rows for part in r[12].split("-"))))
+    rooms = []
+    for status_w in status_widths:
+        widths[12] = status_w
+        others = sum(w for i, w in widths.items() if i != 0 and (i != 12 or 12 in cols))
+        rooms.append((width - others - _gaps(len(cols)), status_w))
+    for room, status_w in rooms:  # whole paths first, with the status whole if possible
+        if room >= widths[0]:
+            return widths[0], status_w
+    room, status_w = rooms[-1]  # then the most room the path can have
+    return (room, status_w) if fold and room >= MIN_NAME else None
 
 
 def _table(rows: list[list[str]], statuses: list[str], cols: tuple[int, ...],
-           name_width: int | None) -> Table:
+           name_width: int | None, status_width: int | None = None) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
                   header_style="bold")
     for i in cols:
@@ -79,7 +94,8 @@ def _table(rows: list[list[str]], statuses: list[str], cols: tuple[int, ...],
         out: list[RenderableType] = []
         for i in cols:
             if i == 12:
-                out.append(Text(cells[i], style=STATUS_COLOR.get(status, "red")))
+                text = _fold_status(cells[i], status_width) if status_width else cells[i]
+                out.append(Text(text, style=STATUS_COLOR.get(status, "red")))
             elif i == 0:
                 out.append(Text(_fold_name(cells[i], name_width)))
             else:
@@ -118,10 +134,10 @@ def artifact_table(report: dict[str, Any], width: int, wide: bool = False) -> Ta
     candidates = [(cols, False) for cols in tiers if cols != MINIMAL or len(tiers) == 1]
     candidates += [(cols, True) for cols in tiers]
     for cols, fold in candidates:
-        name_width = _fits(rows, cols, width)
-        if name_width is None or (not fold and rows and name_width < max(len(r[0]) for r in rows)):
+        fit = _fits(rows, cols, width, fold)
+        if fit is None:
             continue
-        table = _table(rows, statuses, cols, name_width)
+        table = _table(rows, statuses, cols, *fit)
         if cols == FULL:
             table.caption = LEGEND
         elif cols == MEDIUM:

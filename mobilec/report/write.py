@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mobilec.report.html import render_html
 from mobilec.report.markdown import render_markdown
 from mobilec.util.fs import atomic_write_text
 
@@ -22,8 +23,6 @@ def write_reports(report: dict[str, Any], out_dir: Path, kinds: list[str],
         elif kind == "md":
             atomic_write_text(path, render_markdown(report, md_sections))
         elif kind == "html":
-            from mobilec.report.html import render_html
-
             atomic_write_text(path, render_html(report))
         written.append(path)
     return written

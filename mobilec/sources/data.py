@@ -16,6 +16,7 @@ import numpy as np
 
 from mobilec.errors import DataError
 from mobilec.recipe.schema import DataSpec
+from mobilec.util.tfenv import import_tf
 
 DIGITS_SEED = 0
 DIGITS_TRAIN = 1437  # 80% of 1797
@@ -88,7 +89,6 @@ def _load_images(path: Path, spec: DataSpec) -> Split:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError("no class sub-folders found", where=str(path))
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     size = spec.image_size or [224, 224]

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.sources.onnx_input import graph_inputs
 from mobilec.state import ModelState
+from mobilec.util.tfenv import import_tf
 
 # Test hooks (module attributes, None in normal runs). `before_onnx2tf(path)` gets the temp
 # copy onnx2tf is about to read; `after_onnx2tf(outputs)` maps the TF output tensors before
@@ -130,7 +132,6 @@ def static_batch(model: Any) -> Any:
     shape arithmetic exporters emit, and onnx2tf no longer misplaces the batch axis (it broke
     tf2onnx's Conv1D and Flatten patterns with a dynamic batch). Outputs whose first dim was
     symbolic get unknown dims; shape inference fills them in."""
-    from mobilec.sources.onnx_input import graph_inputs
 
     dim = graph_inputs(model)[0].type.tensor_type.shape.dim[0]
     if dim.HasField("dim_value") and dim.dim_value > 0:
@@ -196,7 +197,6 @@ def run_onnx2tf(copy: Path, out: Path, keep_input: str | None, verbose: bool,
     disable_model_save: mobilec writes its own SavedModel (with ONNX output names and layout)
     and skips onnx2tf's own float32/float16 .tflite, which it would throw away.
     """
-    from mobilec.util.tfenv import import_tf
 
     import_tf()  # TF_USE_LEGACY_KERAS before onnx2tf imports tf_keras
     import onnx2tf
@@ -272,7 +272,6 @@ def _fits(shape: list[int | None], perm: tuple[int, ...] | None, want: list[int 
 def write_saved_model(keras_model: Any, dest: Path, input_name: str, output_names: list[str],
                       perms: list[tuple[int, ...] | None]) -> None:
     """A SavedModel whose serving signature returns {ONNX output name: tensor in ONNX layout}."""
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     in_tensor = keras_model.inputs[0]

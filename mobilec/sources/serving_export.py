@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.state import ModelState
+from mobilec.util.tfenv import import_tf
 
 
 def serving_savedmodel(state: ModelState) -> Path | None:
@@ -28,7 +29,6 @@ def serving_savedmodel(state: ModelState) -> Path | None:
 
 
 def _export(model: Any, dest: Path) -> Path | None:
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     try:

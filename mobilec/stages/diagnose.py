@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mobilec.diagnose.core import diagnose, write_json
+from mobilec.diagnose.view import html_page
 from mobilec.errors import EXIT_STAGE, MobilecError, StageError
 from mobilec.state import ModelState
 from mobilec.util.fs import atomic_write_text
@@ -29,8 +30,6 @@ def run(state: ModelState, config: dict[str, Any] | None = None) -> dict[str, An
         raise StageError(exc.message, where=exc.where, hint=exc.hint) from exc
     path = write_json(diag, state.out_dir)
     if config.get("html"):
-        from mobilec.diagnose.view import html_page
-
         atomic_write_text(path.with_name("diagnose.html"),
                           html_page(diag.as_dict(), f"mobilec diagnose: {state.recipe.name}"))
     summary = diag.as_dict(limit=REPORT_ROWS)

@@ -17,6 +17,8 @@ import numpy as np
 from mobilec.errors import ModelLoadError, StageError, UnsupportedError
 from mobilec.formats.runtime import source_runner
 from mobilec.recipe.schema import DistillConfig, StudentWidth
+from mobilec.sources.detect import detect_format
+from mobilec.stages import load
 from mobilec.state import ModelState
 from mobilec.training import kd
 from mobilec.training.finetune import require_train_data
@@ -116,8 +118,6 @@ def _teacher_logits(state: ModelState, x: np.ndarray) -> np.ndarray:
 def _load_student(state: ModelState, path: Path) -> Any:
     # The recipe's own loaders: a student file gets the same checks (Lambda
     # refusal, input size) and the same Keras 3 -> tf_keras bridge as the model.
-    from mobilec.sources.detect import detect_format
-    from mobilec.stages import load
 
     if not path.exists():
         raise ModelLoadError("distill student model not found", where=str(path),

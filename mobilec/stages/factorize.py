@@ -169,11 +169,9 @@ def _first_layers(model: Any) -> set[str]:
         for layer in ins if isinstance(ins, (list, tuple)) else [ins]:
             consumers.setdefault(id(layer), []).append(node.layer)
     found: set[str] = set()
-    stack = [t._keras_history.layer for t in model.inputs]
-    seen: set[int] = set()
+    stack, seen = [t._keras_history.layer for t in model.inputs], set()
     while stack:
-        layer = stack.pop()
-        for nxt in consumers.get(id(layer), []):
+        for nxt in consumers.get(id(stack.pop()), []):
             if id(nxt) in seen:
                 continue
             seen.add(id(nxt))
@@ -217,10 +215,8 @@ def auto_ranks(state: ModelState, model: Any, allowed: set[str], config: Factori
         if measured <= allowance:
             break
         name, previous = chosen["moves"].pop()
-        if previous is None:
-            chosen["ranks"].pop(name)
-        else:
-            chosen["ranks"][name] = previous
+        chosen["ranks"].pop(name)
+        chosen["ranks"].update({} if previous is None else {name: previous})
         measured = None
     ranks = chosen["ranks"]
     layers = []
@@ -339,7 +335,8 @@ def factorize_model(model: Any, *, rank: float | None, energy: float | None,
         low = low_rank(kernel, rank=rank, energy=energy, keep=(ranks or {}).get(layer.name))
         old_params = kernel.size + sum(b.size for b in bias)
         new_params = low.first.size + low.second.size + sum(b.size for b in bias)
-        if new_params > old_params * (1.0 - MIN_SAVING) or old_params - new_params < min_params:
+        if (new_params > old_params * (1.0 - MIN_SAVING)
+                or (min_params and old_params - new_params < min_params)):
             skipped.append(layer.name)
             return same_layer(layer)
         factored.append({"name": layer.name, "kind": type(layer).__name__, "rank": low.rank,
@@ -437,6 +434,5 @@ def _eval_accuracy(state: ModelState) -> float | None:
 def _eval_accuracy_of(state: ModelState, model: Any) -> float | None:
     if state.eval_x is None or state.eval_y is None:
         return None
-    out = model(state.eval_x, training=False)
-    acc = accuracy(np.asarray(out[0] if isinstance(out, (list, tuple)) else out), state.eval_y)
+    acc = accuracy(_predict(model, state.eval_x), state.eval_y)
     return None if acc is None else round(acc, 6)

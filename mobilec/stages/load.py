@@ -17,9 +17,12 @@ from mobilec.sources.detect import (
     find_lambda_layers,
     keras_archive_config,
 )
+from mobilec.sources.keras_bridge import keras3_to_tf_keras
+from mobilec.sources.onnx_input import load_onnx
 from mobilec.state import ModelState, SourceInfo, TensorSpec
 from mobilec.util.fs import sha256_path, size_of
 from mobilec.util.metrics import accuracy
+from mobilec.util.tfenv import import_keras3, import_tf, import_tf_keras
 
 UNSAFE_HINT = ("Lambda layers hold arbitrary Python code; pass --unsafe-deserialization only "
                "for a model you trust")
@@ -60,8 +63,6 @@ def _check_config(state: ModelState, config: object, path: Path) -> None:
 
 def _load_keras(state: ModelState, path: Path) -> None:
     _check_config(state, keras_archive_config(path), path)
-    from mobilec.sources.keras_bridge import keras3_to_tf_keras
-    from mobilec.util.tfenv import import_keras3
 
     keras = import_keras3()
     try:
@@ -106,14 +107,11 @@ def _load_h5(state: ModelState, path: Path) -> None:
         raise ModelLoadError(f"corrupt model_config in .h5: {_first_line(exc)}", where=str(path),
                              hint="re-save the model with model.save('model.h5')") from None
     _check_config(state, config, path)
-    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     try:
         model = tfk.models.load_model(str(path), compile=False)
     except Exception:  # noqa: BLE001 - maybe a Keras 3 .h5: let Keras 3 read it, then bridge
-        from mobilec.sources.keras_bridge import keras3_to_tf_keras
-        from mobilec.util.tfenv import import_keras3
 
         try:
             model = keras3_to_tf_keras(import_keras3().saving.load_model(str(path), compile=False))
@@ -127,8 +125,6 @@ def _load_h5(state: ModelState, path: Path) -> None:
 
 def _load_savedmodel(state: ModelState, path: Path) -> None:
     if (path / "keras_metadata.pb").exists():
-        from mobilec.util.tfenv import import_tf_keras
-
         try:
             _set_keras(state, import_tf_keras().models.load_model(str(path), compile=False))
             return
@@ -139,7 +135,6 @@ def _load_savedmodel(state: ModelState, path: Path) -> None:
 
 
 def _load_graph(state: ModelState, path: Path) -> None:
-    from mobilec.util.tfenv import import_tf
 
     tf = import_tf()
     try:
@@ -166,7 +161,6 @@ def _load_graph(state: ModelState, path: Path) -> None:
 
 
 def _load_onnx(state: ModelState, path: Path) -> None:
-    from mobilec.sources.onnx_input import load_onnx
 
     load_onnx(state, path)
 

@@ -16,6 +16,7 @@ from mobilec.errors import UnsupportedError
 from mobilec.recipe.schema import PruneConfig
 from mobilec.state import ModelState
 from mobilec.training.finetune import fit, require_trainable, steps_per_epoch, training_targets
+from mobilec.util.tfenv import import_tf_keras
 
 
 def run(state: ModelState, config: PruneConfig) -> dict[str, Any]:
@@ -39,7 +40,6 @@ def run(state: ModelState, config: PruneConfig) -> dict[str, Any]:
 
 def import_tfmot() -> Any:
     """tfmot, imported only after TensorFlow is set up for tf_keras (TF_USE_LEGACY_KERAS)."""
-    from mobilec.util.tfenv import import_tf_keras
 
     import_tf_keras()
     import tensorflow_model_optimization as tfmot
@@ -67,7 +67,6 @@ def wrap_prunable(model: Any, schedule: Any) -> tuple[Any, set[str]]:
     """Clone `model` with every layer that has prunable weights wrapped; others as they are.
 
     Returns the clone and the names of the wrapped layers."""
-    from mobilec.util.tfenv import import_tf_keras
 
     tfk = import_tf_keras()
     tfmot = import_tfmot()

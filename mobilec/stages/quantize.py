@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mobilec.diagnose.keep_float import resolve_keep_float
 from mobilec.recipe.schema import QuantizeConfig
+from mobilec.stages.quantize_auto import search
 from mobilec.state import ModelState, QuantPlan
+from mobilec.training.qat import quantization_aware_train
 
 
 def run(state: ModelState, config: QuantizeConfig) -> dict[str, Any]:
@@ -18,12 +21,8 @@ def run(state: ModelState, config: QuantizeConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"mode": cfg.mode}
     mode = cfg.mode
     if mode == "qat":
-        from mobilec.training.qat import quantization_aware_train
-
         metrics.update(quantization_aware_train(state, cfg))
     elif mode == "auto":
-        from mobilec.stages.quantize_auto import search
-
         mode, candidates = search(state, cfg.candidates)
         budget = state.recipe.budget
         metrics.update({"chosen": mode, "max_accuracy_drop": budget.max_accuracy_drop if budget
@@ -31,7 +30,5 @@ def run(state: ModelState, config: QuantizeConfig) -> dict[str, Any]:
         options["auto"] = True
     state.plan = QuantPlan(mode=mode, options=options)
     if cfg.keep_float is not None:
-        from mobilec.diagnose.keep_float import resolve_keep_float
-
         metrics.update(resolve_keep_float(state, cfg))
     return metrics

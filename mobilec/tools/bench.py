@@ -8,8 +8,11 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import UnsupportedError
-from mobilec.formats.runtime import measure_latency
+from mobilec.formats.runtime import measure_latency, source_runner
+from mobilec.recipe.schema import ModelSpec, Recipe
 from mobilec.sources.detect import detect_format
+from mobilec.stages import load
+from mobilec.state import ModelState
 from mobilec.util.fs import size_of
 
 
@@ -43,10 +46,6 @@ def bench_model(path: Path, runs: int = 100, threads: int = 1) -> dict[str, Any]
     elif fmt in ("keras", "h5", "savedmodel"):
         import tempfile
 
-        from mobilec.formats.runtime import source_runner
-        from mobilec.recipe.schema import ModelSpec, Recipe
-        from mobilec.stages import load
-        from mobilec.state import ModelState
 
         with tempfile.TemporaryDirectory() as work:
             state = ModelState(recipe=Recipe(model=ModelSpec(path=path)), out_dir=Path(work),

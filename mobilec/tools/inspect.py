@@ -6,7 +6,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from mobilec.formats.tflite import _interpreter, list_ops
+from mobilec.recipe.schema import ModelSpec, Recipe
 from mobilec.sources.detect import detect_format
+from mobilec.sources.onnx_input import inspect_onnx
+from mobilec.stages import load
+from mobilec.state import ModelState
 from mobilec.util.fs import size_of
 
 
@@ -14,13 +19,9 @@ def inspect_model(path: Path, unsafe_deserialization: bool = False) -> dict[str,
     fmt = detect_format(path)
     info: dict[str, Any] = {"path": str(path), "format": fmt, "size_bytes": size_of(path)}
     if fmt == "onnx":
-        from mobilec.sources.onnx_input import inspect_onnx
-
         info.update(inspect_onnx(path))
         return info
     if fmt == "tflite":
-        from mobilec.formats.tflite import _interpreter, list_ops
-
         it = _interpreter(path)
         info["inputs"] = [f"{d['name']} {list(d['shape'])} {d['dtype'].__name__}"
                           for d in it.get_input_details()]
@@ -30,9 +31,6 @@ def inspect_model(path: Path, unsafe_deserialization: bool = False) -> dict[str,
         return info
     import tempfile
 
-    from mobilec.recipe.schema import ModelSpec, Recipe
-    from mobilec.stages import load
-    from mobilec.state import ModelState
 
     recipe = Recipe(model=ModelSpec(path=path))
     with tempfile.TemporaryDirectory() as work:

@@ -15,6 +15,7 @@ import numpy as np
 
 from mobilec.errors import UnsupportedError
 from mobilec.state import ModelState
+from mobilec.util.tfenv import import_tf_keras, set_seed
 
 
 def require_trainable(state: ModelState, what: str) -> Any:
@@ -85,7 +86,6 @@ def fit(state: ModelState, model: Any, *, epochs: int, batch_size: int, learning
         callbacks: list[Any] | None = None, targets: tuple[np.ndarray, Any, str] | None = None
         ) -> dict[str, Any]:
     """Compile and fit `model` on data.train; returns what was done, for the stage metrics."""
-    from mobilec.util.tfenv import set_seed
 
     tfk = _tf_keras()
     set_seed(0)
@@ -103,6 +103,5 @@ def steps_per_epoch(state: ModelState, batch_size: int) -> int:
 
 
 def _tf_keras() -> Any:
-    from mobilec.util.tfenv import import_tf_keras
 
     return import_tf_keras()

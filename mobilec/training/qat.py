@@ -12,13 +12,13 @@ import numpy as np
 
 from mobilec.errors import UnsupportedError
 from mobilec.recipe.schema import QuantizeConfig
+from mobilec.stages.prune import import_tfmot
 from mobilec.state import ModelState
 from mobilec.training.finetune import fit, require_trainable, training_targets
 
 
 def quantization_aware_train(state: ModelState, cfg: QuantizeConfig) -> dict[str, Any]:
     model = require_trainable(state, "quantize mode qat")
-    from mobilec.stages.prune import import_tfmot
 
     tfmot = import_tfmot()
     targets = training_targets(state, model)

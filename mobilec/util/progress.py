@@ -6,13 +6,13 @@ import sys
 import time
 from typing import Any
 
+from mobilec.util.nativeio import terminal_stream
+
 
 class Progress:
     def __init__(self, quiet: bool = False, stream: Any = None):
         self.quiet = quiet
         if stream is None:
-            from mobilec.util.nativeio import terminal_stream
-
             # Not sys.stderr itself: stages silence fd 2 (native chatter) while progress draws.
             stream = terminal_stream() if not quiet else sys.stderr
         self.stream = stream

@@ -1,0 +1,186 @@
+"""Conversion routes that start from a PyTorch model: `.onnx` (dynamo exporter),
+`.tflite` (litert_torch) and Core ML (coremltools on the ExportedProgram).
+
+Each function writes one artifact and raises ConversionError/UnsupportedError
+with the converter's reason; verifying the result against eager PyTorch is the
+caller's job (the format's route loop), except that an `.onnx` must load in
+onnxruntime before it is returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilec.errors import ConversionError, UnsupportedError
+
+# Past this many bytes of weights an .onnx cannot be one file (protobuf's 2 GiB limit).
+ONNX_SINGLE_FILE_LIMIT = 1_800_000_000
+LITERT_TORCH_MODES = ("float32", "dynamic", "int8-io")
+COREML_MODES = ("float32", "float16", "dynamic", "int8")
+CALIBRATION_LIMIT = 200
+
+
+def torch_to_onnx(program_or_module: Any, example_inputs: tuple[Any, ...], dest: Path,
+                  opset: int | None = None) -> Path:
+    """torch.onnx.export(dynamo=True) into one self-contained `.onnx` (weights inside).
+
+    An ExportedProgram keeps its dynamic dims; a module is exported with the example
+    shapes. The file is loaded in onnxruntime before it is returned.
+    """
+    import torch
+
+    from mobilec.sources.pytorch import count_params, to_tensor
+
+    dest = Path(dest)
+    args = tuple(to_tensor(a) for a in example_inputs)
+    model = program_or_module
+    params = count_params(model.module() if isinstance(model, torch.export.ExportedProgram)
+                          else model)
+    # The exporter's default is a side file (<name>.onnx.data); ship one file where it fits.
+    external = params * 4 > ONNX_SINGLE_FILE_LIMIT
+    try:
+        with _quiet():
+            torch.onnx.export(model, args, str(dest), dynamo=True, external_data=external,
+                              opset_version=opset, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+        raise ConversionError(f"torch.onnx.export (dynamo) failed: {_first_line(exc)}") from exc
+    try:
+        import onnxruntime as ort
+
+        ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - a file onnxruntime cannot load is a failed route
+        raise ConversionError(f"the exported .onnx does not load in onnxruntime: "
+                              f"{_first_line(exc)}") from exc
+    return dest
+
+
+def onnx_files(dest: Path) -> list[Path]:
+    """Every file of an .onnx artifact (the model and its external-data file, if any)."""
+    side = Path(str(dest) + ".data")
+    return [p for p in (Path(dest), side) if p.exists()]
+
+
+def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mode: str,
+                    calibration: np.ndarray | None = None) -> Path:
+    """litert_torch.convert; `dynamic` and `int8-io` through its PT2E quantizer.
+
+    What litert-torch 0.10 gives: float32; dynamic (int8 weights, float I/O); static
+    int8 always with int8 I/O (so `int8` with float I/O is not a litert_torch mode:
+    the ONNX bridge covers it). No float16 option.
+    """
+    from mobilec.sources.pytorch import eval_mode, to_tensor
+
+    if mode not in LITERT_TORCH_MODES:
+        raise UnsupportedError(
+            f"litert_torch cannot produce {mode} .tflite (it does {', '.join(LITERT_TORCH_MODES)})",
+            hint="the ONNX bridge route (onnx2tf + TFLite converter) covers the other modes")
+    import litert_torch
+
+    module = eval_mode(module)
+    args = tuple(to_tensor(a, "float32") for a in example_inputs)
+    quant_config = None
+    try:
+        with _quiet():
+            if mode != "float32":
+                module, quant_config = _litert_pt2e(module, args, mode, calibration)
+            edge = litert_torch.convert(module, args, quant_config=quant_config)
+            edge.export(str(dest))
+    except UnsupportedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types
+        raise ConversionError(f"litert_torch.convert ({mode}) failed: {_first_line(exc)}") from exc
+    return Path(dest)
+
+
+def _litert_pt2e(module: Any, args: tuple[Any, ...], mode: str,
+                 calibration: np.ndarray | None) -> tuple[Any, Any]:
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from mobilec.sources.pytorch import to_tensor
+
+    dynamic = mode == "dynamic"
+    if not dynamic and calibration is None:
+        raise UnsupportedError("int8-io needs calibration data and the recipe has none",
+                               hint="add a data: section, or use quantize mode dynamic")
+    quantizer = PT2EQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
+    # Per-channel observers need at least one pass even for dynamic mode, or the
+    # scales stay scalar; the graph is traced at the example batch: one sample a step.
+    samples = args[0][:1] if calibration is None else calibration[:CALIBRATION_LIMIT]
+    with torch.no_grad():
+        for i in range(len(samples)):
+            prepared(to_tensor(samples[i:i + 1], "float32"))
+    # fold_quantize=False: litert_torch folds the weights itself (as its tests do)
+    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+
+
+def torch_to_coreml(program: Any, dest: Path, mode: str = "float32") -> tuple[Path, str]:
+    """coremltools.convert on the ExportedProgram (mlprogram); returns (path, route).
+
+    Routes: the program with core-ATen decompositions only (`run_decompositions({})`,
+    what coremltools documents), then the fully decomposed program. Off macOS the
+    model is not compiled or run (skip_model_load): the caller checks structure only.
+    """
+    if mode not in COREML_MODES:
+        raise UnsupportedError(f"Core ML from PyTorch does {', '.join(COREML_MODES)}, not {mode}")
+    import coremltools as ct
+
+    precision = ct.precision.FLOAT16 if mode == "float16" else ct.precision.FLOAT32
+    failures: list[str] = []
+    for route, prepare in (("coreml-exported-program", lambda ep: ep.run_decompositions({})),
+                           ("coreml-decomposed", lambda ep: ep.run_decompositions())):
+        try:
+            with _quiet():
+                mlmodel = ct.convert(prepare(program), convert_to="mlprogram",
+                                     compute_precision=precision, skip_model_load=True)
+                if mode in ("dynamic", "int8"):
+                    # int8 weights (linear, per-channel); activations stay float
+                    cfg = ct.optimize.coreml.OptimizationConfig(
+                        global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
+                            mode="linear_symmetric", dtype="int8"))
+                    mlmodel = ct.optimize.coreml.linear_quantize_weights(mlmodel, cfg)
+                if Path(dest).exists():
+                    shutil.rmtree(dest)
+                mlmodel.save(str(dest))
+            return Path(dest), route
+        except Exception as exc:  # noqa: BLE001 - coremltools raises many types
+            failures.append(f"{route}: {_first_line(exc)}")
+    raise ConversionError("coremltools could not convert the program: " + "; ".join(failures))
+
+
+def coreml_structure(dest: Path) -> dict[str, Any]:
+    """Inputs and outputs read from the saved spec (no Core ML runtime needed)."""
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(dest))
+
+    def shapes(features: Any) -> list[dict[str, Any]]:
+        return [{"name": f.name, "shape": list(f.type.multiArrayType.shape)} for f in features]
+
+    return {"inputs": shapes(spec.description.input), "outputs": shapes(spec.description.output),
+            "spec_version": spec.specificationVersion}
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    # The exporters print progress bars and banners on stdout; mobilec's --json needs it clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else repr(exc))[:400]

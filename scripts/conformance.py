@@ -1,0 +1,351 @@
+"""Run mobilec over the conformance corpus and publish the matrix: CONFORMANCE.md + conformance.json.
+
+    .venv/bin/python scripts/conformance_models.py --out corpus        # build once (cached)
+    .venv/bin/python scripts/conformance.py --corpus corpus --out conformance-out [--only NAME ...]
+
+For each corpus entry (a model saved one way: .keras, .h5, SavedModel, .onnx) a child process
+runs `mobilec.api.compress` once per quantization plan (RUNS: int8 gives the float32 and int8
+.tflite/.onnx, float16 the .tflite and Core ML, dynamic the .tflite), under one timeout per entry.
+Each compress writes its result.json before the next starts, so a crash or a timeout loses only
+what had not finished. Every planned artifact becomes one cell {model, source, format,
+quantization, status, route, top1_agreement, snr_db, size_ratio, seconds, reason}; `seconds` is
+the wall time of the compress run that made it. status is the report row's status, or `crash`
+(an internal error, a traceback or a dying child: always a mobilec bug), `timeout`, or `failed`
+when no row exists (with the failing stage's message as reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    mode: str
+    targets: tuple[str, ...]
+    formats: tuple[str, ...]
+    cells: tuple[tuple[str, str], ...]  # (format, quantization) this run is the source of
+
+
+# One compress per quantization mode. There is no float32 plan: the cpu target always ships
+# float32 beside int8, so the int8 run is where the float32 cells come from.
+RUNS = (
+    Run("int8", "int8", ("cpu",), ("tflite", "onnx"),
+        (("tflite", "float32"), ("tflite", "int8"), ("onnx", "float32"), ("onnx", "int8"))),
+    Run("float16", "float16", ("android-gpu", "ios-coreml"), ("tflite", "coreml"),
+        (("tflite", "float16"), ("coreml", "float16"))),
+    Run("dynamic", "dynamic", ("cpu",), ("tflite",), (("tflite", "dynamic"),)),
+)
+COLUMNS = [c for r in RUNS for c in r.cells]
+CRASH_MARKERS = ("internal error", "Traceback (most recent call last)", "a mobilec bug")
+SAMPLES = 32  # calibration and eval samples: fidelity needs few, and the corpus is large
+
+
+# ------------------------------------------------------------------------ child process
+
+def recipe_for(entry: dict[str, Any], run: Run, corpus: Path, out: Path) -> dict[str, Any]:
+    stages: list[dict[str, Any]] = [{"quantize": {"mode": run.mode}},
+                                    {"convert": {"formats": list(run.formats)}}]
+    return {"version": 1, "name": f"{entry['model']}-{entry['source']}-{run.name}",
+            "model": {"path": str((corpus / entry["path"]).resolve())},
+            "data": {"source": "npz", "eval": str((corpus / entry["eval"]).resolve()),
+                     "calibration_samples": SAMPLES, "eval_samples": SAMPLES},
+            "stages": stages, "targets": list(run.targets),
+            "output": {"dir": str(out.resolve()), "report": ["json"]}}
+
+
+def child(job_path: Path) -> int:
+    """Run every compress of one entry; each writes <out>/<run>/result.json."""
+    from mobilec.util.tfenv import configure_environment
+
+    configure_environment()
+    job = json.loads(job_path.read_text())
+    from mobilec import api
+    from mobilec.errors import MobilecError
+
+    for run in RUNS:
+        if run.name not in job["runs"]:
+            continue
+        out = Path(job["out"]) / run.name
+        result_path = out.parent / f"{run.name}.result.json"
+        if job.get("resume") and result_path.exists():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        recipe = out.parent / f"{run.name}.recipe.yaml"
+        recipe.write_text(json.dumps(recipe_for(job["entry"], run, Path(job["corpus"]), out), indent=1))
+        result: dict[str, Any] = {"run": run.name, "report": None, "error": None, "error_kind": None}
+        start = time.perf_counter()
+        try:
+            report = api.compress(recipe, quiet=True)
+            result["report"] = {k: report.get(k) for k in ("mobilec_version", "stages", "artifacts",
+                                                           "notes", "exit_code")}
+        except MobilecError as exc:  # refusals are answers (exit 2/3): a reason, not a crash
+            result.update(error=exc.render(), error_kind="mobilec")
+        except Exception:  # noqa: BLE001 - a traceback out of the API is the crash we count
+            result.update(error=traceback.format_exc()[-3000:], error_kind="traceback")
+        result["seconds"] = round(time.perf_counter() - start, 2)
+        result_path.write_text(json.dumps(result, indent=1, default=str))
+        if not job.get("keep"):
+            _drop_artifacts(out)
+    return 0
+
+
+def _drop_artifacts(out: Path) -> None:
+    """The corpus is large: keep report.json, drop the artifacts (--keep-artifacts keeps them)."""
+    import shutil
+
+    for p in out.rglob("*"):
+        if p.is_file() and p.name not in ("report.json", "mobilec.lock.json"):
+            p.unlink()
+    for p in sorted(out.rglob("*"), reverse=True):
+        if p.is_dir() and not any(p.iterdir()):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------ parent process
+
+def run_entry(entry: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    work = args.out / "runs" / entry["model"] / entry["source"]
+    work.mkdir(parents=True, exist_ok=True)
+    runs = [r for r in RUNS if r.name in args.runs]
+    if entry.get("error"):  # the builder could not save it this way: no cells to run
+        return [cell(entry, fmt, q, "not-built", reason=f"corpus: {entry['error']}")
+                for r in runs for fmt, q in r.cells]
+    job = {"entry": entry, "runs": [r.name for r in runs], "corpus": str(args.corpus.resolve()),
+           "out": str(work.resolve()), "resume": args.resume, "keep": args.keep_artifacts}
+    (work / "job.json").write_text(json.dumps(job, indent=1))
+    log = work / "child.log"
+    timed_out, rc = False, 0
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child",
+                                 str(work / "job.json")], stdout=fh, stderr=subprocess.STDOUT,
+                                cwd=str(work), start_new_session=True)
+        try:
+            rc = proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the child and what it spawned
+            proc.wait()
+    tail = _tail(log)
+    cells: list[dict[str, Any]] = []
+    for r in runs:
+        path = work / f"{r.name}.result.json"
+        result = json.loads(path.read_text()) if path.exists() else None
+        cells += cells_for(entry, r, result, timed_out, rc, tail, args.timeout)
+    return cells
+
+
+def _tail(log: Path, lines: int = 6) -> str:
+    text = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    useful = [t for t in text if not t.startswith(("WARNING: All log", "I0000", "W0000"))]
+    return " | ".join(useful[-lines:])[-800:]
+
+
+def cell(entry: dict[str, Any], fmt: str, q: str, status: str, *, route: str | None = None,
+         top1: float | None = None, snr: float | None = None, ratio: float | None = None,
+         seconds: float | None = None, reason: str | None = None) -> dict[str, Any]:
+    if reason and status not in ("crash", "timeout") and any(m in reason for m in CRASH_MARKERS):
+        status = "crash"
+    return {"model": entry["model"], "source": entry["source"], "format": fmt, "quantization": q,
+            "status": status, "route": route, "top1_agreement": top1, "snr_db": snr,
+            "size_ratio": ratio, "seconds": seconds, "reason": reason}
+
+
+def _worst(fid: dict[str, Any], key: str) -> float | None:
+    """The report's number, or the worst over per-output fidelity when it gives one per output."""
+    values = [o.get(key) for o in fid.get("outputs") or [] if isinstance(o, dict)]
+    values = [v for v in values if v is not None]
+    if values:
+        return min(values)
+    return fid.get(key)
+
+
+def cells_for(entry: dict[str, Any], run: Run, result: dict[str, Any] | None, timed_out: bool,
+              rc: int, tail: str, timeout: int) -> list[dict[str, Any]]:
+    out = []
+    for fmt, q in run.cells:
+        if result is None:
+            if timed_out:
+                out.append(cell(entry, fmt, q, "timeout", reason=f"no result within the entry's "
+                                f"{timeout}s timeout"))
+            else:
+                out.append(cell(entry, fmt, q, "crash", reason=f"child exited {rc} before "
+                                f"this run finished: {tail}"))
+            continue
+        seconds = result.get("seconds")
+        if result["error"]:
+            status = "crash" if result["error_kind"] == "traceback" else "failed"
+            out.append(cell(entry, fmt, q, status, seconds=seconds, reason=result["error"].strip()))
+            continue
+        report = result["report"]
+        rows = [a for a in report["artifacts"] if a["format"] == fmt and a["quantization"] == q]
+        rows.sort(key=lambda a: a.get("role") == "baseline")  # a shipped row before a baseline
+        if not rows:
+            failed = [s for s in report["stages"] if s["status"] == "failed"]
+            reason = (f"{failed[0]['name']}: {failed[0].get('error')}" if failed
+                      else "the report has no row for this artifact")
+            out.append(cell(entry, fmt, q, "failed", seconds=seconds, reason=reason))
+            continue
+        row = rows[0]
+        fid = row.get("fidelity") or {}
+        text = "; ".join(t for t in (row.get("error"), row.get("note")) if t) or None
+        out.append(cell(entry, fmt, q, row["status"], route=row.get("route"),
+                        top1=_worst(fid, "top1_agreement"), snr=_worst(fid, "snr_db"),
+                        ratio=row.get("size_ratio"), seconds=seconds,
+                        reason=text if row["status"] != "ok" else row.get("note")))
+    return out
+
+
+# ------------------------------------------------------------------------ publishing
+
+def verified_float(c: dict[str, Any]) -> bool:
+    """The issue's bar: top-1 agreement >= 0.99 on class outputs, SNR >= 40 dB otherwise.
+    Core ML off macOS is verified structurally (its row's `ok` is all there is)."""
+    if c["status"] != "ok":
+        return False
+    if c["format"] == "coreml":
+        return True
+    if c["top1_agreement"] is not None:
+        return c["top1_agreement"] >= 0.99
+    return c["snr_db"] is not None and c["snr_db"] >= 40
+
+
+def totals(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    real = [c for c in cells if c["status"] != "not-built"]
+    floats = [c for c in real if c["quantization"] in ("float32", "float16")]
+    int8 = [c for c in real if c["quantization"] == "int8"]
+    return {"cells": len(real), "not_built": len(cells) - len(real),
+            "crashes": sum(c["status"] == "crash" for c in real),
+            "timeouts": sum(c["status"] == "timeout" for c in real),
+            "ok": sum(c["status"] == "ok" for c in real),
+            "float_cells": len(floats), "float_verified": sum(verified_float(c) for c in floats),
+            "float_verified_pct": round(100 * sum(verified_float(c) for c in floats)
+                                        / max(1, len(floats)), 1),
+            "int8_cells": len(int8), "int8_ok": sum(c["status"] == "ok" for c in int8),
+            "int8_failed_with_snr": sum(c["status"] != "ok" and c["snr_db"] is not None for c in int8),
+            "int8_unexplained": sum(c["status"] != "ok" and c["snr_db"] is None for c in int8)}
+
+
+def _fmt_cell(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "-"
+    parts = [f"**{c['status']}**"]
+    if c["route"]:
+        parts.append(f"`{c['route']}`")
+    nums = []
+    if c["top1_agreement"] is not None:
+        nums.append(f"top1 {c['top1_agreement']:.2f}")
+    if c["snr_db"] is not None:
+        nums.append(f"{c['snr_db']:.1f} dB")
+    if c["size_ratio"] is not None:
+        nums.append(f"{c['size_ratio']:.1f}x")
+    if c["seconds"] is not None:
+        nums.append(f"{c['seconds']:.0f}s")
+    return "<br>".join(parts + [" · ".join(nums)] if nums else parts)
+
+
+def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    t = meta["totals"]
+    lines = ["# Conformance", "",
+             f"mobilec {meta['mobilec_version']} · {meta['date']} · {meta['host']} · "
+             f"{meta['entries']} corpus entries · {meta['seconds'] / 60:.1f} min", "",
+             "Real architectures with random weights (logits, inputs in each architecture's range), "
+             "each saved the ways users save models, through every artifact mobilec makes. "
+             "Written by `scripts/conformance.py` (`make conformance`) with conformance.json.", "",
+             "## Totals", "",
+             f"- cells: {t['cells']} ({t['ok']} ok); sources the builder could not save: "
+             f"{t['not_built']} cells",
+             f"- crashes (internal error, traceback, dead child): **{t['crashes']}**; "
+             f"timeouts: {t['timeouts']}",
+             f"- float32/float16 cells verified: {t['float_verified']}/{t['float_cells']} "
+             f"(**{t['float_verified_pct']}%**; top-1 >= 0.99 on class outputs, else SNR >= 40 dB)",
+             f"- int8 cells: {t['int8_ok']} ok, {t['int8_failed_with_snr']} failed with a measured "
+             f"SNR, **{t['int8_unexplained']}** failed without one", "",
+             "## Matrix", "",
+             "Each cell: status, route, worst top-1 agreement / SNR, size ratio vs float32, "
+             "seconds of the compress run that made it.", ""]
+    head = ["model", "source"] + [f"{f} {q}" for f, q in COLUMNS]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    index = {(c["model"], c["source"], c["format"], c["quantization"]): c for c in cells}
+    for model, source in dict.fromkeys((c["model"], c["source"]) for c in cells):
+        row = [model, source] + [_fmt_cell(index.get((model, source, f, q))) for f, q in COLUMNS]
+        lines.append("| " + " | ".join(row) + " |")
+    bad = [c for c in cells if c["status"] not in ("ok",)]
+    if bad:
+        lines += ["", "## Cells that are not ok", ""]
+        for c in bad:
+            reason = (c["reason"] or "no reason given").replace("\n", " ")[:600]
+            lines.append(f"- {c['model']} / {c['source']} / {c['format']} {c['quantization']}: "
+                         f"**{c['status']}** — {reason}")
+    return "\n".join(lines) + "\n"
+
+
+def publish(cells: list[dict[str, Any]], dest: Path, meta: dict[str, Any]) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "conformance.json").write_text(json.dumps(cells, indent=1) + "\n")
+    (dest / "CONFORMANCE.md").write_text(markdown(cells, meta))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--corpus", type=Path, default=Path("conformance-corpus"))
+    ap.add_argument("--out", type=Path, default=Path("conformance-out"), help="work dir")
+    ap.add_argument("--report-dir", type=Path, help="where CONFORMANCE.md and conformance.json go "
+                    "(default: --out)")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="models (corpus names)")
+    ap.add_argument("--sources", nargs="+", help="keras h5 export tfsave onnx (default: all)")
+    ap.add_argument("--runs", nargs="+", default=[r.name for r in RUNS],
+                    choices=[r.name for r in RUNS])
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per corpus entry")
+    ap.add_argument("--resume", action="store_true", help="keep the results of finished runs")
+    ap.add_argument("--keep-artifacts", action="store_true")
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child)
+    manifest = args.corpus / "corpus.json"
+    if not manifest.exists():
+        ap.error(f"{manifest} not found: build it with scripts/conformance_models.py --out {args.corpus}")
+    entries = [e for e in json.loads(manifest.read_text())
+               if (not args.only or e["model"] in args.only)
+               and (not args.sources or e["source"] in args.sources)]
+    if not entries:
+        ap.error("no corpus entry matches --only/--sources")
+    start = time.time()
+    cells: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for entry, got in zip(entries, pool.map(lambda e: run_entry(e, args), entries), strict=True):
+            cells += got
+            worst = sorted({c["status"] for c in got})
+            print(f"{entry['model']}/{entry['source']}: {', '.join(worst)}", flush=True)
+    import platform
+
+    from mobilec._version import __version__
+
+    meta = {"mobilec_version": __version__, "date": dt.date.today().isoformat(),
+            "host": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
+            "entries": len(entries), "seconds": time.time() - start, "totals": totals(cells)}
+    publish(cells, args.report_dir or args.out, meta)
+    print(json.dumps(meta["totals"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
