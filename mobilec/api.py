@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec import pipeline
+from mobilec.ci.lockfile import build_lock, check_locked, recipe_inputs
 from mobilec.errors import MobilecError, RecipeError
 from mobilec.policy.plancheck import check_plan
 from mobilec.policy.targets import describe
@@ -26,6 +27,7 @@ from mobilec.sources.detect import detect_format
 from mobilec.tools.bench import bench_model
 from mobilec.tools.inspect import inspect_model
 from mobilec.util.progress import Progress
+from mobilec.util.tfenv import SEEDS
 
 BUNDLED_RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -41,15 +43,24 @@ def _progress(progress: Progress | None, quiet: bool) -> tuple[Progress, bool]:
 def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
              out: str | Path | None = None, evaluate: bool = True, quiet: bool = True,
              progress: Progress | None = None, diagnose: bool = False,
-             unsafe_deserialization: bool = False, trust_code: bool = False,
-             verbose: bool = False) -> dict[str, Any]:
-    """Run a recipe end to end; returns exactly what report.json holds."""
+             locked: str | Path | None = None, unsafe_deserialization: bool = False,
+             trust_code: bool = False, verbose: bool = False) -> dict[str, Any]:
+    """Run a recipe end to end; returns exactly what report.json holds.
 
+    Writes mobilec.lock.json beside report.json (tool versions, input hashes, seeds);
+    `locked`: a lockfile this run must match, else it refuses before loading (exit 2).
+    """
     r = _recipe(recipe, overrides)
+    # A missing input is the load stage's to report, with its own hint.
+    inputs = {k: v for k, v in recipe_inputs(r).items() if Path(v).exists()}
+    pin = build_lock(r.source, r.sha256, inputs, seeds=SEEDS)
+    if locked is not None:
+        check_locked(locked, pin)
     prog, owned = _progress(progress, quiet)
     try:
         result = pipeline.run(r, pipeline.compress_plan(r, evaluate, diagnose), out=out,
-                              progress=prog, unsafe_deserialization=unsafe_deserialization,
+                              progress=prog, pin=pin,
+                              unsafe_deserialization=unsafe_deserialization,
                               trust_code=trust_code, verbose=verbose)
     finally:
         if owned:
@@ -68,7 +79,6 @@ def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     """
     import json
 
-
     r = _recipe(recipe, overrides)
     prog, owned = _progress(progress, quiet)
     try:
@@ -85,7 +95,6 @@ def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
 def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None) -> dict[str, Any]:
     """Schema, paths and the plan check, without importing TensorFlow."""
     import json
-
 
     r = _recipe(recipe, overrides)
     fmt = detect_format(Path(r.model.path), r.model.format)
@@ -105,18 +114,15 @@ def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None)
 
 def inspect(model: str | Path, *, unsafe_deserialization: bool = False) -> dict[str, Any]:
     """A model's format, inputs, outputs, parameters and ops."""
-
     return inspect_model(Path(model), unsafe_deserialization=unsafe_deserialization)
 
 
 def bench(model: str | Path, *, runs: int = 100, threads: int = 1) -> dict[str, Any]:
     """Host latency (median, p90) of a .tflite, .onnx or Keras model."""
-
     return bench_model(Path(model), runs=runs, threads=threads)
 
 
 def targets() -> list[dict[str, Any]]:
-
     return describe()
 
 

@@ -12,7 +12,6 @@ EXIT_SIGTERM = 143
 
 class MobilecError(Exception):
     """A problem the user can act on. `exit_code` follows the CLI contract."""
-
     exit_code = EXIT_USAGE
 
     def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
@@ -46,7 +45,6 @@ class UnsupportedError(MobilecError):
 
 class StageError(MobilecError):
     """A stage failed while running (exit 3)."""
-
     exit_code = EXIT_STAGE
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mobilec.ci.lockfile import write_lock
 from mobilec.delegates.manifest import markdown_sections
 from mobilec.errors import (
     EXIT_STAGE,
@@ -81,12 +82,14 @@ def output_dir(recipe: Recipe, out: str | Path | None) -> Path:
 
 
 def run(recipe: Recipe, plan: Plan, *, out: str | Path | None = None,
-        progress: Progress | None = None, report: bool = True, **options: Any) -> RunResult:
+        progress: Progress | None = None, report: bool = True, pin: dict[str, Any] | None = None,
+        **options: Any) -> RunResult:
     """Run `plan` (from compress_plan / diagnose_plan) over the recipe's model.
 
     A stage failing with a user error (exit 2) raises; one failing otherwise ends the
     plan and, when `report` is set, the report says so (exit 3). Without a report, a
-    failed stage raises StageError.
+    failed stage raises StageError. `pin`: what produced the run (mobilec.ci.lockfile),
+    written as mobilec.lock.json beside the report.
     """
     progress = progress or Progress(quiet=True)
     check_plan(recipe, detect_format(Path(recipe.model.path), recipe.model.format))
@@ -114,12 +117,13 @@ def run(recipe: Recipe, plan: Plan, *, out: str | Path | None = None,
                     raise StageError(f"{failed.name} failed: {failed.error}")
                 return RunResult(out_dir, state, None)
             body = build_report(state)
-            write_reports(body, out_dir, list(recipe.output.report), md_sections(state))
+            write_reports(body, out_dir, list(recipe.output.report), markdown_sections(state))
+            if pin is not None:
+                write_lock(out_dir, pin)
     return RunResult(out_dir, state, body)
 
 
 def md_sections(state: ModelState) -> list[str]:
-
     return markdown_sections(state)
 
 

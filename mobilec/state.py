@@ -36,7 +36,6 @@ class SourceInfo:
 @dataclass
 class QuantPlan:
     """What the quantize stage decided; each format applies it its own way."""
-
     mode: str  # float32 | dynamic | float16 | int8 | int8-io | int16x8 | int4 | palettize | qat
     options: dict[str, Any] = field(default_factory=dict)
 

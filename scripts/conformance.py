@@ -159,12 +159,15 @@ def _tail(log: Path, lines: int = 6) -> str:
 
 def cell(entry: dict[str, Any], fmt: str, q: str, status: str, *, route: str | None = None,
          top1: float | None = None, snr: float | None = None, ratio: float | None = None,
-         seconds: float | None = None, reason: str | None = None) -> dict[str, Any]:
+         seconds: float | None = None, reason: str | None = None,
+         worst_channel: float | None = None) -> dict[str, Any]:
     if reason and status not in ("crash", "timeout") and any(m in reason for m in CRASH_MARKERS):
         status = "crash"
     return {"model": entry["model"], "source": entry["source"], "format": fmt, "quantization": q,
             "status": status, "route": route, "top1_agreement": top1, "snr_db": snr,
-            "size_ratio": ratio, "seconds": seconds, "reason": reason}
+            "size_ratio": ratio, "seconds": seconds, "reason": reason,
+            # beyond the fields: a zeroed slice of a mixed-range output shows only here
+            "worst_channel_snr_db": worst_channel}
 
 
 def _worst(fid: dict[str, Any], key: str) -> float | None:
@@ -208,6 +211,7 @@ def cells_for(entry: dict[str, Any], run: Run, result: dict[str, Any] | None, ti
         out.append(cell(entry, fmt, q, row["status"], route=row.get("route"),
                         top1=_worst(fid, "top1_agreement"), snr=_worst(fid, "snr_db"),
                         ratio=row.get("size_ratio"), seconds=seconds,
+                        worst_channel=_worst(fid, "worst_channel_snr_db"),
                         reason=text if row["status"] != "ok" else row.get("note")))
     return out
 
@@ -253,6 +257,8 @@ def _fmt_cell(c: dict[str, Any] | None) -> str:
         nums.append(f"top1 {c['top1_agreement']:.2f}")
     if c["snr_db"] is not None:
         nums.append(f"{c['snr_db']:.1f} dB")
+    if c.get("worst_channel_snr_db") is not None and c["worst_channel_snr_db"] != c["snr_db"]:
+        nums.append(f"worst ch {c['worst_channel_snr_db']:.1f} dB")
     if c["size_ratio"] is not None:
         nums.append(f"{c['size_ratio']:.1f}x")
     if c["seconds"] is not None:

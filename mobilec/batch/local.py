@@ -47,7 +47,6 @@ def default_workers() -> int:
 
 class _PipeProgress(Progress):
     """Stage events go to the driver instead of a terminal."""
-
     def __init__(self, conn: Connection, key: Any):
         super().__init__(quiet=True)
         self._conn, self._key = conn, key
@@ -139,7 +138,6 @@ def _log_tail(log: Path, limit: int = 300) -> str:
 
 class LocalPool:
     """Runs tasks on `workers` reused processes; yields (key, result) as each finishes."""
-
     def __init__(self, workers: int, log_dir: Path, timeout: float | None = None,
                  on_event: Event | None = None):
         self.workers = max(1, workers)

@@ -37,7 +37,6 @@ def ray_task(spec: dict[str, Any], digests: dict[str, str], blobs: dict[str, Any
     """Runs on a Ray worker (reused across tasks, so TensorFlow is imported once per worker)."""
     import ray
 
-
     configure_worker()
     with tempfile.TemporaryDirectory(prefix="mobilec-ray-") as tmp:
         # blobs holds ObjectRefs inside a dict: Ray does not resolve nested refs, so an input
@@ -52,7 +51,6 @@ def ray_task(spec: dict[str, Any], digests: dict[str, str], blobs: dict[str, Any
 
 class RayPool:
     """Dispatches tasks to Ray, at most `parallel` at a time; yields (key, result) as each ends."""
-
     def __init__(self, address: str | None = None, parallel: int | None = None,
                  timeout: float | None = None, on_event: Event | None = None,
                  verbose: bool = False):
@@ -141,7 +139,6 @@ class RayPool:
 
 
 def _pack_input(path: Path) -> bytes:
-
     return pack(path)
 
 

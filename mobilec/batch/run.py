@@ -113,7 +113,6 @@ def _entry(job: Job, status: str, report: dict[str, Any] | None, error: str | No
 
 class _Runner:
     """The state of one batch run: which jobs are done, and how each got its result."""
-
     def __init__(self, jobs: list[Job], out_dir: Path, progress: BatchProgress, *,
                  evaluate: bool, force: bool, options: dict[str, Any]):
         self.jobs = {j.index: j for j in jobs}
@@ -132,7 +131,6 @@ class _Runner:
 
     def plan(self) -> list[Job]:
         """Preflight and cache: returns the jobs that must run."""
-
         todo: list[Job] = []
         key_options = {"evaluate": self.evaluate,
                        "unsafe_deserialization": bool(self.options.get("unsafe_deserialization"))}

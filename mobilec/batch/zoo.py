@@ -60,7 +60,6 @@ class ZooFile(_Strict):
 @dataclass
 class ModelRef:
     """One model as the user listed it (after folder expansion)."""
-
     path: Path                      # resolved
     overrides: dict[str, Any] = field(default_factory=dict)
     name: str | None = None         # explicit output folder name
@@ -85,7 +84,6 @@ class Zoo:
 @dataclass
 class Job:
     """One model to convert: its recipe, where it goes, what it is called."""
-
     index: int
     name: str                       # output folder name (safe: one path component)
     model: Path

@@ -45,7 +45,6 @@ def command(level: str, message: str, *, file: str | None = None, line: int | No
 
 def _key_lines(recipe_text: str, recipe_path: str) -> dict[tuple[Any, ...], int]:
     """Line of every key path in the recipe, from the same loader that reports recipe errors."""
-
     try:
         return load_yaml_text(recipe_text, recipe_path).lines
     except MobilecError:  # the recipe ran, so it parsed; if not, fall back to a text search

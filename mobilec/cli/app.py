@@ -31,7 +31,6 @@ def _err(text: str) -> None:
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """User mistakes print one paragraph and exit 2/3; bugs say so, -v shows the traceback."""
-
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context().find_object(Ctx) or Ctx()
@@ -99,7 +98,6 @@ def _restore_signal_handlers(previous: dict[int, Any]) -> None:
 
 def _flag(name: str) -> Callable[[click.Context, click.Parameter, bool], None]:
     """Store a shared flag on the context object, wherever on the line it was typed."""
-
     def store(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         if value:
             setattr(ctx.ensure_object(Ctx), name, True)

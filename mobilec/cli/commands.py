@@ -21,11 +21,12 @@ from mobilec.cli.app import (
     trust_option,
     unsafe_option,
 )
+from mobilec.cli.ci_commands import ci_outputs
 from mobilec.diagnose.view import print_table
 from mobilec.errors import MobilecError
 from mobilec.recipe.starter import write_starter
 from mobilec.report.console import print_report, print_targets
-from mobilec.util.nativeio import stdout_to_stderr
+from mobilec.util.nativeio import native_quiet, stdout_to_stderr
 from mobilec.util.progress import Progress
 
 
@@ -43,12 +44,17 @@ def _echo_json(data: Any) -> None:
 @trust_option
 @click.option("--diagnose", "run_diagnose", is_flag=True,
               help="Also rank int8 error per layer: diagnose.json and a report.html section.")
+@click.option("--junit", type=click.Path(dir_okay=False),
+              help="Write JUnit XML: one case per artifact and per budget rule.")
+@click.option("--locked", type=click.Path(dir_okay=False, exists=True),
+              help="Refuse (exit 2) unless tools and inputs match this mobilec.lock.json.")
 @common_flags
 @click.pass_obj
 @handle_errors
 def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None, no_eval: bool,
              wide: bool, unsafe_deserialization: bool, trust_code: bool,
-             run_diagnose: bool = False) -> None:
+             run_diagnose: bool = False, junit: str | None = None,
+             locked: str | None = None) -> None:
     """Run RECIPE: load, prune, quantize, convert, evaluate, report."""
     progress = Progress(quiet=obj.quiet)
     try:
@@ -56,11 +62,12 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
         with stdout_to_stderr(obj.json):
             report = api.compress(recipe, overrides=list(overrides), out=out,
                                   evaluate=not no_eval, progress=progress,
-                                  diagnose=run_diagnose,
+                                  diagnose=run_diagnose, locked=locked,
                                   unsafe_deserialization=unsafe_deserialization,
                                   trust_code=trust_code, verbose=obj.verbose)
     finally:
         progress.close()
+    ci_outputs(report, recipe, junit, quiet=obj.quiet, to_stderr=obj.json)
     if obj.json:
         _echo_json(report)
     elif not obj.quiet:
@@ -172,7 +179,6 @@ def recipes_show(name: str) -> None:
 @handle_errors
 def init(path: str) -> None:
     """Write a commented starter recipe (never overwrites)."""
-
     click.echo(f"wrote {write_starter(Path(path))}")
 
 
@@ -185,7 +191,7 @@ def init(path: str) -> None:
 @handle_errors
 def bench(obj: Ctx, model: str, runs: int, threads: int) -> None:
     """Measure host latency (median, p90) of a .tflite, .onnx or Keras model."""
-    with stdout_to_stderr(True):  # LiteRT announces its delegate on stdout: keep it off ours
+    with native_quiet(not obj.verbose):  # LiteRT announces its delegate on fd 1
         result = api.bench(model, runs=runs, threads=threads)
     if obj.json:
         _echo_json(result)
@@ -205,7 +211,7 @@ def bench(obj: Ctx, model: str, runs: int, threads: int) -> None:
 @handle_errors
 def inspect(obj: Ctx, model: str, unsafe_deserialization: bool) -> None:
     """Show a model's format, inputs, outputs, parameters and ops."""
-    with stdout_to_stderr(True):
+    with native_quiet(not obj.verbose):
         info = api.inspect(model, unsafe_deserialization=unsafe_deserialization)
     if obj.json:
         _echo_json(info)

@@ -117,7 +117,6 @@ def manifest_path(artifact: Path) -> Path:
 
 
 def _twins(state: ModelState, art: Artifact) -> list[Path]:
-
     return [manifest_path(art.path.with_name(state.artifact_name(art.format, art.quantization, u)))
             for u in (False, True)]
 

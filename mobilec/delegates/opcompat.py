@@ -106,7 +106,6 @@ def _result(ops: list[OpInfo], reasons: dict[int, str], delegate: str, checked_w
 
 def analyzer_report(model: Path | bytes) -> str:
     """TFLite's model analyzer with the GPU check; it prints, so its output is captured."""
-
     tf = import_tf()
     content = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
     sink = io.StringIO()

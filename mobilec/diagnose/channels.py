@@ -20,6 +20,7 @@ import numpy as np
 # Channel ranges further apart than this waste more than ~6.6 of int8's 8 bits on
 # the small channels: the rule of thumb for "equalize first".
 IMBALANCE_RATIO = 100.0
+BATCH = 64
 
 
 def channel_stats(acts: np.ndarray, axis: int = -1) -> dict[str, Any]:
@@ -70,11 +71,22 @@ def layer_channel_stats(model: Any, calib_x: np.ndarray) -> list[dict[str, Any]]
     if not layers:
         return []
     probe = tfk.Model(model.inputs, [layer.output for layer in layers])
-    outs = probe(np.asarray(calib_x, dtype=np.float32), training=False)
-    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    x = np.asarray(calib_x, dtype=np.float32)
+    lo: list[np.ndarray] = []
+    hi: list[np.ndarray] = []
+    for i in range(0, len(x), BATCH):  # running per-channel min/max: big activations never pile up
+        outs = probe(x[i:i + BATCH], training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for k, out in enumerate(outs):
+            flat = np.asarray(out, dtype=np.float64).reshape(-1, out.shape[-1])
+            if i == 0:
+                lo.append(flat.min(axis=0))
+                hi.append(flat.max(axis=0))
+            else:
+                lo[k], hi[k] = np.minimum(lo[k], flat.min(axis=0)), np.maximum(hi[k], flat.max(axis=0))
     rows = []
-    for layer, out in zip(layers, outs, strict=True):
-        stats = channel_stats(np.asarray(out))
+    for layer, a, b in zip(layers, lo, hi, strict=True):
+        stats = channel_stats(np.stack([a, b]))
         rows.append({"layer": layer.name, "kind": type(layer).__name__,
                      "channels": stats["channels"], "range_ratio": round(stats["range_ratio"], 3),
                      "widest_channel": stats["widest_channel"],

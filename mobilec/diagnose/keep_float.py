@@ -84,7 +84,6 @@ def resolve_keep_float(state: ModelState, cfg: QuantizeConfig) -> dict[str, Any]
 
 def int8_formats(state: ModelState) -> list[str]:
     """The formats among tflite/onnx this recipe builds with full-integer int8."""
-
     cfg = state.recipe.stage("convert")
     specs = plan_artifacts(list(state.recipe.targets), state.plan.mode,
                            cfg.formats if cfg is not None else None)
@@ -94,7 +93,6 @@ def int8_formats(state: ModelState) -> list[str]:
 
 def _decide(state: ModelState, cfg: QuantizeConfig, fmt: str, must_match: bool = True
             ) -> tuple[list[str], list[dict[str, Any]]]:
-
     if cfg.keep_float == "auto":
         return _auto(state, fmt, state.plan.mode, lambda: diagnose(state, fmt).layers())
     layers = diagnose(state, fmt).layers()
@@ -184,7 +182,6 @@ def _choose(steps: list[dict[str, Any]], max_drop: float) -> dict[str, Any]:
 
 class _Candidates:
     """Builds and measures one candidate per step, on the decision's format."""
-
     def __init__(self, state: ModelState, backend: str, mode: str):
         self.state, self.backend, self.mode = state, backend, mode
         self.dir = state.work_dir / "keep-float"
@@ -197,7 +194,6 @@ class _Candidates:
         return size_of(float32_onnx(self.state))
 
     def measure(self, kept: list[str]) -> tuple[int, float]:
-
         path = self.dir / f"{len(kept)}{'.tflite' if self.backend == 'tflite' else '.onnx'}"
         runner = self._build_tflite(path, kept) if self.backend == "tflite" else \
             self._build_onnx(path, kept)
@@ -205,7 +201,6 @@ class _Candidates:
         return size_of(path), float(acc or 0.0)
 
     def _build_tflite(self, path: Path, kept: list[str]) -> Any:
-
         nodes = tflite_nodes(self.state, kept)
         # Nothing kept: the plain converter, byte for byte what the artifact will be.
         path.write_bytes(selective_int8(self.state, self.mode, nodes) if nodes
@@ -216,7 +211,6 @@ class _Candidates:
         return LiteRTRunner(art, self.state.outputs)
 
     def _build_onnx(self, path: Path, kept: list[str]) -> Any:
-
         float_path = float32_onnx(self.state)
         quantize_onnx(self.state, float_path, self.mode, path,
                       nodes_to_exclude=onnx_nodes(self.state, float_path, kept))
@@ -247,7 +241,6 @@ def onnx_nodes(state: ModelState, float_path: Path, layers: list[str]) -> list[s
     if not layers:
         return []
     import onnx
-
 
     names = keras_layer_names(state)
     want = set(layers)

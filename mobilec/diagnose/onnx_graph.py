@@ -41,7 +41,6 @@ def diagnose_onnx(state: ModelState) -> Diagnosis:
         modify_model_output_intermediate_tensors,
     )
 
-
     float_path = float32_onnx(state)
     work = state.work_dir / f"diagnose-onnx-v{state.model_version}"
     work.mkdir(parents=True, exist_ok=True)

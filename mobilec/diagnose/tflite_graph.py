@@ -36,7 +36,6 @@ SIGNATURE_OUTPUT = re.compile(r"StatefulPartitionedCall(?:_\d+)?:(\d+)")
 
 
 def diagnose_tflite(state: ModelState) -> Diagnosis:
-
     tf = import_tf()
     debugger = quant_debugger(state)
     if debugger.options.denylisted_nodes or debugger.options.fully_quantize:
@@ -97,7 +96,6 @@ def _display_name(state: ModelState, tensor: str, layers: set[str]) -> str:
 
 class _Acc:
     """Running sums over samples: error energy, signal energy, worst error."""
-
     def __init__(self) -> None:
         self.n = 0
         self.err_sq = 0.0

@@ -22,10 +22,8 @@ class Format(Protocol):
 
     def build(self, state: Any, artifact: Any, dest: Any) -> None:
         """Write the artifact to `dest` (a path in the work dir) and fill artifact fields."""
-
     def runner(self, state: Any, artifact: Any) -> Any:
         """A callable batch -> outputs, or None when this host cannot run the format."""
-
     def latency(self, state: Any, artifact: Any, sample: Any) -> dict[str, float] | None: ...
 
 

@@ -82,11 +82,9 @@ class CoreMLFormat:
         return describe_io(path)
 
     def op_compat(self, path: Path, delegate: str | None) -> dict[str, Any]:
-
         return coreml_compat(path)
 
     def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
-
         return "swift", swift(artifact, manifest)
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:

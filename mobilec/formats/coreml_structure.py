@@ -28,7 +28,6 @@ def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def structural_check(state: ModelState, artifact: Artifact) -> None:
-
     ct = import_coremltools()
     problems: list[str] = []
     try:

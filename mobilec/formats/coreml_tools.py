@@ -21,7 +21,6 @@ def coreml_config(state: ModelState) -> CoreMLConfig:
 
 def import_coremltools() -> Any:
     """coremltools, imported quietly: it warns about untested TF/sklearn versions at import."""
-
     import_tf()  # the TF frontend needs TF, and TF must come in through tfenv
     os.environ.setdefault("TQDM_DISABLE", "1")  # conversion progress bars
     logger = logging.getLogger("coremltools")

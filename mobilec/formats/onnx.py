@@ -53,16 +53,13 @@ class OnnxFormat:
         feed = {in_name: x1.astype(np.float32)}
         return measure_latency(lambda: sess.run(None, feed))
 
-
     def describe_io(self, path: Path) -> dict[str, list[dict[str, Any]]]:
         return describe_io(path)
 
     def op_compat(self, path: Path, delegate: str | None) -> dict[str, Any]:
-
         return onnx_compat(path)
 
     def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
-
         return "kotlin", kotlin_ort(artifact, manifest)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from mobilec.errors import ConversionError
 
 MAX_REL_DIFF = 1e-5
-PASSES = 20
+PASSES = 50
 CONVERGED = 1e-6
 PROBE_BATCH = 16
 PASS_THROUGH = {"Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
@@ -31,7 +31,6 @@ PASS_THROUGH = {"Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "GlobalA
 @dataclass
 class _Unit:
     """A linear op with its weights as initializers: out = x . W (+ b) per channel."""
-
     node: Any
     weight: str
     out: str  # the tensor that carries the unit's result (after its bias Add, if any)

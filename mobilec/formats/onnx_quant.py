@@ -90,7 +90,7 @@ def _static(state: ModelState, float_path: Path, dest: Path, exclude: list[str])
     sess = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
     in_name = sess.get_inputs()[0].name
     x = state.data.calibration.x.astype(np.float32)
-    transpose = state.memo.get("onnx_input_transpose")
+    transpose = None  # an ONNX graph takes the recipe data in its own layout
     if transpose:
         x = np.transpose(x, transpose)
 

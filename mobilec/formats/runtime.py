@@ -14,20 +14,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mobilec.sources.batch import batched
 from mobilec.state import ModelState, TensorSpec
 from mobilec.util.tfenv import import_tf
 
 
 class Runner(Protocol):
     def __call__(self, x: np.ndarray) -> list[np.ndarray]: ...
-
-
-def batched(fn: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, size: int = 256
-            ) -> list[np.ndarray]:
-    parts: list[list[np.ndarray]] = []
-    for i in range(0, len(x), size):
-        parts.append([np.asarray(o, dtype=np.float32) for o in fn(x[i:i + size])])
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
 def align_outputs(ref: list[TensorSpec], got_names: list[str], got: list[np.ndarray]
@@ -78,7 +71,6 @@ def source_runner(state: ModelState) -> Runner:
 
 
 def _saved_model_runner(state: ModelState) -> Runner:
-
     tf = import_tf()
     key = ("saved_model", str(state.graph_dir))
     if key not in state.memo:

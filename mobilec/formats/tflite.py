@@ -11,7 +11,7 @@ from mobilec.delegates.opcompat import tflite_compat
 from mobilec.delegates.snippets import kotlin_tflite
 from mobilec.formats.kept_float import kept_nodes, note_kept_float
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
-from mobilec.formats.tflite_convert import convert_tflite
+from mobilec.formats.tflite_convert import convert_tflite, route_names
 from mobilec.formats.tflite_int4 import build_int4
 from mobilec.formats.tflite_selective import selective_int8
 from mobilec.sources.onnx2tf_bridge import tf_input_layout
@@ -33,15 +33,22 @@ class TFLiteFormat:
     name = "tflite"
     suffix = ".tflite"
 
-    def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
+    def routes(self, state: ModelState, artifact: Artifact) -> list[tuple[str, Any]]:
+        def along(route: str) -> Any:
+            return lambda art, dest: self.build(state, art, dest, route)
+
+        return [(name, along(name)) for name in route_names(state)]
+
+    def build(self, state: ModelState, artifact: Artifact, dest: Path,
+              route: str | None = None) -> None:
         mode = artifact.quantization
         if mode == "int4":
-            build_int4(state, artifact, dest)
+            build_int4(state, artifact, dest, route)
         else:
             # keep_float: int8 with a few layers left in float; otherwise the plain converter.
             nodes = kept_nodes(state, "tflite", mode)
             dest.write_bytes(selective_int8(state, mode, nodes) if nodes
-                             else convert_tflite(state, mode))
+                             else convert_tflite(state, mode, route))
         artifact.precision = PRECISION.get(mode, mode)
         if mode != "int4":
             note_kept_float(state, artifact)
@@ -61,22 +68,20 @@ class TFLiteFormat:
         return describe_io(path)
 
     def op_compat(self, path: Path, delegate: str | None) -> dict[str, Any]:
-
         return tflite_compat(path, delegate)
 
     def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
-
         return "kotlin", kotlin_tflite(artifact, manifest)
 
 
-def _interpreter(path: Path) -> Any:
+def interpreter(path: Path) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter(model_path=str(path), num_threads=1)
 
 
 def read_io_quant(path: Path) -> dict[str, Any]:
-    it = _interpreter(path)
+    it = interpreter(path)
     def q(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{"name": d["name"], "dtype": np.dtype(d["dtype"]).name,
                  "scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
@@ -86,17 +91,16 @@ def read_io_quant(path: Path) -> dict[str, Any]:
 
 def list_ops(path: Path) -> list[str]:
     """The op name of every operator in a .tflite, in graph order (as LiteRT reads it)."""
-    it = _interpreter(path)
+    it = interpreter(path)
     return [d["op_name"] for d in it._get_ops_details()]  # noqa: SLF001 - the only op listing
 
 
 class LiteRTRunner:
     """Runs a .tflite with LiteRT, 1 thread; quantizes/dequantizes integer I/O."""
-
     def __init__(self, artifact: Artifact, outputs: list[Any]):
         self.artifact = artifact
         self.outputs = outputs
-        self.it = _interpreter(artifact.path)
+        self.it = interpreter(artifact.path)
         sig = self.it.get_signature_list()
         self.sig_key = next(iter(sig)) if sig else None
         if self.sig_key:
@@ -155,7 +159,7 @@ class LiteRTRunner:
 
     def latency(self, sample: np.ndarray) -> dict[str, float]:
         # A fresh interpreter: the signature runner holds references that forbid re-allocation.
-        it = _interpreter(self.artifact.path)
+        it = interpreter(self.artifact.path)
         d = it.get_input_details()[0]
         x1 = self._prep(sample[:1], d)
         if list(d["shape"]) != list(x1.shape):

@@ -13,7 +13,7 @@ from mobilec.errors import ConversionError, UnsupportedError
 from mobilec.sources.onnx2tf_bridge import ensure_graph, to_tf_layout
 from mobilec.sources.serving_export import serving_savedmodel
 from mobilec.state import ModelState
-from mobilec.util.tfenv import import_tf
+from mobilec.util.tfenv import import_tf, import_tf_keras
 
 
 def representative_dataset(state: ModelState) -> Any:
@@ -31,27 +31,58 @@ def representative_dataset(state: ModelState) -> Any:
     return gen
 
 
-def make_converter(state: ModelState) -> Any:
+def route_names(state: ModelState) -> list[str]:
+    """The ways this model's TensorFlow form reaches the TFLite converter, in order.
 
-    tf = import_tf()
+    A tf_keras model: its serving function saved alone (fast, same graph), then
+    from_keras_model. A SavedModel: its serving signature via from_saved_model, then the
+    loaded signature's concrete function (what rescues a Keras 3 `tf.saved_model.save`
+    export whose first route drops weights), then the Keras model inside it, if any.
+    An ONNX model: onnx2tf's SavedModel.
+    """
     if state.keras_model is not None:
+        return ["keras-serving-savedmodel", "keras-model"]
+    if state.graph_dir is None and state.onnx_path is not None:
+        return ["onnx2tf"]
+    if state.graph_dir is not None:
+        return ["savedmodel-signature", "concrete-function", "savedmodel-keras"]
+    return []
+
+
+def make_converter(state: ModelState, route: str | None = None) -> Any:
+    """A TFLiteConverter for `route` (default: the first of route_names)."""
+    tf = import_tf()
+    route = route or (route_names(state) or ["none"])[0]
+    if route == "keras-serving-savedmodel":
         # The serving function alone: from_keras_model would save the whole tf_keras model
         # first (3x slower on MobileNetV2); same ops, names and outputs.
         serving = serving_savedmodel(state)
         if serving is not None:
             return tf.lite.TFLiteConverter.from_saved_model(str(serving))
+        route = "keras-model"
+    if route == "keras-model":
         return tf.lite.TFLiteConverter.from_keras_model(state.keras_model)
-    if state.graph_dir is None and state.onnx_path is not None:
-        ensure_graph(state)  # ONNX input: onnx2tf's SavedModel, converted on first use
-    if state.graph_dir is not None:
+    if route == "onnx2tf":
+        ensure_graph(state)  # onnx2tf's SavedModel, converted on first use
+        route = "savedmodel-signature"
+    if route == "savedmodel-signature":
         return tf.lite.TFLiteConverter.from_saved_model(str(state.graph_dir))
+    if route == "concrete-function":
+        loaded = tf.saved_model.load(str(state.graph_dir))
+        fn = loaded.signatures["serving_default"]
+        return tf.lite.TFLiteConverter.from_concrete_functions([fn], loaded)
+    if route == "savedmodel-keras":
+        try:
+            model = import_tf_keras().models.load_model(str(state.graph_dir), compile=False)
+        except Exception as exc:  # noqa: BLE001 - not a Keras SavedModel: this route is out
+            raise UnsupportedError("the SavedModel holds no Keras model to convert") from exc
+        return tf.lite.TFLiteConverter.from_keras_model(model)
     raise UnsupportedError("no TensorFlow form of the model is available for the TFLite converter")
 
 
-def convert_tflite(state: ModelState, mode: str) -> bytes:
-
+def convert_tflite(state: ModelState, mode: str, route: str | None = None) -> bytes:
     tf = import_tf()
-    conv = make_converter(state)
+    conv = make_converter(state, route)
     if mode == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]

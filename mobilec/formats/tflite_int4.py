@@ -19,17 +19,17 @@ from mobilec.state import Artifact, ModelState
 RECIPE = "weight_only_wi4_afp32"
 
 
-def float32_tflite(state: ModelState) -> bytes:
-    """The float32 .tflite of the current model, converted once per model version."""
-
-    key = ("tflite_float32_bytes", state.model_version)
+def float32_tflite(state: ModelState, route: str | None = None) -> bytes:
+    """The float32 .tflite of the current model, converted once per model version and route."""
+    key = ("tflite_float32_bytes", state.model_version, route)
     if key not in state.memo:
-        state.memo[key] = convert_tflite(state, "float32")
+        state.memo[key] = convert_tflite(state, "float32", route)
     return state.memo[key]
 
 
-def build_int4(state: ModelState, artifact: Artifact, dest: Path) -> None:
-    dest.write_bytes(quantize_int4(float32_tflite(state)))
+def build_int4(state: ModelState, artifact: Artifact, dest: Path, route: str | None = None
+               ) -> None:
+    dest.write_bytes(quantize_int4(float32_tflite(state, route)))
     artifact.quantizer = f"ai-edge-quantizer {RECIPE}"
 
 

@@ -98,7 +98,6 @@ def _check_coreml(recipe: Recipe) -> None:
 
 
 def _check_auto_candidates(candidates: list[str], where: str) -> None:
-
     bad = [c for c in candidates if c not in SEARCHABLE]
     if bad:
         raise UnsupportedError(f"quantize auto cannot try {', '.join(bad)}: candidates are "
@@ -108,7 +107,6 @@ def _check_auto_candidates(candidates: list[str], where: str) -> None:
 
 
 def _formats(recipe: Recipe) -> set[str]:
-
     cfg = recipe.stage("convert")
     out: set[str] = set()
     for t in recipe.targets:

@@ -164,7 +164,6 @@ class ConvertConfig(Strict):
 
 class StageEntry(Strict):
     """One item of `stages:`: a mapping with exactly one key."""
-
     distill: DistillConfig | None = None
     factorize: FactorizeConfig | None = None
     prune: PruneConfig | None = None
@@ -183,6 +182,12 @@ class StageEntry(Strict):
 class VerifyConfig(Strict):
     min_top1_agreement: float = Field(0.99, ge=0, le=1)
     min_snr_db: float = Field(20.0)
+    channel_axis: int | None = Field(
+        None, description="Output axis whose every index is a channel for the per-channel SNR "
+                          "(default: the smallest non-batch axis).")
+    quantized_floor: Literal["on", "off"] = Field(
+        "on", description="Without a budget, a quantized artifact that loses > 5 points (or "
+                          "< 10 dB SNR on an output channel) is 'degraded' and the run exits 1.")
 
 
 class BudgetConfig(Strict):

@@ -33,7 +33,6 @@ def format_loc(loc: Loc) -> str:
 
 class LocatedYaml:
     """A parsed YAML document plus the line of every key and item in it."""
-
     def __init__(self, data: Any, lines: dict[Loc, int], filename: str):
         self.data = data
         self.lines = lines

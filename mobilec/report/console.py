@@ -5,25 +5,18 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells
+from mobilec.report.terminal import artifact_table, targets_table
 
 
 def print_report(report: dict[str, Any], wide: bool = False) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
     m = report["model"]
     acc = "-" if m.get("accuracy") is None else f"{m['accuracy'] * 100:.2f}%"
     console.print(f"[bold]{report['name']}[/]: {m['format']} model, {m['params']} params, "
                   f"accuracy {acc}")
-    table = Table(*ARTIFACT_HEADERS, show_lines=False)
-    for a in report["artifacts"]:
-        cells = artifact_cells(a)
-        color = {"ok": "green", "skipped": "yellow"}.get(a["status"], "red")
-        cells[-1] = f"[{color}]{cells[-1]}[/]"
-        table.add_row(*cells)
-    console.print(table)
+    console.print(artifact_table(report, console.width, wide))
     for a in report["artifacts"]:
         for text in filter(None, (a.get("error"), a.get("note"))):
             console.print(f"  [yellow]{a['path']}[/]: {text}")
@@ -41,14 +34,6 @@ def print_report(report: dict[str, Any], wide: bool = False) -> None:
 
 def print_targets(rows: list[dict[str, Any]], wide: bool = False) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table("target", "artifacts", "quantization", "delegate", "fallback", "constraints")
-    for r in rows:
-        table.add_row(r["target"], r["artifacts"], r["quantization"], r["delegate"], r["fallback"],
-                      r["constraints"])
     console = Console()
-    console.print(table)
-    for r in rows:  # below the table: a warning is a sentence, not a cell
-        if r["warning"]:
-            console.print(f"[yellow]{r['target']}[/]: {r['warning']}")
+    console.print(targets_table(rows, 10_000 if wide else console.width))

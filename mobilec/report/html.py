@@ -168,7 +168,6 @@ SECTIONS: list[Section] = [summary_section, chart_section, artifacts_section, ca
 
 def diagnose_section(report: dict[str, Any]) -> str | None:
     """compress --diagnose: int8 error per layer, worst 20 as bars (mobilec.diagnose.view)."""
-
     return report_section(report)
 
 

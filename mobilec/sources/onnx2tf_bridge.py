@@ -272,7 +272,6 @@ def _fits(shape: list[int | None], perm: tuple[int, ...] | None, want: list[int 
 def write_saved_model(keras_model: Any, dest: Path, input_name: str, output_names: list[str],
                       perms: list[tuple[int, ...] | None]) -> None:
     """A SavedModel whose serving signature returns {ONNX output name: tensor in ONNX layout}."""
-
     tf = import_tf()
     in_tensor = keras_model.inputs[0]
     spec = tf.TensorSpec(in_tensor.shape, tf.float32, name=signature_name(input_name))

@@ -29,7 +29,6 @@ def serving_savedmodel(state: ModelState) -> Path | None:
 
 
 def _export(model: Any, dest: Path) -> Path | None:
-
     tf = import_tf()
     try:
         import tf_keras

@@ -1,35 +1,48 @@
-"""convert: build every planned artifact, verify it against the model it came from,
-and place it atomically in the output directory.
+"""convert: build every planned artifact along its format's routes, verify each result
+against the model it came from, and publish the verified files into the output dir.
 
-Verification gates the unquantized conversions (float32, float16): a converter
-that changed the model's answers is a bug, whatever the budget says. Quantized
-variants of a format whose float conversion failed are not trusted either;
-their own quality is judged by the accuracy budget.
+Routes: a format may offer several ways to build the same artifact (TFLite from a
+SavedModel's serving signature, from its concrete function, from the Keras model…).
+They are tried in order; the first whose result verifies ships, the row names it
+(`route`) and lists the ones that failed with their reason (`routes_failed`).
+Only when every route fails is the row `failed-verification` (a file that runs but
+differs ships under its `.unverified.` name) or `failed` (nothing was built).
+
+Each artifact fails alone: one format's converter crashing, or writing a file its
+runtime rejects, leaves the others built, verified and reported.
+
+Nothing reaches the output dir before every artifact is built and verified: an
+interrupted convert leaves the previous state, never an unverified file under a
+normal name.
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mobilec.delegates.manifest import prepare_for_placement, write_manifests
-from mobilec.errors import MobilecError, StageError, stop_if_interrupted
+from mobilec.errors import MobilecError, stop_if_interrupted
 from mobilec.formats import get_format
-from mobilec.formats.runtime import source_runner
 from mobilec.policy.targets import ArtifactSpec, plan_artifacts
 from mobilec.recipe.schema import ConvertConfig
+from mobilec.stages.verify import verification_inputs, verify
 from mobilec.state import Artifact, ModelState
 from mobilec.util.fs import atomic_place, gzip_size, os_error_reason, remove_artifact, size_of
-from mobilec.util.metrics import fidelity, passes
 
-GATED_MODES = ("float32", "float16")
 # What a build fills on its work-dir artifact and each placed copy inherits.
 COPIED_FIELDS = ("status", "error", "input_layout", "input_transpose", "io_quant", "precision",
                  "route", "routes_failed", "verification", "kept_float", "quantizer", "coreml",
                  "delegation", "not_run_reason")
-VERIFY_SAMPLES = 128
+
+
+@dataclass
+class Route:
+    name: str
+    build: Callable[[Artifact, Path], None]  # write the file at the path, fill the artifact
 
 
 def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
@@ -42,46 +55,53 @@ def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
         if precheck is not None:
             precheck(state)  # a format this model cannot reach is a usage error (exit 2)
     built: dict[tuple[str, str], Artifact] = {}
+    staged: list[tuple[Artifact, Path | None]] = []
     for spec in specs:
         stop_if_interrupted()  # a signal lost inside the converter stops here, not at the end
-        state.artifacts.append(_materialize(state, spec, built))
-    _distrust_broken_formats(state)
+        staged.append(_stage(state, spec, built))
+    _distrust_broken_formats([a for a, _ in staged], state)
+    for art, work_path in staged:  # every file verified: publish
+        if work_path is not None:
+            _publish(state, art, work_path)
+        state.artifacts.append(art)
     write_manifests(state)  # <artifact>.delegate.json, once names are final
+    _size_ratios(state)
     failed = [a for a in state.artifacts if a.status not in ("ok", "skipped")]
     return {"artifacts": len(state.artifacts), "failed": len(failed)}
 
 
-def _materialize(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, str], Artifact]
-                 ) -> Artifact:
+def _stage(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, str], Artifact]
+           ) -> tuple[Artifact, Path | None]:
+    """The artifact row, and the verified file in the work dir that will be published."""
     folder = spec.target or "baseline"
-    art = Artifact(path=state.out_dir / folder / state.artifact_name(spec.format, spec.quantization),
+    art = Artifact(path=state.out_dir / folder / state.artifact_name(spec.format,
+                                                                      spec.quantization),
                    format=spec.format, quantization=spec.quantization, target=spec.target,
                    role=spec.role, delegate=spec.delegate, fallback=spec.fallback)
     if spec.skipped_reason:
         art.status, art.error = "skipped", spec.skipped_reason
-        return art
+        return art, None
     key = (spec.format, spec.quantization)
     if key not in built:
         built[key] = _build(state, spec)
     work = built[key]
-    _copy_result(work, art)
-    if work.status == "failed":
-        return art
-    if art.status == "failed-verification":
-        art.path = art.path.with_name(state.artifact_name(spec.format, spec.quantization, True))
-    _discard_stale(state, art)
-    # op compatibility for this artifact's delegate; .tflite gets the hint in its metadata
-    atomic_place(prepare_for_placement(state, art, work.path), art.path)
-    art.metrics["size_bytes"] = size_of(art.path)
-    art.metrics["gzip_bytes"] = gzip_size(art.path)
-    return art
-
-
-def _copy_result(work: Artifact, art: Artifact) -> None:
     for name in COPIED_FIELDS:
         setattr(art, name, getattr(work, name))
     art.notes.extend(work.notes)
     art.metrics.update(work.metrics)
+    if work.status == "failed":
+        return art, None
+    if art.status == "failed-verification":
+        art.path = art.path.with_name(state.artifact_name(spec.format, spec.quantization, True))
+    return art, work.path
+
+
+def _publish(state: ModelState, art: Artifact, work_path: Path) -> None:
+    _discard_stale(state, art)
+    # op compatibility for this artifact's delegate; .tflite gets the hint in its metadata
+    atomic_place(prepare_for_placement(state, art, work_path), art.path)
+    art.metrics["size_bytes"] = size_of(art.path)
+    art.metrics["gzip_bytes"] = gzip_size(art.path)
 
 
 def _discard_stale(state: ModelState, art: Artifact) -> None:
@@ -93,90 +113,128 @@ def _discard_stale(state: ModelState, art: Artifact) -> None:
             remove_artifact(p)
 
 
+def routes(state: ModelState, fmt: Any, work: Artifact) -> list[Route]:
+    """The format's routes for this artifact, or its one build as the route 'default'."""
+    offered = getattr(fmt, "routes", None)
+    if offered is not None:
+        found = offered(state, work)
+        if found:
+            return [Route(name, build) for name, build in found]
+    return [Route(getattr(fmt, "default_route", "default"),
+                  lambda art, dest: fmt.build(state, art, dest))]
+
+
 def _build(state: ModelState, spec: ArtifactSpec) -> Artifact:
     fmt = get_format(spec.format)
-    dest = state.work_dir / "build" / state.artifact_name(spec.format, spec.quantization)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Artifact(path=dest, format=spec.format, quantization=spec.quantization, target=spec.target)
+    name = state.artifact_name(spec.format, spec.quantization)
+    base = Artifact(path=state.work_dir / "build" / name, format=spec.format,
+                    quantization=spec.quantization, target=spec.target)
+    candidates = routes(state, fmt, base)
+    x = verification_inputs(state)
+    failed: list[dict[str, Any]] = []
+    fallback: Artifact | None = None  # built and runs, but did not verify
+    for i, route in enumerate(candidates):
+        dest = state.work_dir / "build" / f"{i}-{route.name}" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        work = Artifact(path=dest, format=spec.format, quantization=spec.quantization,
+                        target=spec.target)
+        reason = _try_build(state, route, work, dest)
+        if reason is None:
+            ok, reason = _try_verify(state, fmt, work, x)
+            if ok:
+                work.route = work.route or route.name
+                work.routes_failed = failed + work.routes_failed
+                return work
+            entry = {"route": route.name, "reason": reason}
+            if work.verification:
+                entry["snr_db"] = work.verification.get("snr_db")
+                entry["top1_agreement"] = work.verification.get("top1_agreement")
+            if fallback is None or _better(work, fallback):
+                fallback = work
+                fallback.route = route.name
+        else:
+            entry = {"route": route.name, "reason": reason}
+        failed.append(entry)
+        if fallback is not work:
+            _remove(dest)
+    summary = "; ".join(f"{f['route']}: {f['reason']}" for f in failed)
+    if fallback is not None:
+        fallback.routes_failed = [f for f in failed if f["route"] != fallback.route]
+        if fallback.quantization in ("float32", "float16") or fallback.verification is None:
+            fallback.status = "failed-verification"
+            fallback.error = (f"{spec.format} {spec.quantization} differs from the source "
+                              f"model on every route: {summary}")
+        # A quantized file that runs ships as built: the evaluate stage judges its quality.
+        return fallback
+    base.status, base.error, base.routes_failed = "failed", summary, failed
+    return base
+
+
+def _try_build(state: ModelState, route: Route, work: Artifact, dest: Path) -> str | None:
+    """None when the route built a file, else why not (never raises for a model's fault)."""
     try:
-        fmt.build(state, work, dest)
+        route.build(work, dest)
     except MobilecError as exc:
         stop_if_interrupted(exc)  # the converter may wrap the signal's exception in its own
-        work.status, work.error = "failed", exc.message
-        return work
+        return exc.message
     except OSError as exc:  # disk full or `ulimit -f` in the temp dir: an environment problem
-        work.status = "failed"
-        work.error = f"cannot write {dest.name} in the temp dir {dest.parent.parent}: {os_error_reason(exc)}"
-        return work
-    except Exception as exc:  # noqa: BLE001 - a converter bug must not stop other formats
+        return f"cannot write {dest.name} in the temp dir: {os_error_reason(exc)}"
+    except Exception as exc:  # noqa: BLE001 - a converter's bug must not stop other formats
         stop_if_interrupted(exc)
         if state.options.get("verbose"):
             raise
-        work.status, work.error = "failed", f"{type(exc).__name__}: {str(exc).strip()[:400]}"
-        return work
-    _verify(state, fmt, work)
-    return work
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__}: {first[:400]}"
+    return None
 
 
-def verification_inputs(state: ModelState) -> np.ndarray:
-    if state.eval_x is not None:
-        return state.eval_x[:VERIFY_SAMPLES]
-    if state.data is not None and state.data.calibration is not None:
-        return state.data.calibration.x[:VERIFY_SAMPLES]
-    shape = [16] + [d or 1 for d in state.inputs[0].shape[1:]]
-    return np.random.default_rng(0).standard_normal(shape).astype("float32")
-
-
-def _verify(state: ModelState, fmt: Any, work: Artifact) -> None:
-    """Compare the artifact with the model it was converted from, on the same inputs."""
-    runner = fmt.runner(state, work)
-    if runner is None:
-        check = getattr(fmt, "structural_check", None)
-        if check is not None:
-            check(state, work)
-        return
-    x = verification_inputs(state)
-    key = ("converter_input_outputs", state.model_version, len(x))
-    if key not in state.memo:
-        state.memo[key] = source_runner(state)(x)
+def _try_verify(state: ModelState, fmt: Any, work: Artifact, x: Any) -> tuple[bool, str]:
     try:
-        got = runner(x)
-    except Exception as exc:  # noqa: BLE001 - a model that cannot run failed verification
-        work.status = "failed-verification"
-        work.error = f"artifact does not run on this host: {str(exc).strip()[:300]}"
-        return
-    fid = fidelity(state.memo[key], got)
-    work.verification = {"against": "converter input", "samples": len(x), **fid}
-    if work.quantization not in GATED_MODES:
-        return
-    ok, why = passes(fid, state.recipe.verify.min_top1_agreement, state.recipe.verify.min_snr_db)
-    if not ok:
-        work.status = "failed-verification"
-        work.error = f"{work.format} {work.quantization} output differs from the source model: {why}"
+        return verify(state, fmt, work, x)
+    except MobilecError as exc:
+        stop_if_interrupted(exc)
+        return False, exc.message
+    except Exception as exc:  # noqa: BLE001 - e.g. a runtime that rejects the file's graph
+        stop_if_interrupted(exc)
+        if state.options.get("verbose"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return False, f"the runtime rejects the file ({type(exc).__name__}: {first[:300]})"
 
 
-def _distrust_broken_formats(state: ModelState) -> None:
-    broken = {a.format for a in state.artifacts
+def _better(a: Artifact, b: Artifact) -> bool:
+    def snr(x: Artifact) -> float:
+        v = (x.verification or {}).get("snr_db")
+        return float("-inf") if v is None else float(v)
+
+    return snr(a) > snr(b)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _distrust_broken_formats(arts: list[Artifact], state: ModelState) -> None:
+    """A format whose float32 conversion does not match the source: none of its quantized
+    variants is trusted either."""
+    broken = {a.format for a in arts
               if a.quantization == "float32" and a.status == "failed-verification"}
-    for a in state.artifacts:
+    for a in arts:
         if a.format in broken and a.status == "ok":
             a.status = "failed-verification"
             a.error = (f"the float32 {a.format} conversion failed verification, so this "
                        "variant is not trusted")
-            new = a.path.with_name(state.artifact_name(a.format, a.quantization, True))
-            a.path.rename(new)
-            a.path = new
+            a.path = a.path.with_name(state.artifact_name(a.format, a.quantization, True))
 
 
-def fail_if_all_failed(state: ModelState) -> None:
-    produced = [a for a in state.artifacts if a.status != "skipped"]
-    if produced and all(a.status == "failed" for a in produced):
-        raise StageError("every conversion failed: " + "; ".join(
-            f"{a.format} {a.quantization}: {a.error}" for a in produced[:4]))
-
-
-def rel(state: ModelState, path: Path) -> str:
-    try:
-        return str(path.relative_to(state.out_dir))
-    except ValueError:
-        return str(path)
+def _size_ratios(state: ModelState) -> None:
+    """How many times smaller than the float32 file of the same format (every file counted)."""
+    base = {a.format: a.metrics.get("size_bytes") for a in state.artifacts
+            if a.quantization == "float32" and a.metrics.get("size_bytes")}
+    for a in state.artifacts:
+        size = a.metrics.get("size_bytes")
+        if size and base.get(a.format):
+            a.metrics["size_ratio"] = round(base[a.format] / size, 3)

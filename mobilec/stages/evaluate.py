@@ -1,7 +1,14 @@
 """evaluate: run each artifact on this host and measure accuracy, fidelity, latency.
 
 Formats this host cannot execute (Core ML off macOS) report accuracy null with
-the reason; no number is ever invented.
+the reason; no number is ever invented. One artifact that cannot be measured
+fails alone, with its reason.
+
+The quality floor: without a budget, a quantized artifact that loses more than
+5 points of accuracy, or falls below 10 dB SNR on an output (per channel for
+outputs that are not class scores), is `degraded` and the run exits 1, as a
+budget violation would. A recipe's budget replaces the floor;
+`verify: {quantized_floor: off}` turns it off.
 """
 
 from __future__ import annotations
@@ -9,12 +16,19 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mobilec.errors import stop_if_interrupted
+from mobilec.errors import MobilecError, stop_if_interrupted
 from mobilec.formats import get_format
+from mobilec.policy.modes import is_quantized
+from mobilec.sources.batch import first_n, synthetic_inputs
+from mobilec.stages.verify import QUANT_FLOOR_DB
 from mobilec.state import Artifact, ModelState
-from mobilec.util.metrics import accuracy, fidelity
+from mobilec.util.metrics import accuracy, below_floor, fidelity
 
 SLOWER_THAN_FLOAT = 1.10  # warn when >10% slower than the float32 sibling
+MAX_DROP = 0.05  # the default floor: more than 5 points below the source is broken
+FLOOR_HINT = ("run `mobilec diagnose RECIPE` to see which layers lose it, and try "
+              "`quantize: {keep_float: auto}` (or equalize: auto) — or set a budget: to "
+              "gate on your own limits")
 
 
 def run(state: ModelState, config: Any = None) -> dict[str, Any]:
@@ -22,11 +36,26 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
     for art in state.artifacts:
         stop_if_interrupted()  # between artifacts: a signal a runtime swallowed stops here
         if art.status in ("ok", "failed-verification") and art.path.exists():
-            evaluate_artifact(state, art)
+            try:
+                evaluate_artifact(state, art)
+            except MobilecError as exc:
+                stop_if_interrupted(exc)
+                _fail(art, exc.message)
+            except Exception as exc:  # noqa: BLE001 - one artifact's runtime failure is its own
+                stop_if_interrupted(exc)
+                if state.options.get("verbose"):
+                    raise
+                first = (str(exc).strip().splitlines() or [""])[0]
+                _fail(art, f"cannot be measured on this host ({type(exc).__name__}: "
+                           f"{first[:300]})")
             measured += 1
-    _size_ratios(state)
     _slower_than_float(state)
-    return {"evaluated": measured}
+    degraded = apply_floor(state)
+    return {"evaluated": measured, "degraded": degraded}
+
+
+def _fail(art: Artifact, reason: str) -> None:
+    art.status, art.error = "failed", reason
 
 
 def evaluate_artifact(state: ModelState, art: Artifact) -> None:
@@ -40,28 +69,49 @@ def evaluate_artifact(state: ModelState, art: Artifact) -> None:
     x = state.eval_x
     if x is not None:
         outs = runner(x)
-        fid = fidelity(state.reference, outs) if state.reference is not None else None
-        art.metrics["fidelity"] = fid
+        if state.reference is not None:
+            art.metrics["fidelity"] = fidelity(state.reference, outs,
+                                               names=[t.name for t in state.outputs],
+                                               axis=state.recipe.verify.channel_axis)
         if state.eval_y is not None:
             acc = accuracy(outs[0], state.eval_y)
             art.metrics["accuracy"] = acc
             if acc is not None and state.reference_accuracy is not None:
                 art.metrics["accuracy_drop"] = round(state.reference_accuracy - acc, 6)
-        sample = x[:1]
+        sample = first_n(x, 1)
     else:
-        import numpy as np
-
-        sample = np.zeros([1] + [d or 1 for d in state.inputs[0].shape[1:]], dtype="float32")
+        sample = synthetic_inputs(state.inputs, 1)
     art.metrics["latency_ms"] = fmt.latency(state, art, sample)
 
 
-def _size_ratios(state: ModelState) -> None:
-    base = {a.format: a.metrics.get("size_bytes") for a in state.artifacts
-            if a.quantization == "float32" and a.metrics.get("size_bytes")}
-    for a in state.artifacts:
-        size = a.metrics.get("size_bytes")
-        if size and base.get(a.format):
-            a.metrics["size_ratio"] = round(base[a.format] / size, 3)
+def apply_floor(state: ModelState) -> int:
+    """Mark quantized artifacts below the default floor `degraded`; returns how many."""
+    if state.recipe.budget is not None or state.recipe.verify.quantized_floor == "off":
+        return 0
+    count = 0
+    for art in state.artifacts:
+        if art.status != "ok" or not is_quantized(art.quantization):
+            continue
+        why = floor_problem(art)
+        if why is not None:
+            art.status = "degraded"
+            art.error = f"{why}; {FLOOR_HINT}"
+            count += 1
+    return count
+
+
+def floor_problem(art: Artifact) -> str | None:
+    drop = art.metrics.get("accuracy_drop")
+    if drop is not None and drop > MAX_DROP + 1e-9:
+        return (f"quantization lost {drop * 100:.1f} points of accuracy (floor: "
+                f"{MAX_DROP * 100:.0f})")
+    fid = art.metrics.get("fidelity") or art.verification
+    if not fid:
+        return None
+    outputs = fid.get("outputs") or []
+    if drop is not None:  # labels judged the class scores: hold the other outputs by SNR
+        fid = {**fid, "outputs": [o for o in outputs if o.get("top1_agreement") is None]}
+    return below_floor(fid, QUANT_FLOOR_DB)
 
 
 def _slower_than_float(state: ModelState) -> None:

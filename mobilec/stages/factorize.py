@@ -261,7 +261,6 @@ def _greedy(options: dict[str, list[dict[str, Any]]], allowance: float) -> dict[
 
 class _Probe:
     """How much a trial model loses against the original, on the data the stage can use."""
-
     def __init__(self, state: ModelState, model: Any) -> None:
         if state.eval_x is not None:
             self.x, y = state.eval_x, state.eval_y

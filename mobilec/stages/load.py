@@ -135,7 +135,6 @@ def _load_savedmodel(state: ModelState, path: Path) -> None:
 
 
 def _load_graph(state: ModelState, path: Path) -> None:
-
     tf = import_tf()
     try:
         loaded = tf.saved_model.load(str(path))
@@ -161,7 +160,6 @@ def _load_graph(state: ModelState, path: Path) -> None:
 
 
 def _load_onnx(state: ModelState, path: Path) -> None:
-
     load_onnx(state, path)
 
 

@@ -40,7 +40,6 @@ def run(state: ModelState, config: PruneConfig) -> dict[str, Any]:
 
 def import_tfmot() -> Any:
     """tfmot, imported only after TensorFlow is set up for tf_keras (TF_USE_LEGACY_KERAS)."""
-
     import_tf_keras()
     import tensorflow_model_optimization as tfmot
 

@@ -46,7 +46,6 @@ def bench_model(path: Path, runs: int = 100, threads: int = 1) -> dict[str, Any]
     elif fmt in ("keras", "h5", "savedmodel"):
         import tempfile
 
-
         with tempfile.TemporaryDirectory() as work:
             state = ModelState(recipe=Recipe(model=ModelSpec(path=path)), out_dir=Path(work),
                                work_dir=Path(work))

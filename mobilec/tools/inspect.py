@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mobilec.formats.tflite import _interpreter, list_ops
+from mobilec.formats.tflite import interpreter, list_ops
 from mobilec.recipe.schema import ModelSpec, Recipe
 from mobilec.sources.detect import detect_format
 from mobilec.sources.onnx_input import inspect_onnx
@@ -22,16 +23,13 @@ def inspect_model(path: Path, unsafe_deserialization: bool = False) -> dict[str,
         info.update(inspect_onnx(path))
         return info
     if fmt == "tflite":
-        it = _interpreter(path)
-        info["inputs"] = [f"{d['name']} {list(d['shape'])} {d['dtype'].__name__}"
+        it = interpreter(path)
+        info["inputs"] = [f"{d['name']} {[int(x) for x in d['shape']]} {d['dtype'].__name__}"
                           for d in it.get_input_details()]
-        info["outputs"] = [f"{d['name']} {list(d['shape'])} {d['dtype'].__name__}"
+        info["outputs"] = [f"{d['name']} {[int(x) for x in d['shape']]} {d['dtype'].__name__}"
                            for d in it.get_output_details()]
         info["ops"] = dict(Counter(list_ops(path)))
         return info
-    import tempfile
-
-
     recipe = Recipe(model=ModelSpec(path=path))
     with tempfile.TemporaryDirectory() as work:
         state = ModelState(recipe=recipe, out_dir=Path(work), work_dir=Path(work),

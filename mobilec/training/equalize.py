@@ -31,7 +31,7 @@ from mobilec.training.surgery import clone_layer, graph_nodes, is_model, rebuild
 from mobilec.util.tfenv import import_tf_keras
 
 MAX_REL_DIFF = 1e-5
-PASSES = 20
+PASSES = 50
 CONVERGED = 1e-6  # stop when no scale moves by more than this (log-space)
 PROBE_BATCH = 16
 INT8_MAX = 127.0
@@ -134,24 +134,20 @@ def _graph(model: Any) -> _Graph:
 
 
 def _kind(layer: Any) -> str | None:
-    """'dense' | 'conv' | 'depthwise' for the layers whose weights CLE rescales."""
+    """'dense' | 'conv' | 'depthwise' for the layers whose weights CLE rescales.
+
+    Exact classes: subclasses (Conv2DTranspose, SeparableConv2D) mean other maths.
+    """
     tfk = import_tf_keras()
-    t = type(layer)
-    config = layer.get_config() if t in _LINEAR_TYPES(tfk) else {}
-    if config.get("data_format", "channels_last") != "channels_last":
+    kinds = {tfk.layers.Dense: "dense", tfk.layers.Conv1D: "conv", tfk.layers.Conv2D: "conv",
+             tfk.layers.Conv3D: "conv", tfk.layers.DepthwiseConv2D: "depthwise"}
+    kind = kinds.get(type(layer))
+    if kind is None:
         return None
-    if t is tfk.layers.Dense:
-        return "dense"
-    if t in (tfk.layers.Conv1D, tfk.layers.Conv2D, tfk.layers.Conv3D) and config.get("groups", 1) == 1:
-        return "conv"
-    if t is tfk.layers.DepthwiseConv2D:
-        return "depthwise"
-    return None
-
-
-def _LINEAR_TYPES(tfk: Any) -> tuple[Any, ...]:  # noqa: N802 - reads as a constant
-    return (tfk.layers.Dense, tfk.layers.Conv1D, tfk.layers.Conv2D, tfk.layers.Conv3D,
-            tfk.layers.DepthwiseConv2D)
+    config = layer.get_config()
+    if config.get("data_format") == "channels_first" or config.get("groups", 1) != 1:
+        return None
+    return kind
 
 
 def _activation(layer: Any) -> Any:

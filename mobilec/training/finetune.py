@@ -86,7 +86,6 @@ def fit(state: ModelState, model: Any, *, epochs: int, batch_size: int, learning
         callbacks: list[Any] | None = None, targets: tuple[np.ndarray, Any, str] | None = None
         ) -> dict[str, Any]:
     """Compile and fit `model` on data.train; returns what was done, for the stage metrics."""
-
     tfk = _tf_keras()
     set_seed(0)
     y, loss, loss_name = targets or training_targets(state, model)
@@ -103,5 +102,4 @@ def steps_per_epoch(state: ModelState, batch_size: int) -> int:
 
 
 def _tf_keras() -> Any:
-
     return import_tf_keras()

@@ -29,7 +29,6 @@ LOG_FLOOR = 1e-7  # log(p) of a probability output: keeps log(0) finite
 @dataclass
 class Head:
     """A view of a model whose first output is trainable logits."""
-
     model: Any  # shares every layer with the original model except, maybe, a linear twin of the last
     kind: str  # "pre-softmax" | "softmax-input" | "outputs"
     finish: Callable[[], None]  # copies what training changed back into the original model

@@ -58,7 +58,6 @@ def graph_nodes(model: Any) -> list[Any]:
 
 class _Reusable(list):
     """tf_keras' Node.map_arguments pops each input once per use; never run dry."""
-
     def pop(self, index: int = -1) -> Any:  # noqa: ARG002 - same signature as list.pop
         return self[0]
 

@@ -1,0 +1,67 @@
+"""Model inputs as data: one array for a one-input model, a list (in the model's input
+order) for several. Every runner, metric and data loader takes either form; these
+helpers slice, count and fabricate them without caring which it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Inputs = Any  # np.ndarray | list[np.ndarray]
+
+
+def as_list(x: Inputs) -> list[np.ndarray]:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def from_list(parts: list[np.ndarray]) -> Inputs:
+    """The inverse of as_list: a single array stays a bare array."""
+    return parts[0] if len(parts) == 1 else list(parts)
+
+
+def length(x: Inputs) -> int:
+    return len(as_list(x)[0])
+
+
+def take(x: Inputs, index: Any) -> Inputs:
+    """Rows `index` (a slice or an index array) of every input."""
+    return from_list([a[index] for a in as_list(x)])
+
+
+def first_n(x: Inputs, n: int) -> Inputs:
+    return take(x, slice(0, n))
+
+
+def map_inputs(x: Inputs, fn: Callable[[np.ndarray], np.ndarray]) -> Inputs:
+    return from_list([fn(a) for a in as_list(x)])
+
+
+def is_float(a: np.ndarray) -> bool:
+    return np.asarray(a).dtype.kind == "f"
+
+
+def synthetic_inputs(specs: list[Any], n: int, seed: int = 0) -> Inputs:
+    """Seeded stand-ins when a recipe has no data: normal noise for float inputs, zeros
+    for integer and bool inputs (0 is a valid token id and index in any vocabulary)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for spec in specs:
+        shape = [n] + [d or 1 for d in spec.shape[1:]]
+        dtype = np.dtype(spec.dtype if spec.dtype != "string" else "float32")
+        if dtype.kind == "f":
+            parts.append(rng.standard_normal(shape).astype(dtype))
+        else:
+            parts.append(np.zeros(shape, dtype=dtype))
+    return from_list(parts)
+
+
+def batched(fn: Callable[[Inputs], list[np.ndarray]], x: Inputs, size: int = 256
+            ) -> list[np.ndarray]:
+    """Run `fn` over `x` in chunks of `size` rows; outputs as float32, concatenated."""
+    parts: list[list[np.ndarray]] = []
+    for i in range(0, length(x), size):
+        parts.append([np.asarray(o, dtype=np.float32) for o in fn(take(x, slice(i, i + size)))])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]

@@ -1,0 +1,385 @@
+"""PyTorch sources and the ExecuTorch format: real exports, real runtimes, real numbers.
+
+Models are built and trained here (scikit-learn's digits, offline): a CNN (85k
+parameters), a Transformer-encoder block and an LSTM. Every artifact is run on
+this host and compared with eager PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("executorch")
+
+POINT = 0.01
+
+
+# ---------------------------------------------------------------- models and data
+
+def digits_nchw() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    from mobilec.sources.data import digits_split
+
+    train, ev = digits_split()  # (N, 8, 8, 1): PyTorch wants channels first
+    return ((np.transpose(train.x, (0, 3, 1, 2)).copy(), train.y),
+            (np.transpose(ev.x, (0, 3, 1, 2)).copy(), ev.y))
+
+
+class DigitsCNN(torch.nn.Module):
+    """Conv-BN-ReLU, conv, pool, two dense layers: 85,130 parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(64 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: Any) -> Any:
+        return self.features(x)
+
+
+class EncoderBlock(torch.nn.Module):
+    """Attention, LayerNorm and GELU over the 8 rows of a digit as 8 tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 32)
+        self.block = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu",
+                                                      batch_first=True)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x: Any) -> Any:
+        return self.head(self.block(self.embed(x.reshape(x.shape[0], 8, 8))).mean(1))
+
+
+class RowLSTM(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 32, batch_first=True)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x: Any) -> Any:
+        seq, _ = self.lstm(x.reshape(x.shape[0], 8, 8))
+        return self.head(seq[:, -1])
+
+
+def train(model: Any, x: np.ndarray, y: np.ndarray, epochs: int = 3, lr: float = 3e-3) -> Any:
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr)
+    xs, ys = torch.tensor(x), torch.tensor(y)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(xs))
+        for i in range(0, len(xs), 32):
+            idx = order[i:i + 32]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def digits() -> Any:
+    return digits_nchw()
+
+
+@pytest.fixture(scope="module")
+def cnn(digits: Any) -> Any:
+    torch.manual_seed(0)
+    (xt, yt), _ = digits
+    model = train(DigitsCNN(), xt, yt)
+    assert sum(p.numel() for p in model.parameters()) >= 50_000
+    return model
+
+
+def make_state(module: Any, digits: Any, tmp: Path) -> Any:
+    from mobilec.recipe.schema import Recipe
+    from mobilec.sources.data import Dataset, Split
+    from mobilec.sources.pytorch import describe_io, export_program
+    from mobilec.state import ModelState
+
+    (xt, yt), (xe, ye) = digits
+    state = ModelState(recipe=Recipe.model_validate({"model": {"path": "model.pt2"}}),
+                       out_dir=tmp / "out", work_dir=tmp / "work")
+    state.torch_module = module
+    state.torch_program = export_program(module, (xe[:1],), dynamic_batch=True)
+    state.inputs, state.outputs = describe_io(state.torch_program)
+    state.input_layout = "NCHW"
+    state.data = Dataset(Split(xt, yt), Split(xe, ye), Split(xt[:200]))
+    return state
+
+
+def eager(module: Any, x: np.ndarray) -> np.ndarray:
+    from mobilec.sources.pytorch import eager_runner
+
+    return eager_runner(module)(x)[0]
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a.argmax(-1) == b.argmax(-1)))
+
+
+def accuracy(out: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(out.argmax(-1) == y))
+
+
+def build_pte(state: Any, mode: str, tmp: Path) -> tuple[Any, np.ndarray]:
+    from mobilec.formats.executorch import ExecuTorchFormat
+    from mobilec.state import Artifact
+
+    fmt = ExecuTorchFormat()
+    art = Artifact(path=tmp / f"model-{mode}.pte", format="executorch", quantization=mode)
+    fmt.build(state, art, art.path)
+    return art, fmt.runner(state, art)(state.eval_x)[0]
+
+
+# ---------------------------------------------------------------- sources
+
+def test_factory_needs_trust_code(tmp_path: Path) -> None:
+    from mobilec.errors import UnsupportedError
+    from mobilec.sources.pytorch import load_factory
+
+    marker = tmp_path / "ran"
+    (tmp_path / "mymodel.py").write_text(
+        "import pathlib, torch\n"
+        f"pathlib.Path({str(marker)!r}).write_text('x')\n"
+        "def build():\n"
+        "    return torch.nn.Linear(4, 2), (torch.zeros(1, 4),)\n")
+    with pytest.raises(UnsupportedError) as err:
+        load_factory("mymodel:build", trust_code=False, base_dir=tmp_path)
+    assert "--trust-code" in str(err.value) and err.value.exit_code == 2
+    assert not marker.exists()  # refused before importing anything
+    module, example = load_factory("mymodel:build", trust_code=True, base_dir=tmp_path)
+    assert isinstance(module, torch.nn.Linear) and not module.training
+    assert example is not None and tuple(example[0].shape) == (1, 4)
+    assert marker.exists()
+
+
+def _rewrite_json(src: Path, dst: Path, old: str, new: str) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("models/model.json"):
+                text = data.decode()
+                assert old in text
+                data = text.replace(old, new, 1).encode()
+            zout.writestr(info, data)
+
+
+def test_pt2_loads_without_running_code_from_the_file(tmp_path: Path) -> None:
+    from mobilec.errors import ModelLoadError
+    from mobilec.sources.pytorch import describe_io, export_program, load_pt2
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
+    good = tmp_path / "good.pt2"
+    torch.export.save(export_program(model, (np.zeros((2, 8), np.float32),), dynamic_batch=True),
+                      good)
+    inputs, outputs = describe_io(load_pt2(good))
+    assert inputs[0].shape == [None, 8] and outputs[0].shape == [None, 4]
+    # torch.export.load hands symbolic shapes to sympy.sympify, which evaluates Python:
+    # plain torch.export.load on this file creates the marker file (checked by hand).
+    marker = tmp_path / "pwned"
+    text = json.loads(zipfile.ZipFile(good).read(
+        next(n for n in zipfile.ZipFile(good).namelist() if n.endswith("models/model.json"))))
+    expr = next(_find_expr(text))
+    bad = tmp_path / "bad.pt2"
+    _rewrite_json(good, bad, json.dumps(expr)[1:-1],
+                  f"__import__('pathlib').Path('{marker}').write_text('x')")
+    with pytest.raises(ModelLoadError, match="not plain arithmetic"):
+        load_pt2(bad)
+    assert not marker.exists()
+    with pytest.raises(ModelLoadError, match="not a .pt2 archive"):
+        (tmp_path / "junk.pt2").write_bytes(b"not a zip")
+        load_pt2(tmp_path / "junk.pt2")
+
+
+def _find_expr(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == "expr_str":
+                yield v
+            else:
+                yield from _find_expr(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _find_expr(v)
+
+
+def test_reexport_of_a_loaded_program_runs(tmp_path: Path, cnn: Any, digits: Any) -> None:
+    from mobilec.sources.pytorch import export_program, load_pt2, reexport
+
+    _, (xe, _) = digits
+    path = tmp_path / "cnn.pt2"
+    torch.export.save(export_program(cnn, (xe[:1],), dynamic_batch=True), path)
+    ep = reexport(load_pt2(path))
+    np.testing.assert_allclose(eager(ep.module(), xe[:16]), eager(cnn, xe[:16]), atol=1e-5)
+
+
+# ---------------------------------------------------------------- ExecuTorch
+
+@pytest.mark.slow
+def test_pte_float32_and_int8_verified(tmp_path: Path, cnn: Any, digits: Any) -> None:
+    state = make_state(cnn, digits, tmp_path)
+    _, (xe, ye) = digits
+    ref = eager(cnn, xe)
+    f32, out32 = build_pte(state, "float32", tmp_path)
+    assert f32.route == "xnnpack" and f32.routes_failed == []
+    assert f32.delegation["backend"] == "XnnpackBackend" and f32.delegation["delegated"] > 0
+    assert agreement(out32, ref) >= 0.99
+    i8, out8 = build_pte(state, "int8", tmp_path)
+    assert i8.route and i8.delegation["delegated"] > 0
+    assert accuracy(ref, ye) - accuracy(out8, ye) <= POINT
+    assert i8.path.stat().st_size < f32.path.stat().st_size / 2.5
+    from mobilec.formats.executorch import ExecuTorchFormat
+
+    assert ExecuTorchFormat().latency(state, i8, xe)["median"] > 0
+
+
+@pytest.mark.slow
+def test_perturbed_pte_is_caught(tmp_path: Path, cnn: Any, digits: Any,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    from mobilec.errors import ConversionError
+    from mobilec.formats import executorch
+
+    real_lower = executorch.lower
+
+    def lower_perturbed(module: Any, *args: Any, **kwargs: Any) -> Any:
+        broken = copy.deepcopy(module)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in broken.parameters():
+                if p.numel() > 16:
+                    p.add_(torch.randn(p.shape, generator=gen) * p.std())
+        return real_lower(broken, *args, **kwargs)
+
+    monkeypatch.setattr(executorch, "lower", lower_perturbed)
+    state = make_state(cnn, digits, tmp_path)
+    dest = tmp_path / "broken.pte"
+    from mobilec.state import Artifact
+
+    art = Artifact(path=dest, format="executorch", quantization="float32")
+    with pytest.raises(ConversionError, match="no ExecuTorch route"):
+        executorch.ExecuTorchFormat().build(state, art, dest)
+    assert [f["route"] for f in art.routes_failed] == ["xnnpack", "xnnpack-decomposed", "portable"]
+    assert all(f["reason"].startswith("verification:") for f in art.routes_failed)
+    assert not dest.exists()
+
+
+# ---------------------------------------------------------------- ONNX, TFLite, Core ML
+
+@pytest.mark.slow
+def test_onnx_from_exported_program_is_one_verified_file(tmp_path: Path, cnn: Any,
+                                                         digits: Any) -> None:
+    import onnxruntime as ort
+
+    from mobilec.formats.torch_routes import onnx_files, torch_to_onnx
+    from mobilec.sources.pytorch import export_program
+
+    _, (xe, _) = digits
+    dest = torch_to_onnx(export_program(cnn, (xe[:1],), dynamic_batch=True), (xe[:2],),
+                         tmp_path / "cnn.onnx")
+    assert onnx_files(dest) == [dest]  # weights inside: no .onnx.data beside it
+    sess = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: xe})[0]  # the whole eval set: dynamic batch
+    assert agreement(got, eager(cnn, xe)) >= 0.99
+
+
+def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    rows = []
+    for i in range(len(x)):
+        xi = x[i:i + 1]
+        if inp["dtype"] == np.int8:
+            scale, zero = inp["quantization"]
+            xi = np.clip(np.round(xi / scale + zero), -128, 127).astype(np.int8)
+        it.set_tensor(inp["index"], xi)
+        it.invoke()
+        r = it.get_tensor(out["index"]).astype(np.float32)
+        if out["dtype"] == np.int8:
+            scale, zero = out["quantization"]
+            r = (r - zero) * scale
+        rows.append(r)
+    return np.concatenate(rows)
+
+
+@pytest.mark.slow
+def test_tflite_through_litert_torch(tmp_path: Path, cnn: Any, digits: Any) -> None:
+    from mobilec.errors import UnsupportedError
+    from mobilec.formats.torch_routes import torch_to_tflite
+
+    (xt, _), (xe, ye) = digits
+    ref = eager(cnn, xe)
+    sizes = {}
+    for mode in ("float32", "dynamic", "int8-io"):
+        path = torch_to_tflite(cnn, (xe[:1],), tmp_path / f"cnn-{mode}.tflite", mode, xt[:100])
+        got = _run_tflite(path, xe)
+        sizes[mode] = path.stat().st_size
+        if mode == "float32":
+            assert agreement(got, ref) >= 0.99
+        else:
+            assert accuracy(ref, ye) - accuracy(got, ye) <= POINT
+    assert sizes["dynamic"] < sizes["float32"] / 3
+    with pytest.raises(UnsupportedError, match="ONNX bridge"):
+        torch_to_tflite(cnn, (xe[:1],), tmp_path / "x.tflite", "float16")
+
+
+@pytest.mark.slow
+def test_coreml_from_exported_program_structure(tmp_path: Path, cnn: Any, digits: Any) -> None:
+    from mobilec.formats.torch_routes import coreml_structure, torch_to_coreml
+    from mobilec.sources.pytorch import export_program
+
+    _, (xe, _) = digits
+    path, route = torch_to_coreml(export_program(cnn, (xe[:1],)), tmp_path / "cnn.mlpackage")
+    assert route == "coreml-exported-program"
+    io = coreml_structure(path)
+    assert io["inputs"][0]["shape"] == [1, 1, 8, 8] and io["outputs"][0]["shape"] == [1, 10]
+
+
+# ---------------------------------------------------------------- sequence models
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [EncoderBlock, RowLSTM], ids=["transformer", "lstm"])
+def test_sequence_models_to_onnx_and_pte(tmp_path: Path, digits: Any, cls: type) -> None:
+    import onnxruntime as ort
+
+    from mobilec.errors import ConversionError
+    from mobilec.formats.torch_routes import torch_to_onnx
+    from mobilec.sources.pytorch import export_program
+
+    (xt, yt), (xe, _) = digits
+    torch.manual_seed(0)
+    model = train(cls(), xt, yt, epochs=2)
+    ref = eager(model, xe)
+    onnx_path = torch_to_onnx(export_program(model, (xe[:1],), dynamic_batch=True), (xe[:2],),
+                              tmp_path / "seq.onnx")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert agreement(sess.run(None, {sess.get_inputs()[0].name: xe})[0], ref) >= 0.99
+    state = make_state(model, digits, tmp_path)
+    from mobilec.formats.executorch import ExecuTorchFormat
+    from mobilec.state import Artifact
+
+    fmt = ExecuTorchFormat()
+    art = Artifact(path=tmp_path / "seq.pte", format="executorch", quantization="float32")
+    try:
+        fmt.build(state, art, art.path)
+    except ConversionError:
+        # a failure is acceptable only when every route names why it failed
+        assert art.routes_failed and all(f["route"] and f["reason"] for f in art.routes_failed)
+        return
+    assert art.route in ("xnnpack", "xnnpack-decomposed", "portable")
+    assert all(f["reason"] for f in art.routes_failed)
+    assert agreement(fmt.runner(state, art)(xe)[0], ref) >= 0.99
