@@ -245,7 +245,7 @@ def test_default_candidates_leave_the_first_layer_and_the_head_alone() -> None:
 
 
 def test_greedy_spends_the_allowance_where_it_saves_most_per_unit_of_sensitivity() -> None:
-    from mobilec.stages.factorize import _greedy
+    from mobilec.stages.factorize_auto import greedy as _greedy
 
     def opt(rank: int, saved: int, sens: float, noise: float = 0.0) -> dict[str, Any]:
         return {"rank": rank, "params_saved": saved, "sensitivity": sens, "noise": noise}

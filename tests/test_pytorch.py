@@ -196,9 +196,46 @@ def test_pt2_loads_without_running_code_from_the_file(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not plain arithmetic"):
         load_pt2(bad)
     assert not marker.exists()
+    # Pickled weights: torch.export.load unpickles them with weights_only=False.
+    evil = tmp_path / "evil.pt2"
+    _pickle_a_weight(good, evil, marker)
+    with pytest.raises(ModelLoadError, match="does not unpickle"):
+        load_pt2(evil)
+    assert not marker.exists()
     with pytest.raises(ModelLoadError, match="not a .pt2 archive"):
         (tmp_path / "junk.pt2").write_bytes(b"not a zip")
         load_pt2(tmp_path / "junk.pt2")
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> Any:
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _pickle_a_weight(src: Path, dst: Path, marker: Path) -> None:
+    """Mark the first weight as pickled and make its payload run code when unpickled."""
+    import io
+
+    payload = io.BytesIO()
+    torch.save({"w": _Evil(marker)}, payload)
+    with zipfile.ZipFile(src) as zin:
+        cfg_name = next(n for n in zin.namelist() if n.endswith("model_weights_config.json"))
+        cfg = json.loads(zin.read(cfg_name))
+        entry = next(iter(cfg["config"].values()))
+        entry["use_pickle"] = True
+        with zipfile.ZipFile(dst, "w") as zout:
+            for info in zin.infolist():
+                data = zin.read(info.filename)
+                if info.filename == cfg_name:
+                    data = json.dumps(cfg).encode()
+                elif info.filename.endswith("data/weights/" + entry["path_name"]):
+                    data = payload.getvalue()
+                zout.writestr(info, data)
 
 
 def _find_expr(tree: Any) -> Any:

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from mobilec.training.surgery import graph_nodes
+from mobilec.util.tfenv import import_tf_keras
+
 # Channel ranges further apart than this waste more than ~6.6 of int8's 8 bits on
 # the small channels: the rule of thumb for "equalize first".
 IMBALANCE_RATIO = 100.0
@@ -61,8 +64,6 @@ def layer_channel_stats(model: Any, calib_x: np.ndarray) -> list[dict[str, Any]]
     Only layers with one call and one float output of rank >= 2 (the channel is
     the last axis: tf_keras is channels_last).
     """
-    from mobilec.util.tfenv import import_tf_keras
-
     tfk = import_tf_keras()
     layers = [layer for layer in model.layers
               if not isinstance(layer, tfk.layers.InputLayer) and len(layer._inbound_nodes) == 1
@@ -133,8 +134,6 @@ def blame_order(error_rows: list[str], stats: list[dict[str, Any]], consumers: d
 
 def keras_consumers(model: Any) -> dict[str, list[str]]:
     """layer -> the weighted layers that read its output, looking through passive layers."""
-    from mobilec.training.surgery import graph_nodes
-
     direct: dict[str, list[str]] = {}
     kinds = {layer.name: type(layer).__name__ for layer in model.layers}
     for node in graph_nodes(model):

@@ -7,6 +7,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
+from mobilec.diagnose.channels import IMBALANCE_RATIO, blame_order
 from mobilec.state import ModelState
 
 # Uniform rounding noise is scale/sqrt(12) ~ 0.29 scale; the TF guide flags ops far above it.
@@ -23,6 +26,12 @@ class OpError:
     snr_db: float | None  # None: no measurable error
     scale: float | None = None
     loss_db: float | None = None  # ONNX: SNR this node loses relative to its inputs
+    # Per-channel figures of the op's float output (channel: the last axis; ONNX Conv: axis 1).
+    range_ratio: float | None = None  # widest channel range / median channel range
+    widest_channel: int | None = None
+    worst_channel_snr_db: float | None = None  # the int8 output's worst channel
+    worst_channel: int | None = None
+    cause: str | None = None  # set when this op's output is blamed for damage downstream
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
@@ -39,8 +48,12 @@ class Diagnosis:
 
     def as_dict(self, limit: int | None = None) -> dict[str, Any]:
         rows = self.rows if limit is None else self.rows[:limit]
+        blamed = [r.name for r in self.rows if r.cause]
+        ranked_by = RANKED_BY[self.scope] + (BLAME_NOTE.format(ratio=IMBALANCE_RATIO)
+                                             if blamed else "")
         return {"backend": self.backend, "mode": self.mode, "samples": self.samples,
-                "scope": self.scope, "ranked_by": RANKED_BY[self.scope], "ops": len(self.rows),
+                "scope": self.scope, "ranked_by": ranked_by, "ops": len(self.rows),
+                "blamed": list(dict.fromkeys(blamed)),
                 "rows": [{"rank": i + 1, **r.as_dict()} for i, r in enumerate(rows)]}
 
     def layers(self) -> list[str]:
@@ -50,6 +63,17 @@ class Diagnosis:
 
 RANKED_BY = {"per-op": "snr_db ascending (lowest SNR = worst), then rmse_scale",
              "cumulative": "loss_db descending (SNR the op loses vs its inputs)"}
+BLAME_NOTE = ("; an op whose output channel ranges differ more than {ratio:g}x is moved ahead "
+              "of the ops that read it (its int8 scale crushes the small channels: the cause)")
+# Ops that only move or select values: an imbalance they carry is their producer's, and
+# blame looks through them to the op that reads the values.
+PASSIVE_OPS = frozenset({
+    "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TRANSPOSE", "PAD",
+    "CONCATENATION", "STRIDED_SLICE", "SLICE", "GATHER", "QUANTIZE", "DEQUANTIZE",
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "AveragePool", "GlobalMaxPool",
+    "Transpose", "Pad", "Identity", "Concat", "Slice", "Gather", "QuantizeLinear",
+    "DequantizeLinear",
+})
 
 
 def severity(row: OpError) -> tuple[float, float]:
@@ -66,6 +90,88 @@ def snr_db(signal_sq: float, noise_sq: float) -> float | None:
     if signal_sq <= 0.0:
         return -math.inf
     return 10.0 * math.log10(signal_sq / noise_sq)
+
+
+class ChannelAcc:
+    """Running per-channel sums of one op output over samples: the float output's range per
+    channel, and each channel's signal and int8-error energy."""
+    def __init__(self) -> None:
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+        self.sig: np.ndarray | None = None
+        self.err: np.ndarray | None = None
+
+    def add(self, got: np.ndarray, ref: np.ndarray, axis: int = -1) -> None:
+        if ref.ndim < 2 or got.shape != ref.shape:
+            return
+        r = np.moveaxis(ref.astype(np.float64), axis, -1).reshape(-1, ref.shape[axis])
+        g = np.moveaxis(got.astype(np.float64), axis, -1).reshape(-1, ref.shape[axis])
+        lo, hi = r.min(axis=0), r.max(axis=0)
+        sig, err = (r ** 2).sum(axis=0), ((g - r) ** 2).sum(axis=0)
+        if self.lo is None or self.lo.shape != lo.shape:
+            self.lo, self.hi, self.sig, self.err = lo, hi, sig, err
+            return
+        self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
+        self.sig, self.err = self.sig + sig, self.err + err
+
+    def figures(self) -> dict[str, Any]:
+        """range_ratio (max / median of the live channels' ranges), the widest channel, and the
+        worst channel's SNR (channels with no signal are dead, not bad: left out)."""
+        if self.lo is None or self.lo.size < 2:
+            return {}
+        ranges = self.hi - self.lo
+        live = ranges[ranges > 0]
+        out: dict[str, Any] = {"range_ratio": float(live.max() / np.median(live)) if live.size
+                               else 1.0, "widest_channel": int(ranges.argmax())}
+        snr = [(snr_db(float(s), float(e)), i) for i, (s, e) in enumerate(zip(
+            self.sig, self.err, strict=True)) if s > 0]
+        measured = [(v, i) for v, i in snr if v is not None]
+        if measured:
+            out["worst_channel_snr_db"], out["worst_channel"] = min(measured)
+        return out
+
+
+def through_passive(direct: dict[str, list[str]], kinds: dict[str, str]) -> dict[str, list[str]]:
+    """producer -> the ops that read its values, looking through PASSIVE_OPS (a reshape or a
+    pool between two layers does not change which channels the reader gets)."""
+    def reach(name: str, seen: set[str]) -> list[str]:
+        found = []
+        for nxt in direct.get(name, []):
+            if nxt in seen:
+                continue
+            seen.add(nxt)
+            found.extend(reach(nxt, seen) if kinds.get(nxt) in PASSIVE_OPS else [nxt])
+        return found
+
+    return {name: reach(name, set()) for name in direct}
+
+
+def blame(rows: list[OpError], consumers: dict[str, list[str]],
+          threshold: float = IMBALANCE_RATIO) -> list[OpError]:
+    """`rows` (worst first by their own error) re-ranked so that an op whose output channel
+    ranges differ more than `threshold` comes before the first op that reads its output, with
+    its `cause` set. consumers: op tensor -> the op tensors reading it (through_passive).
+
+    The error of an unbalanced tensor shows in its readers (their input lost the small
+    channels), while its own tensor SNR looks fine (the huge channel dominates signal and
+    noise alike): ranked by error alone, the cause would come last.
+    """
+    by_tensor = {r.tensor: r for r in rows}
+    if len(by_tensor) != len(rows):
+        return rows  # op names not unique: cannot say who reads whom
+    stats = [{"layer": r.tensor, "kind": r.op, "range_ratio": r.range_ratio} for r in rows
+             if r.range_ratio is not None and r.op not in PASSIVE_OPS]
+    order = blame_order([r.tensor for r in rows], stats, consumers, threshold)
+    for s in stats:
+        if s["range_ratio"] > threshold:
+            r = by_tensor[s["layer"]]
+            readers = list(dict.fromkeys(by_tensor[c].name for c in consumers.get(r.tensor, [])
+                                         if c in by_tensor))
+            r.cause = (f"output channel ranges differ {r.range_ratio:.0f}x (widest: channel "
+                       f"{r.widest_channel}); one int8 scale for the whole tensor crushes the "
+                       "other channels" + (f", read by {', '.join(readers)}" if readers else "")
+                       + "; try quantize.equalize: auto")
+    return [by_tensor[t] for t in order]
 
 
 def layer_of(tensor: str, layer_names: set[str]) -> str:

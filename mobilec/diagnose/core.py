@@ -8,6 +8,12 @@ with its float twin fed the same input, so a row is that op's own error) and
 diagnose_onnx (onnxruntime's qdq_loss_debug: errors accumulate along the graph,
 so rows are ranked by the SNR an op loses, not by its SNR).
 
+Each row also carries per-channel figures of the op's output (range ratio between
+channels, the worst channel's SNR). An op whose output channel ranges differ more
+than 100x is the cause of the damage its readers show (one int8 scale per tensor
+crushes the small channels), so it is ranked ahead of them with a `cause`
+(common.blame); `quantize: {equalize: auto}` is the remedy it names.
+
 `mobilec diagnose RECIPE` runs the pipeline up to quantization and then the
 diagnose stage; `compress --diagnose` adds that stage last.
 """

@@ -208,14 +208,13 @@ class _Candidates:
         art = Artifact(path=path, format="tflite", quantization=self.mode)
         if self.state.keras_model is None and self.state.onnx_path is not None:
             art.input_layout, art.input_transpose = tf_input_layout(self.state)
-        return LiteRTRunner(art, self.state.outputs)
+        return LiteRTRunner(art, self.state.outputs, self.state.inputs)
 
     def _build_onnx(self, path: Path, kept: list[str]) -> Any:
         float_path = float32_onnx(self.state)
         quantize_onnx(self.state, float_path, self.mode, path,
                       nodes_to_exclude=onnx_nodes(self.state, float_path, kept))
-        return ort_session_runner(path, self.state.outputs,
-                                  None)
+        return ort_session_runner(path, self.state.outputs, None, self.state.inputs)
 
 
 # ---------------------------------------------------------------------------- per format

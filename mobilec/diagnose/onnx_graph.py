@@ -19,12 +19,15 @@ from typing import Any
 import numpy as np
 
 from mobilec.diagnose.common import (
+    ChannelAcc,
     Diagnosis,
     OpError,
+    blame,
     keras_layer_names,
     layer_of,
     severity,
     snr_db,
+    through_passive,
 )
 from mobilec.formats.onnx import float32_onnx
 from mobilec.formats.onnx_quant import quantize_onnx
@@ -60,6 +63,7 @@ def diagnose_onnx(state: ModelState) -> Diagnosis:
     scales = _activation_scales(onnx.load(str(qdq_path)).graph)
     rows = _rows(graph, match, scales, keras_layer_names(state))
     rows.sort(key=severity)
+    rows = blame(rows, _consumers(graph))
     return Diagnosis(backend="onnx", mode="int8", samples=len(x), scope="cumulative", rows=rows)
 
 
@@ -98,8 +102,29 @@ def _rows(graph: Any, match: dict[str, dict[str, Any]], scales: dict[str, float]
         rows.append(OpError(name=layer_of(node.name, layers), tensor=node.name, op=node.op_type,
                             rmse_scale=rmse / scale if scale else None,
                             max_abs_error=float(np.max(np.abs(diff))) if diff.size else 0.0,
-                            snr_db=out_snr, scale=scale, loss_db=in_snr - snr[t]))
+                            snr_db=out_snr, scale=scale, loss_db=in_snr - snr[t],
+                            **_channels(match[t]).figures()))
     return rows
+
+
+def _channels(m: dict[str, Any]) -> ChannelAcc:
+    """Per-channel figures of one activation; ONNX is channels-first (axis 1) past rank 2."""
+    acc = ChannelAcc()
+    for ref, got in zip(m["float"], m["post_qdq"], strict=False):
+        ref = np.asarray(ref)
+        acc.add(np.asarray(got), ref, axis=1 if ref.ndim >= 3 else -1)
+    return acc
+
+
+def _consumers(graph: Any) -> dict[str, list[str]]:
+    """node name -> the nodes reading its outputs (through reshapes, pools, transposes)."""
+    producer = {t: n.name for n in graph.node for t in n.output}
+    direct: dict[str, list[str]] = {}
+    for node in graph.node:
+        for t in node.input:
+            if t in producer:
+                direct.setdefault(producer[t], []).append(node.name)
+    return through_passive(direct, {n.name: n.op_type for n in graph.node})
 
 
 def _measure(m: dict[str, Any] | None) -> tuple[np.ndarray, float | None, float] | None:

@@ -19,12 +19,15 @@ from typing import Any
 import numpy as np
 
 from mobilec.diagnose.common import (
+    ChannelAcc,
     Diagnosis,
     OpError,
+    blame,
     keras_layer_names,
     layer_of,
     severity,
     snr_db,
+    through_passive,
 )
 from mobilec.formats.tflite_convert import representative_dataset
 from mobilec.formats.tflite_selective import quant_debugger
@@ -52,18 +55,22 @@ def diagnose_tflite(state: ModelState) -> Diagnosis:
     it.resize_tensor_input(inp["index"], list(samples[0].shape))
     it.allocate_tensors()
     acc = {op["index"]: _Acc() for op in verify}
+    chans = {op["index"]: ChannelAcc() for op in verify}
     for x1 in samples:
         it.set_tensor(inp["index"], x1)
         it.invoke()
         for op in verify:
             q_idx, f_idx = op["inputs"][:2]
-            acc[op["index"]].add(_dequantized(it, q_idx), it.get_tensor(f_idx).astype(np.float64))
+            got, ref = _dequantized(it, q_idx), it.get_tensor(f_idx).astype(np.float64)
+            acc[op["index"]].add(got, ref)
+            chans[op["index"]].add(got, ref)  # NHWC: the channel is the last axis
     layers = keras_layer_names(state)
     rows = []
+    keys: dict[int, str] = {}
     for op in verify:
         q_idx = op["inputs"][0]
         detail = it._get_tensor_details(q_idx, subgraph_index=0)  # noqa: SLF001
-        tensor = original_name(detail["name"])
+        tensor = keys[q_idx] = original_name(detail["name"])
         scale = _scale(detail)
         a = acc[op["index"]]
         rmse = math.sqrt(a.err_sq / max(a.n, 1))
@@ -71,10 +78,32 @@ def diagnose_tflite(state: ModelState) -> Diagnosis:
                             op=producer.get(q_idx, "?"),
                             rmse_scale=rmse / scale if scale else None,
                             max_abs_error=a.max_abs, snr_db=snr_db(a.sig_sq, a.err_sq),
-                            scale=scale))
+                            scale=scale, **chans[op["index"]].figures()))
     rows.sort(key=severity)
+    rows = blame(rows, _consumers(it, keys))
     return Diagnosis(backend="tflite", mode="int8", samples=len(samples), scope="per-op",
                      rows=rows)
+
+
+def _consumers(it: Any, keys: dict[int, str]) -> dict[str, list[str]]:
+    """op output -> the ops reading it, keyed by the rows' tensor names (other tensors by index).
+    In the debug model a quantized output also feeds DEQUANTIZE -> the next op's float twin;
+    those readers are keyed by index and never match a row."""
+    ops = [op for op in it._get_ops_details() if op["op_name"] != NUMERIC_VERIFY]  # noqa: SLF001
+    produced = {t for op in ops for t in op["outputs"]}
+
+    def key(t: int) -> str:
+        return keys.get(t, f"#{t}")
+
+    direct: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    for op in ops:
+        for t in op["outputs"]:
+            kinds[key(t)] = op["op_name"]
+        for t in op["inputs"]:
+            if t in produced:
+                direct.setdefault(key(t), []).extend(key(o) for o in op["outputs"])
+    return through_passive(direct, kinds)
 
 
 def original_name(debug_name: str) -> str:

@@ -28,15 +28,24 @@ def _num(value: Any, fmt: str) -> str:
 
 def table_rows(diag: dict[str, Any], limit: int | None = None) -> list[list[str]]:
     rows = diag.get("rows") or []
-    return [[str(r["rank"]), r["name"], r["op"], _num(r.get("rmse_scale"), ".3f"),
-             _num(r.get("max_abs_error"), ".4g"), _num(r.get("snr_db"), ".1f")]
+    return [[str(r["rank"]), r["name"] + (" (cause)" if r.get("cause") else ""), r["op"],
+             _num(r.get("rmse_scale"), ".3f"), _num(r.get("max_abs_error"), ".4g"),
+             _num(r.get("snr_db"), ".1f")]
             + ([_num(r.get("loss_db"), ".1f")] if diag.get("scope") == "cumulative" else [])
+            + [_num(r.get("range_ratio"), ".3g"), _num(r.get("worst_channel_snr_db"), ".1f")]
             for r in (rows if limit is None else rows[:limit])]
 
 
 def headers(diag: dict[str, Any]) -> list[str]:
     head = ["#", "layer", "op", "RMSE/scale", "max abs err", "SNR dB"]
-    return head + (["SNR lost dB"] if diag.get("scope") == "cumulative" else [])
+    return head + (["SNR lost dB"] if diag.get("scope") == "cumulative" else []) + [
+        "channel range ratio", "worst channel SNR dB"]
+
+
+def causes(diag: dict[str, Any]) -> list[str]:
+    """One line per op blamed for damage downstream (its output's channels are unbalanced)."""
+    return [f"{r['name']} ({r['op']}): {r['cause']}" for r in diag.get("rows") or []
+            if r.get("cause")]
 
 
 def print_table(diag: dict[str, Any], limit: int | None = CHART_ROWS, file: Any = None) -> None:
@@ -52,7 +61,10 @@ def print_table(diag: dict[str, Any], limit: int | None = CHART_ROWS, file: Any 
     console.print(table)
     shown = min(len(diag["rows"]), limit or len(diag["rows"]))
     console.print(f"{shown} of {diag['ops']} ops shown; ranked by {diag['ranked_by']}. "
-                  "RMSE/scale ~0.29 is plain rounding; far above it, int8 does not fit the op.")
+                  "RMSE/scale ~0.29 is plain rounding; far above it, int8 does not fit the op. "
+                  "Channel range ratio: widest / median channel range of the op's output.")
+    for line in causes(diag):
+        console.print(f"cause: {line}", markup=False)
 
 
 def svg_chart(diag: dict[str, Any], limit: int = CHART_ROWS) -> str:
@@ -92,8 +104,10 @@ def html_section(diag: dict[str, Any] | None) -> str:
             f'{diag.get("ops", len(diag["rows"]))})</h2>'
             f'<p>{html.escape(diag["backend"])}, ranked by {html.escape(diag["ranked_by"])}. '
             "RMSE/scale near 0.29 is plain rounding; layers far above it, or below 20 dB SNR, "
-            "are the ones to keep in float (<code>keep_float</code>).</p>"
-            f"{svg_chart(diag)}<table><tr>{head}</tr>{body}</table></section>")
+            "are the ones to keep in float (<code>keep_float</code>). Channel range ratio: "
+            "widest / median channel range of the op's output.</p>"
+            + "".join(f"<p><b>cause</b>: {html.escape(c)}</p>" for c in causes(diag))
+            + f"{svg_chart(diag)}<table><tr>{head}</tr>{body}</table></section>")
 
 
 def report_diagnosis(report: dict[str, Any]) -> dict[str, Any] | None:

@@ -143,6 +143,10 @@ def _record(artifact: Artifact, route: Route, failed: list[dict[str, str]],
         artifact.delegate, artifact.fallback = None, None
         artifact.notes.append("no XNNPACK delegate in this .pte: every op runs on ExecuTorch's "
                               "portable kernels")
+    if delegation["non_delegated_ops"] and any("quantize" in op for op in
+                                                delegation["non_delegated_ops"]):
+        artifact.notes.append("the app must link ExecuTorch's quantized kernels "
+                              "(quantized_ops_lib): quantize/dequantize run outside the delegate")
     for f in failed:
         artifact.notes.append(f"route {f['route']} failed: {f['reason']}")
     artifact.notes.append(f"route {route.name}: {delegation['delegated']} ops delegated to "
@@ -160,6 +164,9 @@ def lower(module: Any, example: np.ndarray, route: Route, mode: str,
     from mobilec.sources.pytorch import export_program, to_tensor
 
     if mode == "int8":
+        # Registers the quantized_decomposed out-variants: without them a program whose
+        # quantize/dequantize ops stay outside the delegate cannot be emitted.
+        import executorch.kernels.quantized  # noqa: F401
         if calibration is None:
             raise UnsupportedError("int8 needs calibration data and the recipe has none",
                                    hint="add a data: section, or ask for float32")
@@ -303,6 +310,9 @@ def _child_main(argv: list[str]) -> None:
 
 
 def _load_method(path: Path) -> Any:
+    # Quantized kernels (quantize/dequantize outside XNNPACK) are a separate library in
+    # the Python runtime: without this import an int8 portable .pte fails to load (0x14).
+    import executorch.kernels.quantized  # noqa: F401
     from executorch.runtime import Runtime
 
     # Program from bytes: the runtime then never holds the file open (Windows, atomic moves).

@@ -1,4 +1,5 @@
-"""ONNX: tf2onnx from the tf_keras model (or a SavedModel), run with onnxruntime."""
+"""ONNX: tf2onnx from the tf_keras model or a SavedModel's signature (or, as a second
+route, from the float32 .tflite), run with onnxruntime. An ONNX source passes through."""
 
 from __future__ import annotations
 
@@ -6,14 +7,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mobilec.delegates.opcompat import onnx_compat
 from mobilec.delegates.snippets import kotlin_ort
 from mobilec.errors import ConversionError, UnsupportedError
 from mobilec.formats.kept_float import kept_nodes, note_kept_float
 from mobilec.formats.onnx_quant import quantize_onnx
-from mobilec.formats.runtime import measure_latency, ort_session, ort_session_runner
+from mobilec.formats.runtime import (
+    measure_latency,
+    ort_feed,
+    ort_feed_names,
+    ort_session,
+    ort_session_runner,
+)
+from mobilec.formats.tflite_int4 import float32_tflite
+from mobilec.sources.batch import first_n
 from mobilec.state import Artifact, ModelState
 from mobilec.util.tfenv import import_tf
 
@@ -29,8 +36,15 @@ class OnnxFormat:
     name = "onnx"
     suffix = ".onnx"
 
-    def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
-        float_path = float32_onnx(state)
+    def routes(self, state: ModelState, artifact: Artifact) -> list[tuple[str, Any]]:
+        def along(route: str) -> Any:
+            return lambda art, dest: self.build(state, art, dest, route)
+
+        return [(name, along(name)) for name in route_names(state)]
+
+    def build(self, state: ModelState, artifact: Artifact, dest: Path,
+              route: str | None = None) -> None:
+        float_path = float32_onnx(state, route)
         mode = artifact.quantization
         if mode == "float32":
             shutil.copyfile(float_path, dest)
@@ -43,14 +57,13 @@ class OnnxFormat:
         artifact.input_layout = state.input_layout
 
     def runner(self, state: ModelState, artifact: Artifact) -> Any:
-        return ort_session_runner(artifact.path, state.outputs, artifact.input_transpose)
+        return ort_session_runner(artifact.path, state.outputs, artifact.input_transpose,
+                                  state.inputs)
 
-    def latency(self, state: ModelState, artifact: Artifact, sample: np.ndarray) -> dict[str, float]:
-        sess, in_name = ort_session(artifact.path)
-        x1 = sample[:1]
-        if artifact.input_transpose:
-            x1 = np.transpose(x1, artifact.input_transpose)
-        feed = {in_name: x1.astype(np.float32)}
+    def latency(self, state: ModelState, artifact: Artifact, sample: Any) -> dict[str, float]:
+        sess, _ = ort_session(artifact.path)
+        names = ort_feed_names(sess, [t.name for t in state.inputs])
+        feed = ort_feed(sess, names, first_n(sample, 1), artifact.input_transpose)
         return measure_latency(lambda: sess.run(None, feed))
 
     def describe_io(self, path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -63,36 +76,55 @@ class OnnxFormat:
         return "kotlin", kotlin_ort(artifact, manifest)
 
 
-def float32_onnx(state: ModelState) -> Path:
-    """The float32 .onnx of the current model, converted once per model version."""
-    key = "onnx_float32"
+def route_names(state: ModelState) -> list[str]:
+    """tf2onnx from the model (Keras, or a SavedModel's serving signature), then tf2onnx from
+    the float32 .tflite (its graph has only the signature's inputs: what rescues an export
+    with stray captured inputs or one onnxruntime rejects). An ONNX source passes through."""
+    if state.onnx_path is not None:
+        return ["onnx-source"]
+    if state.keras_model is not None:
+        return ["tf2onnx-keras", "tf2onnx-tflite"]
+    if state.graph_dir is not None:
+        return ["tf2onnx-signature", "tf2onnx-tflite"]
+    return []
+
+
+def float32_onnx(state: ModelState, route: str | None = None) -> Path:
+    """The float32 .onnx of the current model along `route` (default: the first), converted
+    once per model version and route."""
+    route = route or (route_names(state) or ["none"])[0]
+    key = ("onnx_float32", route)
     if key in state.memo:
         return state.memo[key]
-    if state.onnx_path is not None:
+    if route == "onnx-source":
         state.memo[key] = state.onnx_path  # an ONNX input passes through
         return state.onnx_path
-    out = state.work_dir / f"float32-v{state.model_version}.onnx"
+    out = state.work_dir / f"float32-v{state.model_version}-{route}.onnx"
     opset = _opset(state)
-
     tf = import_tf()
     import tf2onnx
 
     try:
-        if state.keras_model is not None:
-            model = state.keras_model
-            spec = [tf.TensorSpec([None if i == 0 else d for i, d in enumerate(t.shape)],
-                                  tf.float32, name=t.name) for t in state.inputs]
-            tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset,
+        if route == "tf2onnx-keras":
+            spec = [tf.TensorSpec([None, *t.shape[1:]], _tf_dtype(tf, t.dtype), name=t.name)
+                    for t in state.inputs]
+            tf2onnx.convert.from_keras(state.keras_model, input_signature=spec, opset=opset,
                                        output_path=str(out))
-        elif state.graph_dir is not None:
+        elif route == "tf2onnx-signature":
             loaded = tf.saved_model.load(str(state.graph_dir))
             fn = loaded.signatures["serving_default"]
-            (name, spec), = fn.structured_input_signature[1].items()
+            specs = fn.structured_input_signature[1]
+            names = list(specs)
             # tf2onnx wants a tf.function; a signature is a bare ConcreteFunction.
-            wrapped = tf.function(lambda x: fn(**{name: x}),
-                                  input_signature=[tf.TensorSpec(spec.shape, spec.dtype, name=name)])
+            wrapped = tf.function(lambda *xs: fn(**dict(zip(names, xs, strict=True))),
+                                  input_signature=[tf.TensorSpec(specs[n].shape, specs[n].dtype,
+                                                                 name=n) for n in names])
             tf2onnx.convert.from_function(wrapped, input_signature=wrapped.input_signature,
                                           opset=opset, output_path=str(out))
+        elif route == "tf2onnx-tflite":
+            tfl = state.work_dir / f"float32-v{state.model_version}.tflite"
+            tfl.write_bytes(float32_tflite(state))
+            tf2onnx.convert.from_tflite(str(tfl), opset=opset, output_path=str(out))
         else:
             raise UnsupportedError("no TensorFlow form of the model is available for tf2onnx")
     except UnsupportedError:
@@ -102,6 +134,10 @@ def float32_onnx(state: ModelState) -> Path:
         raise ConversionError(f"tf2onnx failed: {first[:400]}") from exc
     state.memo[key] = out
     return out
+
+
+def _tf_dtype(tf: Any, name: str) -> Any:
+    return tf.as_dtype("float32" if name in (None, "string") else name)
 
 
 def _opset(state: ModelState) -> int:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.formats.runtime import ort_feed, ort_feed_names
+from mobilec.sources.batch import length, take
 from mobilec.state import ModelState
 
 
@@ -75,12 +77,18 @@ def _float16(float_path: Path, dest: Path) -> None:
 
 
 def _static(state: ModelState, float_path: Path, dest: Path, exclude: list[str]) -> None:
+    """Static QDQ int8, per channel, calibrated on the recipe's data — after ORT's own
+    pre-processing (symbolic shape inference, graph optimization), as its documentation
+    says to: on a BatchNorm-heavy CNN it makes the file smaller and the model more accurate.
+    With keep_float, the optimizer's fusions would rename the nodes to keep: then only
+    shape inference runs."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
         QuantType,
         quantize_static,
     )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if state.data is None or state.data.calibration is None:
         raise UnsupportedError("static int8 .onnx needs calibration data and the recipe has none",
@@ -88,21 +96,27 @@ def _static(state: ModelState, float_path: Path, dest: Path, exclude: list[str])
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
-    in_name = sess.get_inputs()[0].name
-    x = state.data.calibration.x.astype(np.float32)
-    transpose = None  # an ONNX graph takes the recipe data in its own layout
-    if transpose:
-        x = np.transpose(x, transpose)
+    names = ort_feed_names(sess, [t.name for t in state.inputs])
+    x = state.data.calibration.x
+    # an ONNX graph takes the recipe data in its own layout: no transpose
+    samples = [ort_feed(sess, names, take(x, slice(i, i + 1)), None) for i in range(length(x))]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter(x[i:i + 1] for i in range(len(x)))
+            self.it = iter(samples)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.it, None)
-            return None if batch is None else {in_name: batch}
+            return next(self.it, None)
 
-    quantize_static(str(float_path), str(dest), Reader(), quant_format=QuantFormat.QDQ,
+    pre = dest.with_name(dest.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(float_path), str(pre), skip_optimization=bool(exclude),
+                          skip_symbolic_shape=False)
+        source = pre
+    except Exception:  # noqa: BLE001 - pre-processing is an improvement, not a requirement
+        source = float_path
+    quantize_static(str(source), str(dest), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QInt8, nodes_to_exclude=exclude,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    pre.unlink(missing_ok=True)

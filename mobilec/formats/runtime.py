@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mobilec.sources.batch import batched
+from mobilec.errors import ConversionError
+from mobilec.sources.batch import as_list, batched, match_names
 from mobilec.state import ModelState, TensorSpec
 from mobilec.util.tfenv import import_tf
 
@@ -64,7 +65,7 @@ def source_runner(state: ModelState) -> Runner:
 
         return lambda x: batched(run_keras, x)
     if state.onnx_path is not None:
-        return ort_session_runner(state.onnx_path, state.outputs, transpose=None)
+        return ort_session_runner(state.onnx_path, state.outputs, None, state.inputs)
     if state.graph_dir is not None:
         return _saved_model_runner(state)
     raise RuntimeError("state holds no model")
@@ -77,11 +78,11 @@ def _saved_model_runner(state: ModelState) -> Runner:
         state.memo[key] = tf.saved_model.load(str(state.graph_dir))
     loaded = state.memo[key]
     fn = loaded.signatures["serving_default"]
-    in_name = list(fn.structured_input_signature[1].keys())[0]
+    in_names = [t.name for t in state.inputs]
     names = list(fn.structured_outputs.keys())
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        res = fn(**{in_name: tf.constant(x)})
+    def run(x: Any) -> list[np.ndarray]:
+        res = fn(**{n: tf.constant(a) for n, a in zip(in_names, as_list(x), strict=True)})
         return align_outputs(state.outputs, names, [res[n].numpy() for n in names])
 
     return lambda x: batched(run, x)
@@ -110,6 +111,11 @@ def count_params(model: Any) -> int | None:
         return None
 
 
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+              "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+
+
 def ort_session(path: Path) -> tuple[Any, str]:
     """A one-thread CPU onnxruntime session and its first input's name."""
     import onnxruntime as ort
@@ -122,18 +128,47 @@ def ort_session(path: Path) -> tuple[Any, str]:
     return sess, sess.get_inputs()[0].name
 
 
+def ort_feed_names(sess: Any, model_inputs: list[str]) -> list[str]:
+    """The session inputs the model's inputs go to, in the model's order (matched by name,
+    else by position).
+
+    A graph with more inputs than the model has is refused by name: a converter left
+    captured resources or state as graph inputs (tf2onnx: names like '34845:0'), and
+    nothing the recipe's data holds could feed them.
+    """
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) != len(model_inputs):
+        raise ConversionError(
+            f"the .onnx graph has {len(names)} inputs ({', '.join(names[:6])}) where the model "
+            f"has {len(model_inputs)}: the converter left stray graph inputs",
+            hint="another route may export it cleanly (see routes_failed)")
+    matched = match_names(model_inputs, names)
+    return names if None in matched else [m for m in matched if m is not None]
+
+
+def ort_feed(sess: Any, names: list[str], x: Any, transpose: tuple[int, ...] | None
+             ) -> dict[str, np.ndarray]:
+    """{graph input: array} with each array in the graph's dtype; the layout permutation
+    applies to the 4-D float (image) inputs only."""
+    types = {i.name: i.type for i in sess.get_inputs()}
+    feed = {}
+    for name, a in zip(names, as_list(x), strict=True):
+        if transpose and a.ndim == len(transpose) and a.dtype.kind == "f":
+            a = np.transpose(a, transpose)
+        feed[name] = a.astype(ORT_DTYPES.get(types[name], a.dtype), copy=False)
+    return feed
+
+
 def ort_session_runner(path: Path, outputs: list[TensorSpec],
-                       transpose: tuple[int, ...] | None) -> Any:
-    sess, in_name = ort_session(path)
+                       transpose: tuple[int, ...] | None, inputs: list[TensorSpec]) -> Any:
+    sess, _ = ort_session(path)
+    in_names = ort_feed_names(sess, [t.name for t in inputs])
     names = [o.name for o in sess.get_outputs()]
-    dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
     fixed_batch = sess.get_inputs()[0].shape[0]
     size = fixed_batch if isinstance(fixed_batch, int) and fixed_batch > 0 else 256
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        if transpose:
-            x = np.transpose(x, transpose)
-        res = sess.run(None, {in_name: x.astype(dtype)})
+    def run(x: Any) -> list[np.ndarray]:
+        res = sess.run(None, ort_feed(sess, in_names, x, transpose))
         return align_outputs(outputs, names, [np.asarray(r, dtype=np.float32) for r in res])
 
     return lambda x: batched(run, x, size=size)

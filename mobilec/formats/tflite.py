@@ -14,6 +14,7 @@ from mobilec.formats.runtime import align_outputs, batched, measure_latency
 from mobilec.formats.tflite_convert import convert_tflite, route_names
 from mobilec.formats.tflite_int4 import build_int4
 from mobilec.formats.tflite_selective import selective_int8
+from mobilec.sources.batch import as_list, match_names
 from mobilec.sources.onnx2tf_bridge import tf_input_layout
 from mobilec.state import Artifact, ModelState
 
@@ -59,10 +60,10 @@ class TFLiteFormat:
             artifact.io_quant = read_io_quant(dest)
 
     def runner(self, state: ModelState, artifact: Artifact) -> Any:
-        return LiteRTRunner(artifact, state.outputs)
+        return LiteRTRunner(artifact, state.outputs, state.inputs)
 
     def latency(self, state: ModelState, artifact: Artifact, sample: np.ndarray) -> dict[str, float]:
-        return LiteRTRunner(artifact, state.outputs).latency(sample)
+        return LiteRTRunner(artifact, state.outputs, state.inputs).latency(sample)
 
     def describe_io(self, path: Path) -> dict[str, list[dict[str, Any]]]:
         return describe_io(path)
@@ -96,16 +97,21 @@ def list_ops(path: Path) -> list[str]:
 
 
 class LiteRTRunner:
-    """Runs a .tflite with LiteRT, 1 thread; quantizes/dequantizes integer I/O."""
-    def __init__(self, artifact: Artifact, outputs: list[Any]):
+    """Runs a .tflite with LiteRT, 1 thread; quantizes/dequantizes integer I/O. Inputs go in
+    by signature name (matched to the model's), integer inputs as they are."""
+
+    def __init__(self, artifact: Artifact, outputs: list[Any], inputs: list[Any] | None = None):
         self.artifact = artifact
         self.outputs = outputs
         self.it = interpreter(artifact.path)
         sig = self.it.get_signature_list()
         self.sig_key = next(iter(sig)) if sig else None
+        want = [t.name for t in inputs] if inputs else []
         if self.sig_key:
             self.runner = self.it.get_signature_runner(self.sig_key)
-            self.in_names = list(sig[self.sig_key]["inputs"])
+            have = list(sig[self.sig_key]["inputs"])
+            matched = match_names(want, have) if len(want) == len(have) > 1 else [None]
+            self.in_names = have if None in matched else [m for m in matched if m]
             self.in_details = self.runner.get_input_details()
             self.out_details = self.runner.get_output_details()
         self.input_details = self.it.get_input_details()
@@ -115,10 +121,11 @@ class LiteRTRunner:
             self.it.allocate_tensors()
 
     def _prep(self, x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-        if self.artifact.input_transpose:
-            x = np.transpose(x, self.artifact.input_transpose)
+        perm = self.artifact.input_transpose
+        if perm and x.ndim == len(perm) and x.dtype.kind == "f":
+            x = np.transpose(x, perm)
         dtype = np.dtype(detail["dtype"])
-        if dtype.kind in "iu":
+        if dtype.kind in "iu" and x.dtype.kind == "f":
             scale, zp = detail["quantization"]
             if scale:
                 info = np.iinfo(dtype)
@@ -133,47 +140,58 @@ class LiteRTRunner:
                 return (y.astype(np.float32) - zp) * scale
         return y.astype(np.float32)
 
-    def _invoke_batch(self, x: np.ndarray) -> list[np.ndarray]:
+    def _invoke_batch(self, x: Any) -> list[np.ndarray]:
+        parts = as_list(x)
         if self.sig_key:
-            name = self.in_names[0]
-            res = self.runner(**{name: self._prep(x, self.in_details[name])})
+            feed = {n: self._prep(a, self.in_details[n])
+                    for n, a in zip(self.in_names, parts, strict=True)}
+            res = self.runner(**feed)
             names = list(res)
             outs = [self._deq(res[n], self.out_details[n]) for n in names]
             return align_outputs(self.outputs, names, outs)
         # No signature: tensor API, one sample at a time (static shapes).
         rows = []
-        for i in range(len(x)):
-            d = self.input_details[0]
-            self.it.set_tensor(d["index"], self._prep(x[i:i + 1], d))
+        for i in range(len(parts[0])):
+            for d, a in zip(self.input_details, parts, strict=True):
+                self.it.set_tensor(d["index"], self._prep(a[i:i + 1], d))
             self.it.invoke()
             rows.append([self._deq(self.it.get_tensor(o["index"]), o) for o in self.output_details])
         outs = [np.concatenate([r[k] for r in rows]) for k in range(len(rows[0]))]
         return align_outputs(self.outputs, [o["name"] for o in self.output_details], outs)
 
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, x: Any) -> list[np.ndarray]:
         try:
             return batched(self._invoke_batch, x, size=64)
         except (ValueError, RuntimeError):
             # Some models have a fixed batch of 1: fall back to one sample at a time.
             return batched(self._invoke_batch, x, size=1)
 
-    def latency(self, sample: np.ndarray) -> dict[str, float]:
+    def latency(self, sample: Any) -> dict[str, float]:
         # A fresh interpreter: the signature runner holds references that forbid re-allocation.
         it = interpreter(self.artifact.path)
-        d = it.get_input_details()[0]
-        x1 = self._prep(sample[:1], d)
-        if list(d["shape"]) != list(x1.shape):
-            it.resize_tensor_input(d["index"], list(x1.shape))
+        details = it.get_input_details()
+        order = self._tensor_order(details)
+        feeds = [(details[k], self._prep(a[:1], details[k]))
+                 for k, a in zip(order, as_list(sample), strict=True)]
+        for d, a in feeds:
+            if list(d["shape"]) != list(a.shape):
+                it.resize_tensor_input(d["index"], list(a.shape))
         it.allocate_tensors()
-        it.set_tensor(d["index"], x1)
+        for d, a in feeds:
+            it.set_tensor(d["index"], a)
         return measure_latency(it.invoke)
+
+    def _tensor_order(self, details: list[dict[str, Any]]) -> list[int]:
+        """Which input tensor each of the model's inputs is (via the signature's names)."""
+        if not self.sig_key or len(details) == 1:
+            return list(range(len(details)))
+        index = {d["index"]: k for k, d in enumerate(details)}
+        return [index[self.in_details[n]["index"]] for n in self.in_names]
 
 
 def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path))
+    """The .tflite's own input/output names, shapes, dtypes and integer quantization."""
+    it = interpreter(path)
     sigs = it.get_signature_list()
 
     def row(name: str, d: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.sources.batch import as_list, match_names
 from mobilec.sources.onnx2tf_bridge import ensure_graph, to_tf_layout
 from mobilec.sources.serving_export import serving_savedmodel
 from mobilec.state import ModelState
@@ -22,13 +23,29 @@ def representative_dataset(state: ModelState) -> Any:
             "full-integer quantization needs calibration data and the recipe has none",
             hint="add a data: section (train or eval), or use quantize mode dynamic or float16")
 
-    x = to_tf_layout(state, state.data.calibration.x.astype("float32"))
+    parts = [to_tf_layout(state, a.astype(np.float32)) if a.dtype.kind == "f" else a
+             for a in as_list(state.data.calibration.x)]
+    names = [t.name for t in state.inputs]
 
-    def gen() -> Iterator[list[np.ndarray]]:
-        for i in range(len(x)):
-            yield [x[i:i + 1]]
+    def gen() -> Iterator[Any]:
+        for i in range(len(parts[0])):
+            if len(parts) == 1:
+                yield [parts[0][i:i + 1]]
+            else:  # by name: the converter orders a signature's inputs its own way
+                yield _ByName({n: a[i:i + 1] for n, a in zip(names, parts, strict=True)})
 
     return gen
+
+
+class _ByName(dict):
+    """Calibration inputs keyed by the model's input names, found also under the names the
+    converter's signature gives them (`serving_default_tokens:0` for `tokens`)."""
+
+    def __missing__(self, key: str) -> Any:
+        hit = match_names([key], list(self))[0]
+        if hit is None:
+            raise KeyError(key)
+        return dict.__getitem__(self, hit)
 
 
 def route_names(state: ModelState) -> list[str]:

@@ -65,3 +65,25 @@ def batched(fn: Callable[[Inputs], list[np.ndarray]], x: Inputs, size: int = 256
     for i in range(0, length(x), size):
         parts.append([np.asarray(o, dtype=np.float32) for o in fn(take(x, slice(i, i + size)))])
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def _key(name: str) -> str:
+    return "".join(c for c in name.split(":")[0].lower() if c.isalnum())
+
+
+def match_names(want: list[str], have: list[str]) -> list[str | None]:
+    """For each wanted name, the name in `have` it stands for: exact, then ignoring case,
+    punctuation and a `:0` suffix, then as a path suffix (`serving_default_tokens:0`)."""
+    free = list(have)
+    out: list[str | None] = []
+    for name in want:
+        hit = next((h for h in free if h == name), None)
+        if hit is None:
+            hit = next((h for h in free if _key(h) == _key(name)), None)
+        if hit is None:
+            hit = next((h for h in free if _key(h).endswith(_key(name)) or
+                        _key(name).endswith(_key(h))), None)
+        if hit is not None:
+            free.remove(hit)
+        out.append(hit)
+    return out

@@ -1,8 +1,14 @@
 """The recipe's data: train (fine-tuning, calibration) and eval (accuracy, fidelity).
 
 Sources: `digits` (scikit-learn's bundled 8x8 digits, offline, fixed split),
-`npz` (arrays x and optional y, never unpickled), `images` (one folder per
-class), and an explicit `python: module:function` hook.
+`npz` (one array per model input, named after the input — `x` is the one-input
+shorthand — and optional labels `y`; never unpickled), `images` (one folder per
+class), and a `python: module:function` hook, which runs code named by the recipe
+and so only with --trust-code.
+
+Inputs of any dtype and number: integer and bool inputs (token ids, masks) are fed
+as they are; a model with several inputs gets a list of arrays in its input order
+(see mobilec.sources.batch).
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ import importlib.util
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mobilec.errors import DataError
+from mobilec.errors import DataError, UnsupportedError
 from mobilec.recipe.schema import DataSpec
+from mobilec.sources.batch import as_list, from_list, match_names, take
 from mobilec.util.tfenv import import_tf
 
 DIGITS_SEED = 0
@@ -24,11 +32,12 @@ DIGITS_TRAIN = 1437  # 80% of 1797
 
 @dataclass
 class Split:
-    x: np.ndarray
+    x: Any  # one array, a list (one per model input), or, before binding, {name: array}
     y: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.x)
+        first = next(iter(self.x.values())) if isinstance(self.x, dict) else as_list(self.x)[0]
+        return len(first)
 
 
 @dataclass
@@ -60,11 +69,12 @@ def _load_npz(path: Path, role: str) -> Split:
         raise DataError(f"data.{role} file not found", where=str(path))
     try:
         with np.load(path, allow_pickle=False) as z:
-            if "x" not in z.files:
-                raise DataError(f"npz has no array 'x' (arrays: {', '.join(z.files) or 'none'})",
-                                where=str(path), hint="save with np.savez(path, x=inputs, y=labels)")
-            x = z["x"]
+            arrays = {name: z[name] for name in z.files if name != "y"}
             y = z["y"] if "y" in z.files else None
+            if not arrays:
+                raise DataError(f"npz has no input arrays (arrays: {', '.join(z.files) or 'none'})",
+                                where=str(path), hint="save with np.savez(path, x=inputs, y=labels), "
+                                "or one array per model input named after it")
     except DataError:
         raise
     except ValueError as exc:
@@ -74,13 +84,18 @@ def _load_npz(path: Path, role: str) -> Split:
         raise DataError(f"cannot read npz: {exc}", where=str(path)) from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"cannot read npz: {exc}", where=str(path)) from None
-    if x.dtype.kind not in "fiub":
-        raise DataError(f"array 'x' has dtype {x.dtype}; expected numbers", where=str(path))
-    if y is not None and len(y) != len(x):
-        raise DataError(f"'x' has {len(x)} samples but 'y' has {len(y)}", where=str(path))
-    if len(x) == 0:
-        raise DataError("array 'x' is empty", where=str(path))
-    return Split(x, y)
+    for name, x in arrays.items():
+        if x.dtype.kind not in "fiub":
+            raise DataError(f"array '{name}' has dtype {x.dtype}; expected numbers",
+                            where=str(path))
+        if x.ndim == 0 or len(x) == 0:
+            raise DataError(f"array '{name}' is empty", where=str(path))
+        if y is not None and len(y) != len(x):
+            raise DataError(f"'{name}' has {len(x)} samples but 'y' has {len(y)}", where=str(path))
+    if len({len(x) for x in arrays.values()}) > 1:
+        raise DataError("the input arrays have different sample counts: " + ", ".join(
+            f"{n}: {len(x)}" for n, x in arrays.items()), where=str(path))
+    return Split(arrays, y)
 
 
 def _load_images(path: Path, spec: DataSpec) -> Split:
@@ -106,8 +121,14 @@ def _load_images(path: Path, spec: DataSpec) -> Split:
     return Split(np.stack(xs), np.asarray(ys, dtype="int64"))
 
 
-def _load_python_hook(spec: DataSpec, base_dir: Path) -> tuple[Split | None, Split | None]:
+def _load_python_hook(spec: DataSpec, base_dir: Path, trust_code: bool
+                      ) -> tuple[Split | None, Split | None]:
     target = spec.python or ""
+    if not trust_code:
+        raise UnsupportedError(f"data.python {target!r} runs Python code named by the recipe; "
+                               "mobilec runs a recipe's code only when asked",
+                               hint="pass --trust-code (api: trust_code=True) for a recipe you "
+                                    "trust, or give the data as npz files")
     if ":" not in target:
         raise DataError(f"data.python {target!r}: expected 'file.py:function' or 'module:function'")
     module_ref, func_name = target.rsplit(":", 1)
@@ -132,16 +153,24 @@ def _load_python_hook(spec: DataSpec, base_dir: Path) -> tuple[Split | None, Spl
         if v is None:
             return None
         x, y = v if isinstance(v, tuple) else (v, None)
-        return Split(np.asarray(x), None if y is None else np.asarray(y))
+        if isinstance(x, dict):
+            x = {k: np.asarray(a) for k, a in x.items()}
+        elif isinstance(x, list):
+            x = [np.asarray(a) for a in x]
+        else:
+            x = np.asarray(x)
+        return Split(x, None if y is None else np.asarray(y))
     return split(result.get("train")), split(result.get("eval"))
 
 
-def load_dataset(spec: DataSpec | None, base_dir: Path) -> Dataset:
+def load_dataset(spec: DataSpec | None, base_dir: Path, inputs: list[Any] | None = None,
+                 trust_code: bool = False) -> Dataset:
+    """Load the recipe's data and bind it to the model's inputs (`inputs`: TensorSpecs)."""
     if spec is None:
         return Dataset(None, None, None, ["no data in the recipe: accuracy and fidelity are not measured"])
     notes: list[str] = []
     if spec.python:
-        train, ev = _load_python_hook(spec, base_dir)
+        train, ev = _load_python_hook(spec, base_dir, trust_code)
     elif spec.source == "digits":
         train, ev = digits_split()
     elif spec.source == "npz":
@@ -150,8 +179,17 @@ def load_dataset(spec: DataSpec | None, base_dir: Path) -> Dataset:
     else:
         train = _load_images(spec.train, spec) if spec.train else None
         ev = _load_images(spec.eval, spec) if spec.eval else None
+    for split, role in ((train, "train"), (ev, "eval")):
+        if split is None:
+            continue
+        if inputs is not None:
+            where = str(getattr(spec, role, None) or spec.python or spec.source)
+            split.x = bind_inputs(split.x, inputs, where)
+        elif isinstance(split.x, dict):  # no model to bind to: `x`, else every array in order
+            split.x = split.x["x"] if "x" in split.x else from_list(list(split.x.values()))
     if ev is not None and len(ev) > spec.eval_samples:
-        ev = Split(ev.x[: spec.eval_samples], None if ev.y is None else ev.y[: spec.eval_samples])
+        ev = Split(take(ev.x, slice(0, spec.eval_samples)),
+                   None if ev.y is None else ev.y[: spec.eval_samples])
     calib_source = train
     if train is None and ev is not None:
         calib_source = ev
@@ -160,14 +198,48 @@ def load_dataset(spec: DataSpec | None, base_dir: Path) -> Dataset:
     if calib_source is not None:
         n = min(spec.calibration_samples, len(calib_source))
         idx = np.random.default_rng(1).permutation(len(calib_source))[:n]
-        calibration = Split(calib_source.x[idx])
+        calibration = Split(take(calib_source.x, idx))
     if ev is None and train is not None:
         notes.append("no eval data: accuracy and fidelity are not measured")
     return Dataset(train, ev, calibration, notes)
 
 
-def fit_to_input(x: np.ndarray, shape: list[int | None], where: str) -> np.ndarray:
-    """Check (and where unambiguous, adapt) data to a model input shape (batch first)."""
+def bind_inputs(x: Any, inputs: list[Any], where: str) -> Any:
+    """Data in the model's input order: one array for one input, else a list.
+
+    npz arrays are matched to inputs by name (exactly, or ignoring case and punctuation);
+    `x` stands for the single input of a one-input model.
+    """
+    names = [t.name for t in inputs]
+    if isinstance(x, dict):
+        if len(inputs) == 1 and "x" in x:
+            return x["x"]
+        matched = match_names(names, list(x))
+        if len(inputs) == 1 and matched[0] is None:
+            raise DataError(f"npz has no array 'x' (or '{names[0]}', the model input's name) "
+                            f"(arrays: {', '.join(x)})", where=where,
+                            hint="save with np.savez(path, x=inputs, y=labels)")
+        missing = [n for n, m in zip(names, matched, strict=True) if m is None]
+        if missing:
+            raise DataError(f"no data for model input(s) {', '.join(missing)} (arrays: "
+                            f"{', '.join(x)})", where=where,
+                            hint="name each npz array after a model input: " + ", ".join(names))
+        return from_list([x[m] for m in matched])
+    parts = as_list(x)
+    if len(parts) != len(inputs):
+        raise DataError(f"the model has {len(inputs)} inputs ({', '.join(names)}) and the data "
+                        f"gives {len(parts)}", where=where,
+                        hint="in npz, one array per model input, named after it")
+    return from_list(parts)
+
+
+def fit_to_input(x: np.ndarray, shape: list[int | None], where: str,
+                 dtype: Any = np.float32) -> np.ndarray:
+    """Check (and where unambiguous, adapt) data to a model input's shape (batch first) and
+    dtype: float inputs get float32, integer and bool inputs their own type."""
+    dtype = np.dtype("float32" if dtype in (None, "string") else dtype)
+    if dtype.kind == "f":
+        dtype = np.dtype("float32")
     want = list(shape[1:])
     have = list(x.shape[1:])
     if len(have) + 1 == len(want) and want[-1] == 1 and _dims_match(have, want[:-1]):
@@ -179,7 +251,10 @@ def fit_to_input(x: np.ndarray, shape: list[int | None], where: str) -> np.ndarr
             f"{tuple('?' if d is None else d for d in want)} (data shape {tuple(x.shape)}, "
             f"model input {tuple('?' if d is None else d for d in shape)})",
             where=where, hint="reshape the data or fix model.input_shape")
-    return x.astype("float32") if x.dtype != np.float32 else x
+    if dtype.kind in "iub" and x.dtype.kind == "f" and not np.all(np.mod(x, 1) == 0):
+        raise DataError(f"the model input takes {dtype} and the data holds fractional values",
+                        where=where, hint="integer inputs (token ids, masks) need integer data")
+    return x.astype(dtype) if x.dtype != dtype else x
 
 
 CHANNELS_LAST_TO_FIRST = (0, 3, 1, 2)

@@ -129,12 +129,17 @@ def _functional_to_tf_keras(model: Any, tfk: Any) -> Any:
     return tfk.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name)
 
 
-def _check_same(old: Any, new: Any, probe: np.ndarray | None) -> None:
+def _check_same(old: Any, new: Any, probe: Any) -> None:
     if probe is None:
-        shape = [1 if d is None else d for d in old.inputs[0].shape]
-        if len(old.inputs) != 1:
-            return
-        probe = np.random.default_rng(0).standard_normal(shape).astype("float32")
+        # Integer inputs (token ids, masks) get zeros: random values are not valid ids.
+        rng = np.random.default_rng(0)
+        parts = []
+        for t in old.inputs:
+            shape = [1 if d is None else d for d in t.shape]
+            dtype = np.dtype(getattr(t.dtype, "name", t.dtype))
+            parts.append(rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
+                         else np.zeros(shape, dtype=dtype))
+        probe = parts[0] if len(parts) == 1 else parts
     a = _as_list(old(probe, training=False))
     b = _as_list(new(probe, training=False))
     for x, y in zip(a, b, strict=True):

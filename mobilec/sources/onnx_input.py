@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mobilec.errors import ModelLoadError, UnsupportedError
+from mobilec.errors import ModelLoadError
 from mobilec.state import ModelState, TensorSpec
 
 #: where the working copy lives inside state.work_dir
@@ -218,16 +218,14 @@ def load_onnx(state: ModelState, path: Path) -> int:
     model = read_model(path)
     check_model(model, path)
     ins = graph_inputs(model)
-    if len(ins) != 1:
-        raise ModelLoadError(f"model has {len(ins)} inputs ({', '.join(v.name for v in ins)}); "
-                             "mobilec handles one", where=str(path))
-    inp = ins[0]
-    dtype = dtype_of(inp)
-    if dtype not in FLOAT_TYPES.values():
-        raise UnsupportedError(f"input '{inp.name}' is {dtype}; mobilec feeds float data to models",
-                               where=str(path),
-                               hint="export the model with a float input (cast inside the graph)")
-    shape = fix_input_dims(inp, state.recipe.model.input_shape, path)
+    if not ins:
+        raise ModelLoadError("the model has no inputs", where=str(path))
+    # model.input_shape fixes the first input's open dims (the image, for most models);
+    # every other input must have static dims but the batch.
+    specs = [TensorSpec(v.name, fix_input_dims(v, state.recipe.model.input_shape if i == 0
+                                               else None, path), dtype_of(v))
+             for i, v in enumerate(ins)]
+    shape = specs[0].shape
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - inference is a help, not a requirement
@@ -235,7 +233,7 @@ def load_onnx(state: ModelState, path: Path) -> int:
     copy = state.work_dir / COPY_NAME
     save_model(model, copy)
     state.onnx_path = copy
-    state.inputs = [TensorSpec(inp.name, shape, dtype)]
+    state.inputs = specs
     state.outputs = [TensorSpec(v.name, [d if isinstance(d, int) else None for d in dims_of(v)],
                                 dtype_of(v)) for v in model.graph.output]
     state.input_layout = guess_layout(shape)

@@ -73,6 +73,11 @@ def load_pt2(path: Path) -> Any:
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
+        if "Weights only load failed" in str(exc):
+            raise ModelLoadError(
+                "the archive holds a pickle that is not plain tensors; mobilec does not "
+                "unpickle objects from model files", where=str(path),
+                hint="save the program again with torch.export.save (tensors only)") from exc
         raise ModelLoadError(
             f"not a loadable torch.export program: {_first_line(exc)}", where=str(path),
             hint="save it with torch.export.save(torch.export.export(model, args), path) "

@@ -25,15 +25,15 @@ any), so it also works on unlabelled train data.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mobilec.errors import RecipeError, StageError, UnsupportedError
-from mobilec.formats.runtime import batched, source_runner
+from mobilec.formats.runtime import source_runner
 from mobilec.recipe.schema import FactorizeConfig
+from mobilec.stages.factorize_auto import MIN_SAVING, auto_ranks, predict
 from mobilec.state import ModelState
 from mobilec.training import kd
 from mobilec.training.finetune import require_train_data
@@ -48,23 +48,14 @@ from mobilec.training.surgery import (
     same_layer,
     unique_name,
 )
-from mobilec.util.metrics import accuracy, snr_db
+from mobilec.util.metrics import accuracy
 from mobilec.util.tfenv import import_tf_keras, set_seed
 
-# Below this saving an extra op (one more kernel launch on device, one more
-# tensor in memory) is not worth the few parameters.
-MIN_SAVING = 0.10
 # Fine-tuning: soft targets at a mild temperature carry the model's own
 # "dark knowledge"; labels, when present, get half the weight.
 FINETUNE_TEMPERATURE = 2.0
 FINETUNE_ALPHA = 0.5
 SEED = 0
-# rank: auto tries these fractions of each layer's full rank.
-AUTO_FRACTIONS = (0.125, 0.25, 0.5)
-# Output noise (relative energy) weighs this much against one unit of accuracy drop when
-# ordering moves: it only separates moves whose accuracy cost is not measurable.
-NOISE_WEIGHT = 0.01
-DEFAULT_MAX_DROP = 0.01
 
 
 @dataclass
@@ -89,7 +80,13 @@ def run(state: ModelState, config: FactorizeConfig) -> dict[str, Any]:
     min_params = int(config.min_share * before.params)
     metrics: dict[str, Any] = {"params_before": before.params, "flops_before": before.flops}
     if config.rank == "auto":
-        ranks, search = auto_ranks(state, model, allowed, config, before.params)
+        shapes = [(layer.name, tuple(layer.get_weights()[0].shape)) for layer in _layers(model)
+                  if layer.name in allowed]
+
+        def build(ranks: dict[str, int]) -> Any:
+            return factorize_model(model, rank=None, energy=None, only=set(ranks), ranks=ranks)[0]
+
+        ranks, search = auto_ranks(state, model, shapes, build, config, before.params)
         metrics["rank_search"] = search
         new, factored, skipped = factorize_model(model, rank=None, energy=None,
                                                  only=set(ranks), ranks=ranks)
@@ -180,135 +177,6 @@ def _first_layers(model: Any) -> set[str]:
             else:
                 stack.append(nxt)
     return found
-
-
-def auto_ranks(state: ModelState, model: Any, allowed: set[str], config: FactorizeConfig,
-               total_params: int) -> tuple[dict[str, int], dict[str, Any]]:
-    """Per-layer ranks for `rank: auto`, and what the search measured."""
-    probe = _Probe(state, model)
-    allowance = probe.allowance(config)
-    floor = int(config.min_share * total_params)
-    options: dict[str, list[dict[str, Any]]] = {}
-    full: dict[str, int] = {}
-    for layer in _layers(model):
-        if layer.name not in allowed:
-            continue
-        kernel = layer.get_weights()[0]
-        fan_in, out = int(np.prod(kernel.shape[:-1])), int(kernel.shape[-1])
-        full[layer.name] = min(fan_in, out)
-        for frac in AUTO_FRACTIONS:
-            r = max(1, int(round(frac * full[layer.name])))
-            saved = fan_in * out - r * (fan_in + out)
-            if saved < max(floor, MIN_SAVING * fan_in * out):
-                continue
-            trial = factorize_model(model, rank=None, energy=None, only={layer.name},
-                                    ranks={layer.name: r})[0]
-            options.setdefault(layer.name, []).append({"rank": r, "params_saved": saved,
-                                                       **probe.measure(trial)})
-    chosen = _greedy(options, allowance)
-    # Sensitivities add up only roughly: measure the combination, back off until it fits.
-    measured = None
-    while chosen["moves"]:
-        trial = factorize_model(model, rank=None, energy=None, only=set(chosen["ranks"]),
-                                ranks=chosen["ranks"])[0]
-        measured = probe.measure(trial)["sensitivity"]
-        if measured <= allowance:
-            break
-        name, previous = chosen["moves"].pop()
-        chosen["ranks"].pop(name)
-        chosen["ranks"].update({} if previous is None else {name: previous})
-        measured = None
-    ranks = chosen["ranks"]
-    layers = []
-    for name, opts in options.items():
-        pick = next((o for o in opts if o["rank"] == ranks.get(name)), None)
-        layers.append({"name": name, "full_rank": full[name], "chosen_rank": ranks.get(name),
-                       "sensitivity": pick["sensitivity"] if pick else None,
-                       "params_saved": pick["params_saved"] if pick else 0, "measured": opts})
-    search = {"metric": probe.metric, "data": probe.data_note, "allowance": allowance,
-              "estimated_drop": round(sum(x["sensitivity"] or 0.0 for x in layers), 6),
-              "measured_drop": measured, "layers": layers,
-              "not_measured": sorted(allowed - set(options))}
-    return ranks, search
-
-
-def _greedy(options: dict[str, list[dict[str, Any]]], allowance: float) -> dict[str, Any]:
-    """Lower ranks one move at a time: the most parameters saved per unit of sensitivity
-    first (output noise breaks ties between moves that cost no measurable accuracy)."""
-    current: dict[str, dict[str, Any]] = {}
-    ranks: dict[str, int] = {}
-    moves: list[tuple[str, int | None]] = []
-    zero = {"params_saved": 0, "sensitivity": 0.0, "noise": 0.0}
-    while True:
-        spent = sum(o["sensitivity"] for o in current.values())
-        best, best_key = None, 0.0
-        for name, opts in options.items():
-            cur = current.get(name, zero)
-            for o in opts:
-                gain = o["params_saved"] - cur["params_saved"]
-                if gain <= 0 or spent - cur["sensitivity"] + o["sensitivity"] > allowance:
-                    continue
-                cost = (max(o["sensitivity"] - cur["sensitivity"], 0.0)
-                        + NOISE_WEIGHT * max(o["noise"] - cur["noise"], 0.0) + 1e-9)
-                if gain / cost > best_key:
-                    best, best_key = (name, o), gain / cost
-        if best is None:
-            return {"ranks": ranks, "moves": moves}
-        name, o = best
-        moves.append((name, ranks.get(name)))
-        current[name], ranks[name] = o, o["rank"]
-
-
-class _Probe:
-    """How much a trial model loses against the original, on the data the stage can use."""
-    def __init__(self, state: ModelState, model: Any) -> None:
-        if state.eval_x is not None:
-            self.x, y = state.eval_x, state.eval_y
-            self.data_note = f"eval ({len(self.x)} samples)"
-        elif state.data is not None and state.data.calibration is not None:
-            self.x, y = state.data.calibration.x, None
-            self.data_note = f"calibration ({len(self.x)} samples)"
-        else:
-            raise UnsupportedError("factorize rank: auto measures each layer's sensitivity on "
-                                   "data and the recipe has none", where=state.recipe.source,
-                                   hint="add a data: section, or give a fixed rank (e.g. 0.5)")
-        self.ref = _predict(model, self.x)
-        classifier = self.ref.ndim == 2 and self.ref.shape[-1] >= 2
-        self.y = y if classifier and y is not None else None
-        self.metric = ("accuracy drop" if self.y is not None else
-                       "top-1 disagreement" if classifier else "relative output noise")
-        self.base = accuracy(self.ref, self.y) if self.y is not None else None
-        self.verify_snr = state.recipe.verify.min_snr_db
-        self.budget = state.recipe.budget.max_accuracy_drop if state.recipe.budget else None
-
-    def allowance(self, config: FactorizeConfig) -> float:
-        if self.metric == "relative output noise":
-            return 10.0 ** (-self.verify_snr / 10.0)  # verify.min_snr_db as a noise share
-        for value in (config.max_drop, self.budget):
-            if value is not None:
-                return float(value)
-        return DEFAULT_MAX_DROP
-
-    def measure(self, trial: Any) -> dict[str, Any]:
-        got = _predict(trial, self.x)
-        snr = snr_db(self.ref, got)
-        noise = 10.0 ** (-snr / 10.0) if math.isfinite(snr) else (0.0 if snr > 0 else 1.0)
-        if self.y is not None:
-            sens = max(0.0, self.base - accuracy(got, self.y))
-        elif self.metric == "top-1 disagreement":
-            sens = float(np.mean(got.argmax(-1) != self.ref.argmax(-1)))
-        else:
-            sens = noise
-        return {"sensitivity": round(sens, 6), "noise": noise,
-                "snr_db": round(snr, 2) if math.isfinite(snr) else None}
-
-
-def _predict(model: Any, x: np.ndarray) -> np.ndarray:
-    def run(batch: np.ndarray) -> list[np.ndarray]:
-        out = model(batch, training=False)
-        return [np.asarray(out[0] if isinstance(out, (list, tuple)) else out)]
-
-    return batched(run, x)[0]
 
 
 def factorize_model(model: Any, *, rank: float | None, energy: float | None,
@@ -433,5 +301,5 @@ def _eval_accuracy(state: ModelState) -> float | None:
 def _eval_accuracy_of(state: ModelState, model: Any) -> float | None:
     if state.eval_x is None or state.eval_y is None:
         return None
-    acc = accuracy(_predict(model, state.eval_x), state.eval_y)
+    acc = accuracy(predict(model, state.eval_x), state.eval_y)
     return None if acc is None else round(acc, 6)

@@ -9,6 +9,7 @@ import numpy as np
 
 from mobilec.errors import ModelLoadError
 from mobilec.formats.runtime import count_params, source_runner
+from mobilec.sources.batch import as_list, from_list, is_float
 from mobilec.sources.data import adapt_layout, fit_to_input, load_dataset
 from mobilec.sources.detect import (
     check_input_size,
@@ -39,7 +40,8 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
         raise ModelLoadError(f"'{fmt}' files are outputs, not inputs", where=str(path),
                              hint="point model.path at the Keras, SavedModel or ONNX source model")
     loader(state, path)
-    check_input_size(state.inputs[0].shape, str(path))  # SavedModel/ONNX: known only after load
+    for spec in state.inputs:  # SavedModel/ONNX: known only after load
+        check_input_size(spec.shape, str(path))
     if state.keras_model is not None:
         state.source.params = count_params(state.keras_model)
     _load_data(state)
@@ -147,9 +149,6 @@ def _load_graph(state: ModelState, path: Path) -> None:
                              hint="export with model.export() or tf.saved_model.save(..., signatures=)")
     fn = sigs["serving_default"]
     ins = fn.structured_input_signature[1]
-    if len(ins) != 1:
-        raise ModelLoadError(f"SavedModel signature has {len(ins)} inputs; mobilec handles one",
-                             where=str(path))
     state.inputs = [TensorSpec(n, list(s.shape), s.dtype.name) for n, s in ins.items()]
     state.outputs = [TensorSpec(n, list(s.shape), s.dtype.name) for n, s in fn.structured_outputs.items()]
     state.graph_dir = path
@@ -164,9 +163,6 @@ def _load_onnx(state: ModelState, path: Path) -> None:
 
 
 def _set_keras(state: ModelState, model: Any) -> None:
-    if len(model.inputs) != 1:
-        raise ModelLoadError(f"model has {len(model.inputs)} inputs; mobilec handles one",
-                             where=str(state.recipe.model.path))
     state.keras_model = model
     state.inputs = [TensorSpec(t.name.split(":")[0], list(t.shape), t.dtype.name if hasattr(
         t.dtype, "name") else str(t.dtype)) for t in model.inputs]
@@ -191,18 +187,24 @@ def _apply_input_shape(state: ModelState) -> None:
 def _load_data(state: ModelState) -> None:
     recipe = state.recipe
     base = Path(recipe.source).resolve().parent if recipe.source != "<recipe>" else Path.cwd()
-    state.data = load_dataset(recipe.data, base)
+    state.data = load_dataset(recipe.data, base, state.inputs,
+                              trust_code=bool(state.options.get("trust_code")))
     for note in state.data.notes:
         state.note(note)
-    shape = state.inputs[0].shape
     where = str(recipe.data.train or recipe.data.eval or "data") if recipe.data else "data"
     layout = recipe.data.layout if recipe.data else "auto"
     for split in (state.data.train, state.data.eval, state.data.calibration):
-        if split is not None:
-            split.x, note = adapt_layout(split.x, shape, layout, state.input_layout)
-            if note:
-                state.note(note)
-            split.x = fit_to_input(split.x, shape, where)
+        if split is None:
+            continue
+        parts = []
+        for spec, x in zip(state.inputs, as_list(split.x), strict=True):
+            if is_float(x) and np.dtype(spec.dtype).kind == "f":
+                x, note = adapt_layout(x, spec.shape, layout, state.input_layout)
+                if note:
+                    state.note(note)
+            parts.append(fit_to_input(x, spec.shape, f"{where} (input {spec.name})"
+                                      if len(state.inputs) > 1 else where, spec.dtype))
+        split.x = from_list(parts)
     if state.data.eval is None:
         return
     run_model = source_runner(state)
