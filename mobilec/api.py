@@ -5,7 +5,8 @@
     mc.validate("recipe.yaml")                   # no TensorFlow import
     diag = mc.diagnose("recipe.yaml")            # == diagnose.json
 
-Batch (mobilec.batch.run.run_batch) and explore are clients of this module, like the CLI.
+Batch (mobilec.batch.run.run_batch) and explore (mobilec.explore.explore) are clients of
+this module, like the CLI; `transform` is the call explore builds its shared models with.
 
 Heavy libraries load inside the calls that need them; importing this module is cheap.
 """
@@ -22,6 +23,7 @@ from mobilec.policy.plancheck import check_plan
 from mobilec.policy.targets import describe
 from mobilec.recipe.loader import json_schema, load_recipe
 from mobilec.recipe.schema import Recipe
+from mobilec.report.explore_schema import ExploreReport
 from mobilec.report.schema import Report
 from mobilec.sources.detect import detect_format
 from mobilec.tools.bench import bench_model
@@ -92,6 +94,33 @@ def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     return {**json.loads(path.read_text()), "path": str(path)}
 
 
+def transform(recipe: str | Path | Recipe, dest: str | Path, *,
+              overrides: list[str] | dict[str, Any] | None = None, quiet: bool = True,
+              progress: Progress | None = None, unsafe_deserialization: bool = False,
+              trust_code: bool = False, verbose: bool = False) -> dict[str, Any]:
+    """Run the recipe's model-changing stages (distill, factorize, prune) and save the model
+    to `dest` (.h5 for Keras, .onnx for ONNX); quantize and convert are not run.
+
+    Returns {"path", "stages": [{name, status, seconds, metrics}], "save": the saved model's
+    format, sha256, size, accuracy and the source's reference_accuracy}. `mobilec explore`
+    builds each transformed model once this way and runs its candidates from the file.
+    """
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    dest = Path(dest).resolve()
+    prog, owned = _progress(progress, quiet)
+    try:
+        result = pipeline.run(r, pipeline.transform_plan(r, dest), out=dest.parent,
+                              progress=prog, report=False,
+                              unsafe_deserialization=unsafe_deserialization,
+                              trust_code=trust_code, verbose=verbose)
+    finally:
+        if owned:
+            prog.close()
+    stages = [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3),
+               "metrics": s.metrics} for s in result.state.stages]
+    return {"path": str(dest), "stages": stages, "save": result.state.stages[-1].metrics}
+
+
 def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None) -> dict[str, Any]:
     """Schema, paths and the plan check, without importing TensorFlow."""
     import json
@@ -132,7 +161,9 @@ def schema(kind: str = "recipe") -> dict[str, Any]:
         return json_schema()
     if kind == "report":
         return Report.model_json_schema()
-    raise MobilecError(f"no schema named '{kind}'", hint="recipe | report")
+    if kind == "explore":
+        return ExploreReport.model_json_schema()
+    raise MobilecError(f"no schema named '{kind}'", hint="recipe | report | explore")
 
 
 def bundled_recipes() -> dict[str, Path]:

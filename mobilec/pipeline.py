@@ -73,6 +73,18 @@ def diagnose_plan(recipe: Recipe, backend: str | None = None) -> Plan:
     return plan
 
 
+TRANSFORM_STAGES = ("distill", "factorize", "prune")
+
+
+def transform_plan(recipe: Recipe, dest: str | Path) -> Plan:
+    """load, the recipe's stages that change the model (distill, factorize, prune), then save
+    the result to `dest` (explore builds each transformed model once, from its cache)."""
+    plan: Plan = [("load", None)]
+    plan += [(e.name, e.config) for e in recipe.stages if e.name in TRANSFORM_STAGES]
+    plan.append(("save", {"path": str(dest)}))
+    return plan
+
+
 def output_dir(recipe: Recipe, out: str | Path | None) -> Path:
     if out is not None:
         return Path(out).resolve()

@@ -247,7 +247,10 @@ def totals(cells: list[dict[str, Any]]) -> dict[str, Any]:
                                         / max(1, len(floats)), 1),
             "int8_cells": len(int8), "int8_ok": sum(c["status"] == "ok" for c in int8),
             "int8_failed_with_snr": sum(c["status"] != "ok" and c["snr_db"] is not None for c in int8),
-            "int8_unexplained": sum(c["status"] != "ok" and c["snr_db"] is None for c in int8)}
+            # never measured (load or conversion failed): acceptable only with a reason
+            "int8_failed_unmeasured": sum(c["status"] != "ok" and c["snr_db"] is None
+                                          and bool(c["reason"]) for c in int8),
+            "failed_without_reason": sum(c["status"] != "ok" and not c["reason"] for c in real)}
 
 
 def _fmt_cell(c: dict[str, Any] | None) -> str:
@@ -285,8 +288,9 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"timeouts: {t['timeouts']}",
              f"- float32/float16 cells verified: {t['float_verified']}/{t['float_cells']} "
              f"(**{t['float_verified_pct']}%**; top-1 >= 0.99 on class outputs, else SNR >= 40 dB)",
-             f"- int8 cells: {t['int8_ok']} ok, {t['int8_failed_with_snr']} failed with a measured "
-             f"SNR, **{t['int8_unexplained']}** failed without one", "",
+             f"- int8 cells: {t['int8_ok']} ok, {t['int8_failed_with_snr']} not ok with a measured "
+             f"SNR, {t['int8_failed_unmeasured']} failed before anything could be measured",
+             f"- cells not ok without a reason: **{t['failed_without_reason']}**", "",
              "## Matrix", "",
              "Each cell: status, route, worst top-1 agreement / SNR, size ratio vs float32, "
              "seconds of the compress run that made it (SNR is absent when the outputs are "
@@ -297,6 +301,9 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for model, source in dict.fromkeys((c["model"], c["source"]) for c in cells):
         row = [model, source] + [_fmt_cell(index.get((model, source, f, q))) for f, q in COLUMNS]
         lines.append("| " + " | ".join(row) + " |")
+    notes = meta.get("corpus_notes") or []
+    if notes:
+        lines += ["", "## What the corpus files are", ""] + [f"- {n}" for n in notes]
     bad = [c for c in cells if c["status"] not in ("ok",)]
     if bad:
         lines += ["", "## Cells that are not ok", ""]
@@ -305,6 +312,21 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(f"- {c['model']} / {c['source']} / {c['format']} {c['quantization']}: "
                          f"**{c['status']}** — {reason}")
     return "\n".join(lines) + "\n"
+
+
+def corpus_notes(entries: list[dict[str, Any]]) -> list[str]:
+    """Facts about the input files themselves (as a user's converter left them)."""
+    notes = []
+    for e in entries:
+        name = f"{e['model']} / {e['source']}"
+        if e.get("error"):
+            notes.append(f"{name}: could not be saved this way ({e['error'][:200]})")
+        if e.get("stray_inputs"):
+            notes.append(f"{name}: extra graph inputs {', '.join(e['stray_inputs'])} (captured "
+                         "resources tf2onnx turned into inputs; no data exists for them)")
+        if e.get("ort_rejects"):
+            notes.append(f"{name}: onnxruntime itself rejects the file ({e['ort_rejects'][:200]})")
+    return notes
 
 
 def publish(cells: list[dict[str, Any]], dest: Path, meta: dict[str, Any]) -> None:
@@ -355,7 +377,8 @@ def main() -> int:
 
     meta = {"mobilec_version": __version__, "date": dt.date.today().isoformat(),
             "host": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
-            "entries": len(entries), "seconds": time.time() - start, "totals": totals(cells)}
+            "entries": len(entries), "seconds": time.time() - start, "totals": totals(cells),
+            "corpus_notes": corpus_notes(entries)}
     publish(cells, args.report_dir or args.out, meta)
     print(json.dumps(meta["totals"]))
     return 0

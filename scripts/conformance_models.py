@@ -347,6 +347,17 @@ def _onnx_from_function(export_dir: Path, dest: Path) -> None:
     tf2onnx.convert.from_function(wrapped, input_signature=sig, opset=OPSET, output_path=str(dest))
 
 
+def _ort_rejects(path: Path) -> str | None:
+    """Why onnxruntime cannot load the file (tf2onnx leaves ConvNeXt's nested calls), or None."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - any refusal is the fact we record
+        return f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+    return None
+
+
 def stray(name: str) -> bool:
     """A graph input tf2onnx made of a captured resource ('83812:0'), not a model input."""
     head, _, tail = name.partition(":")
@@ -398,6 +409,8 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0) -> list[dict[str, Any]]
             entry.update(inputs=specs, eval=npz)
             if any(stray(s["name"]) for s in specs):
                 entry["stray_inputs"] = [s["name"] for s in specs if stray(s["name"])]
+            if rel.endswith(".onnx"):  # kept either way: users have such files; mobilec must say so
+                entry["ort_rejects"] = _ort_rejects(root / entry["path"])
         except Exception as exc:  # noqa: BLE001 - a failed save is a corpus fact, not a crash
             entry.update(path=None, error=f"{type(exc).__name__}: {str(exc).strip()[:400]}",
                          traceback=traceback.format_exc()[-2000:])

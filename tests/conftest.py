@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -113,3 +114,37 @@ def artifact(report: dict[str, Any], fmt: str, quant: str, target: str | None = 
 
 def read_report(out_dir: Path) -> dict[str, Any]:
     return json.loads((out_dir / "report.json").read_text())
+
+
+# An int8 trap: three pixels that are always 0 in the digits get input weights of 1000 in the
+# first Dense layer. The float model never notices; int8 calibration sees no signal there, but
+# the layer's weight scale is set by the outliers, and every other weight rounds to zero.
+DEAD_PIXELS = [0, 32, 39]  # always 0 in scikit-learn's digits (checked in the fixture)
+OUTLIER = 1000.0
+
+
+@pytest.fixture(scope="session")
+def outlier_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mobilec.sources.data import digits_split
+    from mobilec.util.tfenv import import_tf_keras
+
+    keras = import_tf_keras()
+    train, _ = digits_split()
+    flat = train.x.reshape(len(train.x), -1)
+    assert np.all(flat[:, DEAD_PIXELS] == 0)
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Flatten(name="flat")(x)
+    h = keras.layers.Dense(32, activation="relu", name="embed")(h)
+    h = keras.layers.Dense(256, activation="relu", name="fc1")(h)
+    h = keras.layers.Dense(128, activation="relu", name="fc2")(h)
+    model = keras.Model(x, keras.layers.Dense(10, activation="softmax", name="probs")(h))
+    kernel, bias = model.get_layer("embed").get_weights()
+    kernel[DEAD_PIXELS, :] = OUTLIER
+    model.get_layer("embed").set_weights([kernel, bias])
+    model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
+    model.fit(train.x, train.y, epochs=10, batch_size=32, verbose=0)
+    assert np.all(model.get_layer("embed").get_weights()[0][DEAD_PIXELS] == OUTLIER)
+    path = tmp_path_factory.mktemp("outlier") / "outlier.h5"
+    model.save(str(path), save_format="h5")
+    return path

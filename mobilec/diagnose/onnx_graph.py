@@ -61,9 +61,9 @@ def diagnose_onnx(state: ModelState) -> Diagnosis:
     match = create_activation_matching(acts["int8"], acts["float"])
     graph = onnx.load(str(float_path)).graph
     scales = _activation_scales(onnx.load(str(qdq_path)).graph)
-    rows = _rows(graph, match, scales, keras_layer_names(state))
+    rows = _rows(graph, match, scales, keras_layer_names(state), _shapes(float_path))
     rows.sort(key=severity)
-    rows = blame(rows, _consumers(graph))
+    rows = blame(rows, _consumers(graph, {r.tensor for r in rows}))
     return Diagnosis(backend="onnx", mode="int8", samples=len(x), scope="cumulative", rows=rows)
 
 
@@ -76,7 +76,7 @@ def _reader(model_path: Path, x: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
 
 
 def _rows(graph: Any, match: dict[str, dict[str, Any]], scales: dict[str, float],
-          layers: set[str]) -> list[OpError]:
+          layers: set[str], shapes: dict[str, list[int]] | None = None) -> list[OpError]:
     """One row per node whose output int8 quantizes, in graph (topological) order.
 
     SNR flows along the graph: a tensor int8 does not touch (a bias Add fused
@@ -103,28 +103,51 @@ def _rows(graph: Any, match: dict[str, dict[str, Any]], scales: dict[str, float]
                             rmse_scale=rmse / scale if scale else None,
                             max_abs_error=float(np.max(np.abs(diff))) if diff.size else 0.0,
                             snr_db=out_snr, scale=scale, loss_db=in_snr - snr[t],
-                            **_channels(match[t]).figures()))
+                            **_channels(match[t], (shapes or {}).get(t)).figures()))
     return rows
 
 
-def _channels(m: dict[str, Any]) -> ChannelAcc:
-    """Per-channel figures of one activation; ONNX is channels-first (axis 1) past rank 2."""
+def _channels(m: dict[str, Any], shape: list[int] | None) -> ChannelAcc:
+    """Per-channel figures of one activation (the debugger keeps each sample flattened: its
+    shape comes from shape inference). ONNX is channels-first: axis 1 past rank 2."""
     acc = ChannelAcc()
+    if not shape or len(shape) < 2:
+        return acc
     for ref, got in zip(m["float"], m["post_qdq"], strict=False):
-        ref = np.asarray(ref)
-        acc.add(np.asarray(got), ref, axis=1 if ref.ndim >= 3 else -1)
+        ref, got = np.asarray(ref), np.asarray(got)
+        if ref.size != int(np.prod(shape)) or got.size != ref.size:
+            return ChannelAcc()
+        acc.add(got.reshape(shape), ref.reshape(shape), axis=1 if len(shape) >= 3 else -1)
     return acc
 
 
-def _consumers(graph: Any) -> dict[str, list[str]]:
-    """node name -> the nodes reading its outputs (through reshapes, pools, transposes)."""
+def _shapes(path: Path) -> dict[str, list[int]]:
+    """tensor -> its shape for one sample (batch 1), where shape inference knows every dim."""
+    import onnx
+
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=False)
+    except Exception:  # noqa: BLE001 - without shapes the rows just lack channel figures
+        return {}
+    out: dict[str, list[int]] = {}
+    for v in [*model.graph.value_info, *model.graph.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in v.type.tensor_type.shape.dim]
+        if dims and all(d is not None for d in dims[1:]):
+            out[v.name] = [1, *dims[1:]]
+    return out
+
+
+def _consumers(graph: Any, rows: set[str]) -> dict[str, list[str]]:
+    """node name -> the row nodes reading its outputs (through reshapes, pools, transposes and
+    nodes without a row of their own)."""
     producer = {t: n.name for n in graph.node for t in n.output}
     direct: dict[str, list[str]] = {}
     for node in graph.node:
         for t in node.input:
             if t in producer:
                 direct.setdefault(producer[t], []).append(node.name)
-    return through_passive(direct, {n.name: n.op_type for n in graph.node})
+    return through_passive(direct, {n.name: n.op_type for n in graph.node}, rows)
 
 
 def _measure(m: dict[str, Any] | None) -> tuple[np.ndarray, float | None, float] | None:

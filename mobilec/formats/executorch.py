@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.errors import ConversionError, UnsupportedError, stop_if_interrupted
 from mobilec.formats.runtime import measure_latency
 from mobilec.state import Artifact, ModelState
 from mobilec.util.metrics import fidelity, passes
 
 BACKEND = "XnnpackBackend"
-ROUTE_VERIFY_SAMPLES = 32
+ROUTE_VERIFY_SAMPLES = 128  # as many as the convert stage verifies on
 CALIBRATION_BATCH = 32
 RUN_TIMEOUT_S = 600
 # An int8 route "verifies" when it is the same model, not when it is as exact as float:
@@ -87,6 +87,9 @@ class ExecuTorchFormat:
         if mode not in ("float32", "int8"):
             raise UnsupportedError(f"ExecuTorch artifacts are float32 or int8, not {mode}",
                                    where="stages.quantize.mode")
+        if mode == "int8" and _calibration(state) is None:
+            raise UnsupportedError("int8 .pte needs calibration data and the recipe has none",
+                                   hint="add a data: section (train or eval), or ask for float32")
         module = _eager_module(state)
         x_ver = _verification_inputs(state)
         from mobilec.sources.pytorch import eager_runner
@@ -101,6 +104,7 @@ class ExecuTorchFormat:
                 dest.write_bytes(buffer)
                 got = run_isolated(dest, x_ver)
             except Exception as exc:  # noqa: BLE001 - each route fails in its own way
+                stop_if_interrupted(exc)  # a signal wrapped by the converter still stops
                 failed.append({"route": route.name, "reason": _reason(exc)})
                 continue
             fid = fidelity(reference, got)
@@ -134,10 +138,11 @@ def _record(artifact: Artifact, route: Route, failed: list[dict[str, str]],
     artifact.routes_failed = failed
     artifact.delegation = delegation
     artifact.precision = PRECISION.get(artifact.quantization, artifact.quantization)
-    if artifact.quantization == "int8":
-        artifact.quantizer = ("PT2E XNNPACKQuantizer, conv/linear only, per-tensor"
-                              if route.quantizer == "per-op" else
-                              "PT2E XNNPACKQuantizer, per-channel")
+    if artifact.quantization == "int8" and route.quantizer == "per-op":
+        artifact.quantizer = "PT2E XNNPACKQuantizer, conv/linear only, per-tensor"
+        artifact.precision = "int8 conv/linear (per-tensor), other ops float32; float32 I/O"
+    elif artifact.quantization == "int8":
+        artifact.quantizer = "PT2E XNNPACKQuantizer, per-channel"
     artifact.verification = {"against": "eager PyTorch", "samples": samples, **fid}
     if not route.delegate:
         artifact.delegate, artifact.fallback = None, None
@@ -300,6 +305,14 @@ def _child_main(argv: list[str]) -> None:
     path, xin, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
     x = np.load(xin)
     if "--latency" in argv[3:]:
+        # One thread, like every latency mobilec reports (a throwaway process: the
+        # "unsafe" reset cannot race anything here).
+        try:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(1)
+        except (ImportError, AttributeError):
+            pass
         method = _load_method(path)
         from mobilec.sources.pytorch import to_tensor
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from mobilec.policy.modes import INT8_MODES
 from mobilec.state import Artifact, ModelState
 
+#: A route variant: int8 with the ops that produce the model's outputs left in float.
+FLOAT_OUTPUTS = "+float-outputs"
 LAYERS_KEY = "kept_float"  # plan.options: {format: layer names kept in float}
 NODES_KEY = "kept_float_nodes"  # plan.options: {format: converter node names}
 
@@ -38,3 +40,10 @@ def note_kept_float(state: ModelState, artifact: Artifact) -> None:
     if layers:
         artifact.precision = (f"{artifact.precision or artifact.quantization}; "
                               f"float32: {', '.join(layers)}")
+
+
+def split_route(route: str | None) -> tuple[str | None, bool]:
+    """(base route, whether the outputs stay float) of a route name."""
+    if route and route.endswith(FLOAT_OUTPUTS):
+        return route[: -len(FLOAT_OUTPUTS)], True
+    return route, False

@@ -10,7 +10,7 @@ from typing import Any
 from mobilec.delegates.opcompat import onnx_compat
 from mobilec.delegates.snippets import kotlin_ort
 from mobilec.errors import ConversionError, UnsupportedError
-from mobilec.formats.kept_float import kept_nodes, note_kept_float
+from mobilec.formats.kept_float import FLOAT_OUTPUTS, kept_nodes, note_kept_float, split_route
 from mobilec.formats.onnx_quant import quantize_onnx
 from mobilec.formats.runtime import (
     measure_latency,
@@ -20,6 +20,7 @@ from mobilec.formats.runtime import (
     ort_session_runner,
 )
 from mobilec.formats.tflite_int4 import float32_tflite
+from mobilec.policy.modes import INT8_MODES
 from mobilec.sources.batch import first_n
 from mobilec.state import Artifact, ModelState
 from mobilec.util.tfenv import import_tf
@@ -40,18 +41,24 @@ class OnnxFormat:
         def along(route: str) -> Any:
             return lambda art, dest: self.build(state, art, dest, route)
 
-        return [(name, along(name)) for name in route_names(state)]
+        names = route_names(state)
+        if artifact.quantization in INT8_MODES and names:
+            names.append(f"{names[0]}{FLOAT_OUTPUTS}")  # see TFLiteFormat.routes
+        return [(name, along(name)) for name in names]
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path,
               route: str | None = None) -> None:
+        route, float_outputs = split_route(route)
         float_path = float32_onnx(state, route)
         mode = artifact.quantization
         if mode == "float32":
             shutil.copyfile(float_path, dest)
         else:
             # keep_float: the plan's float layers stay out of quantization.
-            quantize_onnx(state, float_path, mode, dest,
-                          nodes_to_exclude=kept_nodes(state, "onnx", mode))
+            exclude = kept_nodes(state, "onnx", mode)
+            if float_outputs:
+                exclude += output_nodes(float_path)
+            quantize_onnx(state, float_path, mode, dest, nodes_to_exclude=exclude)
         artifact.precision = PRECISION.get(mode, mode)
         note_kept_float(state, artifact)
         artifact.input_layout = state.input_layout
@@ -134,6 +141,15 @@ def float32_onnx(state: ModelState, route: str | None = None) -> Path:
         raise ConversionError(f"tf2onnx failed: {first[:400]}") from exc
     state.memo[key] = out
     return out
+
+
+def output_nodes(path: Path) -> list[str]:
+    """The nodes that produce the graph's outputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    outs = {o.name for o in graph.output}
+    return [n.name for n in graph.node if n.name and outs & set(n.output)]
 
 
 def _tf_dtype(tf: Any, name: str) -> Any:

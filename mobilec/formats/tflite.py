@@ -9,11 +9,12 @@ import numpy as np
 
 from mobilec.delegates.opcompat import tflite_compat
 from mobilec.delegates.snippets import kotlin_tflite
-from mobilec.formats.kept_float import kept_nodes, note_kept_float
+from mobilec.formats.kept_float import FLOAT_OUTPUTS, kept_nodes, note_kept_float, split_route
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
 from mobilec.formats.tflite_convert import convert_tflite, route_names
 from mobilec.formats.tflite_int4 import build_int4
 from mobilec.formats.tflite_selective import selective_int8
+from mobilec.policy.modes import INT8_MODES
 from mobilec.sources.batch import as_list, match_names
 from mobilec.sources.onnx2tf_bridge import tf_input_layout
 from mobilec.state import Artifact, ModelState
@@ -38,16 +39,25 @@ class TFLiteFormat:
         def along(route: str) -> Any:
             return lambda art, dest: self.build(state, art, dest, route)
 
-        return [(name, along(name)) for name in route_names(state)]
+        names = route_names(state)
+        if artifact.quantization in INT8_MODES and names:
+            # Last resort for an output mixing ranges (boxes in pixels + scores): the ops that
+            # produce the outputs stay float, so the slices are not forced onto one scale.
+            names.append(f"{names[0]}{FLOAT_OUTPUTS}")
+        return [(name, along(name)) for name in names]
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path,
               route: str | None = None) -> None:
         mode = artifact.quantization
+        route, float_outputs = split_route(route)
         if mode == "int4":
             build_int4(state, artifact, dest, route)
         else:
             # keep_float: int8 with a few layers left in float; otherwise the plain converter.
             nodes = kept_nodes(state, "tflite", mode)
+            if float_outputs:
+                nodes += [d["name"] for d in interpreter_of(
+                    convert_tflite(state, "float32", route)).get_output_details()]
             dest.write_bytes(selective_int8(state, mode, nodes) if nodes
                              else convert_tflite(state, mode, route))
         artifact.precision = PRECISION.get(mode, mode)
@@ -73,6 +83,12 @@ class TFLiteFormat:
 
     def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
         return "kotlin", kotlin_tflite(artifact, manifest)
+
+
+def interpreter_of(model: bytes) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=model, num_threads=1)
 
 
 def interpreter(path: Path) -> Any:

@@ -196,6 +196,41 @@ class BudgetConfig(Strict):
     max_latency_ms: float | None = Field(None, gt=0, description="Host median latency.")
 
 
+class ExploreConfig(Strict):
+    """`mobilec explore`: the bounded search over prune x factorize x quantize x format."""
+    max_candidates: int = Field(12, ge=1, le=1000, description=(
+        "Artifacts to build and measure at most (the float32 baselines come free)."))
+    max_minutes: float = Field(15.0, gt=0, description="No new candidate starts after this.")
+    sparsities: list[float] = Field(default_factory=lambda: [0.5, 0.8, 0.9], description=(
+        "Prune sparsities to try (no pruning is always a choice)."))
+    factorize: list[Literal["off", "auto"]] = Field(
+        default_factory=lambda: ["off", "auto"], description="factorize choices (auto: rank auto).")
+    modes: list[QuantMode] | None = Field(None, description=(
+        "Quantization modes, smallest first (default: quantize.candidates of an auto recipe, "
+        "else int4, int8, int16x8, float16)."))
+    formats: list[FormatName] | None = Field(
+        None, description="Default: convert.formats, else the targets' formats.")
+    prune: PruneConfig | None = Field(None, description=(
+        "How candidates prune (the search sets the sparsity); default: the recipe's prune "
+        "stage, else polynomial, 8 epochs, learning rate 1e-3."))
+    cache_dir: Path | None = Field(None, description=(
+        "Content cache of transformed models and candidate runs (default: <out>/cache)."))
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsities(cls, v: list[float]) -> list[float]:
+        if any(not 0 < s < 1 for s in v):
+            raise ValueError("each sparsity must be in (0, 1)")
+        return sorted(set(v))
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, v: list[str] | None) -> list[str] | None:
+        if v and "auto" in v:
+            raise ValueError("'auto' is not a mode to explore; list the modes")
+        return v
+
+
 class OutputConfig(Strict):
     dir: Path | None = Field(None, description="Default: ./mobilec-out/<name>.")
     report: list[Literal["json", "md", "html"]] = Field(default_factory=lambda: ["json", "md", "html"])
@@ -220,6 +255,7 @@ class Recipe(Strict):
     budget: BudgetConfig | None = None
     output: OutputConfig = Field(default_factory=OutputConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
+    explore: ExploreConfig | None = Field(None, description="`mobilec explore` only.")
 
     # Not part of the schema: where the recipe came from.
     _source: str = "<recipe>"

@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "convert": "mobilec.stages.convert",
     "evaluate": "mobilec.stages.evaluate",
     "diagnose": "mobilec.stages.diagnose",
+    "save": "mobilec.stages.save",
 }
 
 

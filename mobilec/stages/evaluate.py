@@ -5,9 +5,8 @@ the reason; no number is ever invented. One artifact that cannot be measured
 fails alone, with its reason.
 
 The quality floor: without a budget, a quantized artifact that loses more than
-5 points of accuracy, or falls below 10 dB SNR on an output (per channel for
-outputs that are not class scores), is `degraded` and the run exits 1, as a
-budget violation would. A recipe's budget replaces the floor;
+5 points of accuracy, or falls below 10 dB SNR on any channel of any output, is
+`degraded` and the run exits 1, as a budget violation would. A recipe's budget replaces the floor;
 `verify: {quantized_floor: off}` turns it off.
 """
 
@@ -106,12 +105,7 @@ def floor_problem(art: Artifact) -> str | None:
         return (f"quantization lost {drop * 100:.1f} points of accuracy (floor: "
                 f"{MAX_DROP * 100:.0f})")
     fid = art.metrics.get("fidelity") or art.verification
-    if not fid:
-        return None
-    outputs = fid.get("outputs") or []
-    if drop is not None:  # labels judged the class scores: hold the other outputs by SNR
-        fid = {**fid, "outputs": [o for o in outputs if o.get("top1_agreement") is None]}
-    return below_floor(fid, QUANT_FLOOR_DB)
+    return below_floor(fid, QUANT_FLOOR_DB) if fid else None
 
 
 def _slower_than_float(state: ModelState) -> None:

@@ -108,16 +108,13 @@ def fidelity(ref: list[np.ndarray], got: list[np.ndarray], names: list[str] | No
 
 
 def below_floor(fid: dict[str, Any], floor_db: float) -> str | None:
-    """Why these outputs fall below the quality floor, or None. Class-score outputs are
-    held by their tensor SNR (accuracy judges them better, where labels exist); every other
-    output by its worst channel, so a crushed slice of a mixed tensor shows."""
+    """Why these outputs fall below the quality floor, or None. Every output is held by its
+    worst channel, so a crushed slice of a mixed tensor shows (a detector's scores
+    concatenated with its boxes look like class scores by shape alone)."""
     for o in fid.get("outputs") or []:
-        if o.get("top1_agreement") is not None:
-            value, what = o.get("snr_db"), "SNR"
-        else:
-            value, what = o.get("worst_channel_snr_db", o.get("snr_db")), "worst-channel SNR"
-            if o.get("worst_channel") is not None and o.get("channels", 1) > 1:
-                what = f"SNR of channel {o['worst_channel']}"
+        value, what = o.get("worst_channel_snr_db", o.get("snr_db")), "SNR"
+        if o.get("worst_channel") is not None and o.get("channels", 1) > 1:
+            what = f"SNR of channel {o['worst_channel']}"
         if value is not None and value < floor_db:
             return f"output {o['name']}: {what} {value:.1f} dB < {floor_db:.0f} dB"
     return None
