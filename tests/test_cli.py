@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,29 @@ def test_npz_without_x_and_with_wrong_shape(tmp_path: Path, demo_h5: Path) -> No
     res = run_cli("compress", str(r2))
     _assert_clean_failure(res, "(28, 28, 1)", "(8, 8, 1)")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_bundled_recipes(tmp_path: Path) -> None:
+    """`pip install .` then `mobilec recipes list` from another folder: the recipes must be
+    package data, not files of the source checkout."""
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist"), str(root)], check=True, timeout=300,
+                   capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("mobilec-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert "mobilec/recipes/demo.yaml" in zf.namelist()
+        zf.extractall(tmp_path / "site")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = "import mobilec, sys; print(mobilec.__file__, file=sys.stderr); " \
+           "from mobilec.cli import main; main()"
+    res = subprocess.run([sys.executable, "-c", code, "recipes", "list"], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert res.returncode == 0, res.stderr
+    assert str(tmp_path / "site") in res.stderr  # the installed copy, not the checkout
+    assert {"demo", "mobile-int8", "fp16-gpu"} <= {ln.split()[0] for ln in res.stdout.splitlines()}

@@ -22,8 +22,8 @@ from conftest import write_recipe
 from mobilec.util.fs import TMP_PREFIX, output_lock, sha256_path
 
 
-def _compress_cmd(recipe: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "mobilec.cli", "compress", str(recipe), "--out", str(out)]
+def _compress_cmd(recipe: Path, out: Path, command: str = "compress") -> list[str]:
+    return [sys.executable, "-m", "mobilec.cli", command, str(recipe), "--out", str(out)]
 
 
 def _env(tmpdir: Path | None = None) -> dict[str, str]:
@@ -109,12 +109,14 @@ def test_second_run_into_the_same_dir_refuses_and_never_interleaves(recipe: Path
 
 
 @pytest.mark.slow
-def test_lock_taken_while_loading_is_still_refused(recipe: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["compress", "diagnose"])  # one runner, one lock
+def test_lock_taken_while_loading_is_still_refused(recipe: Path, tmp_path: Path,
+                                                   command: str) -> None:
     """The up-front probe passed, then another holder took the dir during load: the real
     lock, taken after load, must refuse all the same and write nothing."""
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.Popen(_compress_cmd(recipe, out), stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_compress_cmd(recipe, out, command), stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, env=_env())
     assert proc.stderr is not None
     lines = []
@@ -256,14 +258,15 @@ def test_disk_full_simulated_with_a_file_size_limit(recipe: Path, tmp_path: Path
 # ----------------------------------------------------------------------------- SIGKILL leftovers
 
 
-def test_work_dirs_of_killed_runs_are_swept(recipe: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["compress", "diagnose"])  # one runner, one work dir
+def test_work_dirs_of_killed_runs_are_swept(recipe: Path, tmp_path: Path, command: str) -> None:
     """SIGKILL allows no cleanup: the killed run's work dir stays in the temp dir. A later run
     removes it once its owner is gone and it is old enough; live or recent ones stay."""
     from mobilec.util.fs import sweep_stale_work_dirs
 
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    proc = subprocess.Popen(_compress_cmd(recipe, tmp_path / "out"), stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_compress_cmd(recipe, tmp_path / "out", command), stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, env=_env(tmpdir))
     assert proc.stderr is not None
     for line in proc.stderr:

@@ -11,8 +11,8 @@ import pytest
 from conftest import artifact, compress, read_report, run_cli, write_recipe
 
 from mobilec.delegates.manifest import MANIFEST_SUFFIX
-from mobilec.delegates.tflite_metadata import read_tflite_hint
 from mobilec.delegates.opcompat import nnapi_compat, parse_analyzer, tflite_ops
+from mobilec.delegates.tflite_metadata import read_tflite_hint
 from mobilec.policy.targets import NNAPI_DEPRECATED_API, TARGETS, plan_artifacts
 
 ALL_TARGETS = ["android-nnapi", "android-gpu", "ios-coreml", "cpu"]
