@@ -123,7 +123,8 @@ def _drop_artifacts(out: Path) -> None:
 def run_entry(entry: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     work = args.out / "runs" / entry["model"] / entry["source"]
     work.mkdir(parents=True, exist_ok=True)
-    wanted = args.runs if entry["source"] == "keras" or args.other_runs is None else args.other_runs
+    # the primary entry (.keras; .h5 where Keras 3 lacks the family) gets every run
+    wanted = args.runs if entry.get("primary") or args.other_runs is None else args.other_runs
     runs = [r for r in RUNS if r.name in wanted]
     if entry.get("error"):  # the builder could not save it this way: no cells to run
         return [cell(entry, fmt, q, "not-built", reason=f"corpus: {entry['error']}")
@@ -347,7 +348,8 @@ def main() -> int:
     ap.add_argument("--runs", nargs="+", default=[r.name for r in RUNS],
                     choices=[r.name for r in RUNS])
     ap.add_argument("--other-runs", nargs="+", choices=[r.name for r in RUNS],
-                    help="runs for sources other than .keras (default: --runs); the full matrix "
+                    help="runs for entries other than each model's primary one (.keras, else .h5; "
+                    "default: --runs); the full matrix "
                     "on every source is hours on 2 cores")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=600, help="seconds per corpus entry")

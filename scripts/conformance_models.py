@@ -15,6 +15,8 @@ hide broken conversions behind a near-uniform softmax, so every classifier outpu
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -51,6 +53,7 @@ class Arch:
     # also save `onnx-fn`: tf2onnx.convert.from_function on the loaded serving signature; for
     # ConvNeXt that .onnx has a stray graph input (a captured resource, '83812:0') - class 3
     onnx_fn: bool = False
+    keras3: bool = True  # False: Keras 3 lacks it (RegNet); built with tf_keras, primary is the .h5
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,7 +79,8 @@ def preprocess(x: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(mode)
 
 
-def app(name: str, cls: str, size: int, mode: str, onnx_fn: bool = False, **kw: Any) -> Arch:
+def app(name: str, cls: str, size: int, mode: str, onnx_fn: bool = False, keras3: bool = True,
+        **kw: Any) -> Arch:
     """A keras.applications architecture, random weights, 10 logits, one input named `image`."""
 
     def build(k: Any) -> Any:
@@ -88,7 +92,7 @@ def app(name: str, cls: str, size: int, mode: str, onnx_fn: bool = False, **kw: 
         return {"image": preprocess(images(rng, n, size), mode)}
 
     return Arch(name, build, data, note=f"keras.applications.{cls} {size}px, inputs '{mode}'",
-                onnx_fn=onnx_fn)
+                onnx_fn=onnx_fn, keras3=keras3)
 
 
 # ------------------------------------------------------------------- non-vision models
@@ -276,9 +280,9 @@ VISION = [
     app("inception_resnet_v2", "InceptionResNetV2", 75, "tf"),
     app("xception", "Xception", 72, "tf"),
     app("convnext_tiny", "ConvNeXtTiny", 64, "raw", onnx_fn=True),
-    app("regnetx_002", "RegNetX002", 64, "raw"),
-    app("regnety_002", "RegNetY002", 64, "raw"),
-    app("regnetx_004", "RegNetX004", 64, "raw"),
+    app("regnetx_002", "RegNetX002", 64, "raw", keras3=False),
+    app("regnety_002", "RegNetY002", 64, "raw", keras3=False),
+    app("regnetx_004", "RegNetX004", 64, "raw", keras3=False),
     app("vgg16", "VGG16", 32, "caffe"),
 ]
 
@@ -417,18 +421,28 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0) -> list[dict[str, Any]]
         entry["seconds"] = round(time.perf_counter() - start, 2)
         entries.append(entry)
 
-    keras.utils.set_random_seed(rng_seed)
+    # Keras 3 dropped some families (RegNet): those are built with tf_keras, as their users
+    # have them (.h5, SavedModels, .onnx; no .keras), and the .h5 is the primary entry.
+    primary_mod = keras if arch.keras3 else import_tf_keras()
+    primary_mod.utils.set_random_seed(rng_seed)
     start = time.perf_counter()
     try:
-        model = arch.build(keras)
+        model = arch.build(primary_mod)
     except Exception as exc:  # noqa: BLE001 - this Keras cannot build it: every source says so
         return [{"model": arch.name, "source": src, "path": None, "note": arch.note,
-                 "error": f"Keras 3 build: {type(exc).__name__}: {str(exc).strip()[:300]}"}
+                 "error": f"build: {type(exc).__name__}: {str(exc).strip()[:300]}"}
                 for src in SOURCES if src != "onnx-fn" or arch.onnx_fn]
     build_s = time.perf_counter() - start
-    step("keras", "model.keras", lambda: (model.save(d / "model.keras"), _specs_keras(model))[1])
-    step("export", "export", lambda: (model.export(str(d / "export"), verbose=False),
-                                      _specs_savedmodel(d / "export"))[1])
+    if arch.keras3:
+        step("keras", "model.keras", lambda: (model.save(d / "model.keras"), _specs_keras(model))[1])
+    else:
+        step("h5", "model.h5", lambda: (model.save(d / "model.h5"), _specs_keras(model))[1])
+    def export() -> list[dict[str, Any]]:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints every captured variable
+            model.export(str(d / "export"))
+        return _specs_savedmodel(d / "export")
+
+    step("export", "export", export)
     step("tfsave", "tfsave", lambda: (tf.saved_model.save(model, str(d / "tfsave")),
                                       _specs_savedmodel(d / "tfsave"))[1])
     step("onnx", "model.onnx", lambda: (_to_onnx(d / "export", d / "model.onnx"),
@@ -436,7 +450,7 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0) -> list[dict[str, Any]]
     if arch.onnx_fn:
         step("onnx-fn", "model-fn.onnx", lambda: (_onnx_from_function(d / "export", d / "model-fn.onnx"),
                                                   _specs_onnx(d / "model-fn.onnx"))[1])
-    if arch.tf_keras:
+    if arch.tf_keras and arch.keras3:
         def save_h5() -> list[dict[str, Any]]:
             tfk = import_tf_keras()
             tfk.utils.set_random_seed(rng_seed)
@@ -446,9 +460,10 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0) -> list[dict[str, Any]]
             return _specs_keras(legacy)
 
         step("h5", "model.h5", save_h5)
+    entries[0]["primary"] = True  # the runner gives the primary entry every run (--other-runs)
     for e in entries:
         e.update(build_seconds=round(build_s, 2), params=int(model.count_params()))
-    keras.backend.clear_session()
+    primary_mod.backend.clear_session()
     return entries
 
 

@@ -346,7 +346,8 @@ def test_crash_and_hang_are_isolated_interrupt_resumes(tmp_path: Path, demo_kera
     ], workers=1)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "mobilec.cli", "batch", str(zoo), "--out",
-                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(out), "--trust-code"],  # the hooks are the recipe's own code
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 150
         # wait until the hanging model has started (one worker: the others are then finished)
@@ -370,7 +371,7 @@ def test_crash_and_hang_are_isolated_interrupt_resumes(tmp_path: Path, demo_kera
     _no_orphans()
 
     # generous for the model that aborts during load on a busy machine; the hang is stopped
-    report = run_batch(zoo, out=out, timeout=10)
+    report = run_batch(zoo, out=out, timeout=10, trust_code=True)
     models = by_name(report)
     print({n: (m["status"], m["error"]) for n, m in models.items()})
     assert models["digits.keras"]["status"] == "cached"      # resumed, not redone

@@ -76,7 +76,13 @@ output:
   dir: out
   report: [json, md, html]
 """
-SIZE_KEY_LINE = RECIPE.splitlines().index("  max_size_bytes: 400000") + 1  # 17
+
+
+def budget_line(key: str) -> int:
+    """The line of `budget.<key>` in RECIPE, counted from 1 (as GitHub counts)."""
+    lines = RECIPE.splitlines()
+    start = lines.index("budget:")
+    return next(i for i, ln in enumerate(lines[start:], start + 1) if ln.startswith(f"  {key}:"))
 
 
 # ----------------------------------------------------------------------------- running mobilec
@@ -133,6 +139,7 @@ def ws(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 INT4 = ("--set", "quantize.mode=int4", "--set", "budget.max_size_bytes=60000")
+CI_ENV = {"GITHUB_ACTIONS": "true", "GITHUB_WORKSPACE": "{ws}"}
 # Each run once per module, on first use: name -> (arguments, extra environment).
 RUNS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "json_after": (("compress", "r.yaml", "--out", "{out}", "--json"), {}),
@@ -141,8 +148,15 @@ RUNS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
                      "--locked", "{runs}/json_after/" + LOCK_NAME), {}),
     "q_after": (("compress", "r.yaml", "--out", "{out}", "-q"), {}),
     "q_before": (("-q", "compress", "r.yaml", "--out", "{out}"), {}),
-    "int4": (("compress", "r.yaml", "--out", "{out}", *INT4, "--junit", "{runs}/junit.xml"),
-             {"GITHUB_ACTIONS": "true", "GITHUB_WORKSPACE": "{ws}"}),
+    # int4 of the demo: smaller, no accuracy lost on its 360 eval digits; the float32
+    # artifacts break the size budget (exit 1).
+    "int4": (("compress", "r.yaml", "--out", "{out}", *INT4, "--junit", "{runs}/int4-junit.xml"),
+             CI_ENV),
+    # int4 after pruning 90% of the weights with one epoch of fine-tuning: accuracy collapses,
+    # so two budget rules break (size and accuracy drop).
+    "lossy": (("compress", "r.yaml", "--out", "{out}", *INT4, "--set", "prune.sparsity=0.9",
+               "--set", "prune.epochs=1", "--set", "convert.formats=[tflite]",
+               "--junit", "{runs}/lossy-junit.xml"), CI_ENV),
     # Verification no conversion can pass: every artifact is .unverified., exit 3.
     "broken": (("compress", "r.yaml", "--out", "{out}", "--set", "verify.min_snr_db=500",
                 "--set", "convert.formats=[onnx]"), {}),
@@ -216,7 +230,7 @@ def test_json_before_and_after_the_subcommand(cli) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, code", [("json_after", EXIT_OK), ("int4", EXIT_BUDGET),
-                                        ("broken", EXIT_STAGE)])
+                                        ("lossy", EXIT_BUDGET), ("broken", EXIT_STAGE)])
 def test_output_dir_holds_artifacts_manifests_reports_and_the_lockfile_only(
         cli, ws: Path, name: str, code: int) -> None:
     run = cli(name)
@@ -350,8 +364,9 @@ def _lost_accuracy(base: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 @pytest.mark.slow
-def test_compare_int8_with_int4(cli, ws: Path) -> None:
-    base, new = cli("json_after"), cli("int4")
+@pytest.mark.parametrize("name", ["int4", "lossy"])
+def test_compare_int8_with_int4(cli, ws: Path, name: str) -> None:
+    base, new = cli("json_after"), cli(name)
     a, b = str(base.out), str(new.out / "report.json")  # an output dir and a report.json
     t8 = next(x for x in base.report["artifacts"] if x["format"] == "tflite"
               and x["quantization"] == "int8")
@@ -365,20 +380,25 @@ def test_compare_int8_with_int4(cli, ws: Path) -> None:
     assert size_change in text.stdout, text.stdout  # the size delta of the int4 tflite
 
     lost = _lost_accuracy(base.report, new.report)
+    assert lost == (name == "lossy")  # what the demo measures; the gate must agree either way
     gated = mobilec("compare", a, b, "--max-accuracy-loss", "0", cwd=ws)
     assert gated.returncode == (EXIT_BUDGET if lost else EXIT_OK), gated.stdout
     assert ("regression(s):" in gated.stdout) == lost
+    if lost:
+        acc = f"{t8['accuracy'] * 100:.2f}% → {t4['accuracy'] * 100:.2f}%"
+        assert acc in " ".join(gated.stdout.split()), gated.stdout
 
     md = mobilec("compare", a, b, "--md", "--max-accuracy-loss", "0", cwd=ws)
     assert md.returncode == gated.returncode
-    assert md.stdout.startswith("### ") and "| artifact | quant |" in md.stdout
-    assert f"`{t4['path']}`" in md.stdout
+    assert md.stdout.startswith("### ❌" if lost else "### ✅"), md.stdout
+    assert "| artifact | quant |" in md.stdout and f"`{t4['path']}`" in md.stdout
 
     for args in (("compare", a, b, "--json", "--max-accuracy-loss", "0"),
                  ("--json", "compare", a, b, "--max-accuracy-loss", "0")):
         js = mobilec(*args, cwd=ws)
         data = json.loads(js.stdout)
         assert js.returncode == data["exit_code"] == gated.returncode
+        assert data["passed"] is not lost
         row = next(r for r in data["artifacts"] if r["new"]["path"] == t4["path"])
         assert row["base"]["quantization"] == "int8"
         assert row["metrics"]["size_bytes"]["delta"] == t4["size_bytes"] - t8["size_bytes"]
@@ -400,36 +420,56 @@ def test_compare_identical_runs_exits_0(cli, ws: Path) -> None:
 
 # ----------------------------------------------------------------------------- JUnit, annotations
 
+def _over_budget(rep: dict[str, Any]) -> set[tuple[str, str]]:
+    """(rule, artifact) pairs the budget of r.yaml (with --set budget.max_size_bytes=60000)
+    should fail, from the report's numbers."""
+    out = set()
+    for a in rep["artifacts"]:
+        if a["status"] == "ok" and a["role"] == "artifact":
+            if a["size_bytes"] > 60000:
+                out.add(("max_size_bytes", a["path"]))
+            if a["accuracy_drop"] is not None and a["accuracy_drop"] > 0.01:
+                out.add(("max_accuracy_drop", a["path"]))
+    return out
+
+
 @pytest.mark.slow
-def test_junit_validates_and_fails_one_case_per_violated_budget_rule(cli, ws: Path) -> None:
+@pytest.mark.parametrize("name", ["int4", "lossy"])
+def test_junit_validates_and_fails_one_case_per_violated_budget_rule(cli, ws: Path,
+                                                                     name: str) -> None:
     xmlschema = pytest.importorskip("xmlschema")  # in the `test` extra
-    run = cli("int4")
+    run = cli(name)
     assert run.code == EXIT_BUDGET, run
-    xml = (ws / "runs" / "junit.xml").read_text()
+    xml = (ws / "runs" / f"{name}-junit.xml").read_text()
     xmlschema.XMLSchema(str(XSD)).validate(xml)
-    rep = run.report
-    over = sorted(a["path"] for a in rep["artifacts"]
-                  if a["status"] == "ok" and a["role"] == "artifact" and a["size_bytes"] > 60000)
-    assert over and len(rep["budget"]["violations"]) == len(over)
+    expected = _over_budget(run.report)
+    assert expected and len(run.report["budget"]["violations"]) == len(expected)
     suite = ET.fromstring(xml.encode()).find("testsuite")
     assert suite is not None
     failing = [c for c in suite.iter("testcase")
                if c.find("failure") is not None and ".budget." in c.get("classname", "")]
-    assert sorted(c.get("name") for c in failing) == over
-    assert {c.get("classname") for c in failing} == {"mobilec.digits.budget.max_size_bytes"}
+    assert {(c.get("classname", "").rsplit(".", 1)[-1], c.get("name")) for c in failing} \
+        == expected
+    assert len(failing) == len(expected)
     assert int(suite.get("failures", "-1")) == len(failing)  # verification passed everywhere
     assert int(suite.get("errors", "-1")) == 0
 
 
 @pytest.mark.slow
-def test_github_annotations_point_at_the_budget_key_line(cli) -> None:
-    run = cli("int4")
+@pytest.mark.parametrize("name", ["int4", "lossy"])
+def test_github_annotations_point_at_the_budget_key_line(cli, name: str) -> None:
+    run = cli(name)
     errors = [ln for ln in run.stdout.splitlines() if ln.startswith("::error")]
-    assert len(errors) == 1, run  # one per violated rule, every artifact in its message
-    assert errors[0].startswith(f"::error file=r.yaml,line={SIZE_KEY_LINE},"
-                                "title=mobilec budget%3A max_size_bytes = 60000::"), errors[0]
-    for v in run.report["budget"]["violations"]:
-        assert v in errors[0]
+    rules = sorted({rule for rule, _ in _over_budget(run.report)})
+    assert len(errors) == len(rules), run  # one per violated rule, its artifacts in the message
+    for rule in rules:
+        line = budget_line(rule)  # 16 and 17, not the `budget:` line
+        limit = {"max_size_bytes": "60000", "max_accuracy_drop": "0.01"}[rule]
+        prefix = f"::error file=r.yaml,line={line},title=mobilec budget%3A {rule} = {limit}::"
+        hit = [e for e in errors if e.startswith(prefix)]
+        assert len(hit) == 1, (prefix, errors)
+        for v in run.report["budget"]["violations"]:
+            assert (v in hit[0]) == (rule in v)
     assert not any(ln.startswith("::") for ln in cli("json_after").stdout.splitlines())
 
 
@@ -526,6 +566,23 @@ def test_targets_table_in_tmux(tmp_path: Path, width: int) -> None:
     for t in describe():
         assert any(ln.startswith(t["target"] + " ") for ln in lines[2:]), t["target"]
         assert " ".join(t["constraints"].split()) in flat
+
+
+@needs_tmux
+def test_targets_wide_in_a_narrow_terminal_keeps_words_whole() -> None:
+    """--wide at 50 columns: every column, no header or value folded mid-word ("artifac/ts",
+    ".mlpack/age"); the terminal wraps the table's lines, the sentences wrap between words."""
+    from mobilec.policy.targets import describe
+
+    code, screen = tmux_screen(f"{sys.executable} -m mobilec.cli targets --wide", 50, ROOT)
+    assert code == EXIT_OK, screen
+    lines = screen.splitlines()
+    assert lines[0].split() == ["target", "artifacts", "quant", "delegate", "fallback"], screen
+    for t in describe():
+        row = next(ln for ln in lines if ln.startswith(t["target"] + " "))
+        assert t["artifacts"] in row and t["quantization"] in row, (row, screen)
+    notes = lines[lines.index("") + 1:]
+    assert notes and all(len(ln) <= 50 for ln in notes), screen
 
 
 # ----------------------------------------------------------------------------- inspect, bench

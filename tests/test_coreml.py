@@ -152,7 +152,7 @@ def test_structure_that_differs_from_the_source_fails_verification(
     good = Artifact(path=out / "ios-coreml/digits-int8.mlpackage", format="coreml",
                     quantization="int8")
     structural_check(state, good)
-    assert good.status == "ok" and good.extra["verification"]["inputs"][0]["shape"] == [1, 8, 8, 1]
+    assert good.status == "ok" and good.verification["inputs"][0]["shape"] == [1, 8, 8, 1]
     state.outputs = [TensorSpec("scores", [None, 12])]  # not what the source model had
     bad = Artifact(path=good.path, format="coreml", quantization="int8")
     structural_check(state, bad)

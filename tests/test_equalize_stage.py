@@ -52,6 +52,22 @@ def test_equalize_is_skipped_with_a_reason_where_it_cannot_help() -> None:
     assert out["equalize"]["applied"] is False and "float activations" in out["equalize"]["reason"]
 
 
+def test_blame_moves_an_unbalanced_producer_only_ahead_of_readers_it_damages() -> None:
+    from mobilec.diagnose.common import OpError, blame
+
+    def op(name: str, snr: float, ratio: float) -> OpError:
+        return OpError(name=name, tensor=name, op="FULLY_CONNECTED", rmse_scale=0.3,
+                       max_abs_error=0.1, snr_db=snr, range_ratio=ratio)
+
+    rows = [op("probs", 0.0, 1.4), op("conv", 40.0, 2.0), op("hidden", 53.0, 9000.0)]
+    out = blame(rows, {"hidden": ["probs"], "conv": ["hidden"]})
+    assert [r.name for r in out] == ["hidden", "probs", "conv"] and "probs" in out[0].cause
+    # a reader that int8 serves well: the imbalance is harmless, nothing moves, no cause
+    rows = [op("conv", 30.0, 2.0), op("probs", 35.0, 1.4), op("hidden", 53.0, 9000.0)]
+    out = blame(rows, {"hidden": ["probs"]})
+    assert [r.name for r in out] == ["conv", "probs", "hidden"] and out[2].cause is None
+
+
 @pytest.mark.slow
 def test_equalize_auto_rescues_full_int8_tflite_and_onnx(outlier_files: dict[str, Any],
                                                          tmp_path: Path) -> None:

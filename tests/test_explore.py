@@ -22,9 +22,9 @@ def space() -> Space:
                  ["tflite", "onnx"])
 
 
-def walk(sp: Space, passes: Any, limit: int = 40) -> list[Point]:
+def walk(sp: Space, passes: Any, limit: int = 40, fill: bool = False) -> list[Point]:
     climb, seen = Climb(sp), []
-    while (p := climb.next()) is not None and len(seen) < limit:
+    while (p := climb.next()) is not None and len(seen) < limit and (fill or not climb.filling):
         seen.append(p)
         climb.record(p, passes(p))
     return seen
@@ -47,6 +47,10 @@ def test_the_climb_starts_at_int8_and_never_builds_on_a_failure() -> None:
         assert not any(f != p and all(a >= b for a, b in zip(sp.rank(p), sp.rank(f), strict=True))
                        for f in failed if seen.index(f) < seen.index(p))
     assert len(seen) < len(sp.points()) / 2
+    # then the frontier is filled, never with a point implied to fail, until nothing is left
+    filled = walk(sp, passes, fill=True)
+    assert filled[:len(seen)] == seen and len(filled) > len(seen)
+    assert len(set(filled)) == len(filled) and Point(0.9, "auto", "int4") not in filled
 
 
 def test_when_int8_misses_the_budget_the_safer_modes_come_next() -> None:
@@ -99,7 +103,7 @@ def test_explore_end_to_end_with_a_warm_cache(demo_keras: Path, tmp_path: Path) 
                                                                  "space exhausted")
     assert {c["id"] for c in doc["candidates"] if c["status"] == "baseline"} == {
         "float32/tflite", "float32/onnx"}
-    assert doc["candidates"][0]["id"] == "int8/tflite" and doc["float32_tflite_bytes"] > 0
+    assert built[0]["id"] == "int8/tflite" and doc["float32_tflite_bytes"] > 0  # the climb's start
     for c in built:
         assert c["gzip_bytes"] and c["accuracy"] is not None and c["latency_ms"] is not None
         assert c["accuracy_drop"] == pytest.approx(doc["reference_accuracy"] - c["accuracy"],

@@ -75,7 +75,7 @@ def test_tflite_mode_size_and_accuracy(tflite: dict[str, dict[str, Any]], mode: 
 
 def test_int4_uses_ai_edge_quantizer(tflite: dict[str, dict[str, Any]]) -> None:
     art = tflite["int4"]["artifact"]
-    assert art.extra["quantizer"] == "ai-edge-quantizer weight_only_wi4_afp32"
+    assert art.quantizer == "ai-edge-quantizer weight_only_wi4_afp32"
     assert art.precision == "int4 weights, float activations"
 
 

@@ -49,8 +49,10 @@ def compare_command(obj: Ctx, base: str, new: str, max_size_increase: float | No
                     md: bool) -> None:
     """Per-artifact deltas between two runs (report.json files or output dirs).
 
-    Artifacts are matched by target, format and quantization. Exit 1 when a gate is
-    broken or an artifact that was verified in BASE is not in NEW; 0 otherwise.
+    Artifacts are matched by target, format and quantization; an artifact whose
+    quantization changed is compared with BASE's of the same target and format.
+    Exit 1 when a gate is broken or an artifact that verified in BASE failed or
+    degraded in NEW; 0 otherwise. Artifacts in only one run are listed, not failed.
     """
     cmp = compare(load_report(base), load_report(new), max_size_increase=max_size_increase,
                   max_accuracy_loss=max_accuracy_loss,

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.diagnose.channels import IMBALANCE_RATIO, blame_order
+from mobilec.diagnose.channels import IMBALANCE_RATIO
 from mobilec.state import ModelState
 
 # Uniform rounding noise is scale/sqrt(12) ~ 0.29 scale; the TF guide flags ops far above it.
@@ -64,7 +64,12 @@ class Diagnosis:
 RANKED_BY = {"per-op": "snr_db ascending (lowest SNR = worst), then rmse_scale",
              "cumulative": "loss_db descending (SNR the op loses vs its inputs)"}
 BLAME_NOTE = ("; an op whose output channel ranges differ more than {ratio:g}x is moved ahead "
-              "of the ops that read it (its int8 scale crushes the small channels: the cause)")
+              "of the damaged ops that read it (its int8 scale crushes the small channels: the "
+              "cause)")
+# A reader is damaged below the default verify.min_snr_db (per-op), or when it loses 3 dB
+# (cumulative): the same lines diagnose.view draws its red bars at.
+DAMAGED_SNR_DB = 20.0
+DAMAGED_LOSS_DB = 3.0
 # Ops that only move or select values: an imbalance they carry is their producer's, and
 # blame looks through them to the op that reads the values.
 PASSIVE_OPS = frozenset({
@@ -152,30 +157,43 @@ def through_passive(direct: dict[str, list[str]], kinds: dict[str, str],
 
 def blame(rows: list[OpError], consumers: dict[str, list[str]],
           threshold: float = IMBALANCE_RATIO) -> list[OpError]:
-    """`rows` (worst first by their own error) re-ranked so that an op whose output channel
-    ranges differ more than `threshold` comes before the first op that reads its output, with
-    its `cause` set. consumers: op tensor -> the op tensors reading it (through_passive).
+    """`rows` (worst first by their own error) with each op whose unbalanced output damages
+    its readers moved just ahead of the first damaged reader, and its `cause` set.
 
-    The error of an unbalanced tensor shows in its readers (their input lost the small
+    An op is blamed when its output channel ranges differ more than `threshold` and a row
+    reading its output (consumers: op tensor -> reader tensors, through_passive) is damaged
+    (below 20 dB SNR per-op, or losing 3 dB or more cumulatively) and ranks ahead of it. The
+    error of an unbalanced tensor shows in its readers (their input lost the small
     channels), while its own tensor SNR looks fine (the huge channel dominates signal and
-    noise alike): ranked by error alone, the cause would come last.
+    noise alike): ranked by error alone, the cause would come after its effect.
     """
+    order = list(rows)
     by_tensor = {r.tensor: r for r in rows}
     if len(by_tensor) != len(rows):
-        return rows  # op names not unique: cannot say who reads whom
-    stats = [{"layer": r.tensor, "kind": r.op, "range_ratio": r.range_ratio} for r in rows
-             if r.range_ratio is not None and r.op not in PASSIVE_OPS]
-    order = blame_order([r.tensor for r in rows], stats, consumers, threshold)
-    for s in stats:
-        if s["range_ratio"] > threshold:
-            r = by_tensor[s["layer"]]
-            readers = list(dict.fromkeys(by_tensor[c].name for c in consumers.get(r.tensor, [])
-                                         if c in by_tensor))
-            r.cause = (f"output channel ranges differ {r.range_ratio:.0f}x (widest: channel "
-                       f"{r.widest_channel}); one int8 scale for the whole tensor crushes the "
-                       "other channels" + (f", read by {', '.join(readers)}" if readers else "")
-                       + "; try quantize.equalize: auto")
-    return [by_tensor[t] for t in order]
+        return order  # op names not unique: cannot say who reads whom
+    culprits = sorted((r for r in rows if r.range_ratio is not None and r.op not in PASSIVE_OPS
+                       and r.range_ratio > threshold), key=lambda r: -(r.range_ratio or 0.0))
+    for r in culprits:
+        at = order.index(r)
+        hurt = [by_tensor[c] for c in consumers.get(r.tensor, [])
+                if c in by_tensor and _damaged(by_tensor[c]) and order.index(by_tensor[c]) < at]
+        if not hurt:
+            continue
+        first = min(order.index(h) for h in hurt)
+        order.remove(r)
+        order.insert(first, r)
+        readers = ", ".join(dict.fromkeys(h.name for h in hurt))
+        r.cause = (f"output channel ranges differ {r.range_ratio:.0f}x (widest: channel "
+                   f"{r.widest_channel}); one int8 scale for the whole tensor crushes the other "
+                   f"channels, and {readers} reading it lose the signal; try "
+                   "quantize.equalize: auto")
+    return order
+
+
+def _damaged(r: OpError) -> bool:
+    if r.loss_db is not None:
+        return r.loss_db >= DAMAGED_LOSS_DB
+    return r.snr_db is not None and r.snr_db < DAMAGED_SNR_DB
 
 
 def layer_of(tensor: str, layer_names: set[str]) -> str:

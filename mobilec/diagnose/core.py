@@ -54,6 +54,11 @@ def diagnose(state: ModelState, backend: str | None = None) -> Diagnosis:
         raise UnsupportedError("diagnose runs int8 calibration and the recipe has no data",
                                where=state.recipe.source,
                                hint="add a data: section (train or eval samples)")
+    if len(state.inputs) > 1:
+        raise UnsupportedError(f"diagnose ranks the layers of one-input models; this model has "
+                               f"{len(state.inputs)} inputs", where=state.recipe.source,
+                               hint="the artifacts' per-output and per-channel fidelity in the "
+                                    "report show where int8 loses the signal")
     key = ("diagnose", backend, state.model_version)
     if key not in state.memo:
         if backend == "tflite":

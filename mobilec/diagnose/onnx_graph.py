@@ -48,7 +48,7 @@ def diagnose_onnx(state: ModelState) -> Diagnosis:
     work = state.work_dir / f"diagnose-onnx-v{state.model_version}"
     work.mkdir(parents=True, exist_ok=True)
     qdq_path = work / "int8.onnx"
-    quantize_onnx(state, float_path, "int8", qdq_path)
+    quantize_onnx(state, float_path, "int8", qdq_path, preprocess=False)
     x = state.data.calibration.x.astype(np.float32)
     transpose = None
     if transpose:

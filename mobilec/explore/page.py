@@ -108,7 +108,7 @@ def scatter_svg(doc: dict[str, Any], key: str, flag: str, x_label: str) -> str |
     lx, ly = LEFT + pw + 16, TOP + 10
     formats = sorted({c["format"] for c in pts})
     legend = [(FORMAT_COLORS.get(f, OTHER_COLOR), f".{f} (frontier)") for f in formats]
-    legend += [(GREY, "dominated"), ("#fff", "square: float32 baseline")]
+    legend += [(GREY, "dominated"), ("#fff", "float32 (square)")]
     for i, (color, text) in enumerate(legend):
         out.append(f'<circle cx="{lx + 6}" cy="{ly + i * 18}" r="6" fill="{color}" '
                    f'stroke="#888"/><text x="{lx + 18}" y="{ly + i * 18 + 4}" '

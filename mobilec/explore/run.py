@@ -19,7 +19,13 @@ from typing import Any
 
 from mobilec import api
 from mobilec.batch.cache import cache_key
-from mobilec.errors import MobilecError, RecipeError, stop_if_interrupted
+from mobilec.errors import (
+    Interrupted,
+    MobilecError,
+    RecipeError,
+    UnsupportedError,
+    stop_if_interrupted,
+)
 from mobilec.explore.cache import Cache, derive, parts_for
 from mobilec.explore.frontier import best_of, candidate_rows, mark_frontiers, point_passes
 from mobilec.explore.outputs import describe, write_outputs
@@ -78,25 +84,67 @@ def explore(recipe: str | Path, *, overrides: list[str] | None = None,
     prog = progress or Progress(quiet=quiet)
     opts = {"unsafe_deserialization": unsafe_deserialization, "trust_code": trust_code,
             "verbose": verbose}
-    climb = Climb(space)
     rows: list[dict[str, Any]] = []
     ref: dict[str, Any] = {"accuracy": None, "float32_tflite_bytes": None}
-    built, stopped = 0, None
     prog.info(f"explore {base.name}: {len(space.points())} points x {', '.join(space.formats)}; "
               f"at most {cfg.max_candidates} candidates, {cfg.max_minutes:g} min; cache "
               f"{cache.root}")
-    while stopped is None:
+    try:
+        stopped = _search(base, cfg, space, cache, rows, ref, budget, opts, prog, started)
+    except (Interrupted, KeyboardInterrupt):
+        # Keep what finished: explore.json and the page show it, then the signal goes on.
+        stopped = ("interrupted", f"interrupted after {len(rows)} rows; rerun to resume from "
+                                  "the cache")
+        _finish(base, space, cfg, cache, rows, ref, stopped, started, out_dir, prog)
+        raise
+    return _finish(base, space, cfg, cache, rows, ref, stopped, started, out_dir, prog)
+
+
+def _finish(base: Recipe, space: Space, cfg: ExploreConfig, cache: Cache,
+            rows: list[dict[str, Any]], ref: dict[str, Any], stopped: tuple[str, str],
+            started: float, out_dir: Path, prog: Progress) -> dict[str, Any]:
+    mark_frontiers(rows)
+    doc = {"recipe": base.source, "name": base.name,
+           "budget": base.budget.model_dump(mode="json") if base.budget else {},
+           "reference_accuracy": ref["accuracy"],
+           "float32_tflite_bytes": ref["float32_tflite_bytes"], "space": space.as_dict(),
+           "limits": {"max_candidates": cfg.max_candidates, "max_minutes": cfg.max_minutes},
+           "stopped": {"reason": stopped[0], "detail": stopped[1]},
+           "seconds": round(time.monotonic() - started, 2), "cache": cache.as_dict(),
+           "candidates": rows}
+    result = write_outputs(doc, base, out_dir)
+    best = best_of(rows)
+    prog.info(f"explore: stopped ({stopped[0]}: {stopped[1]}) after "
+              f"{result['seconds']:.0f} s; best: {describe(best, ref) if best else 'none'}; "
+              f"wrote {result['path']}")
+    return result
+
+
+def _search(base: Recipe, cfg: ExploreConfig, space: Space, cache: Cache,
+            rows: list[dict[str, Any]], ref: dict[str, Any], budget: float,
+            opts: dict[str, Any], prog: Progress, started: float) -> tuple[str, str]:
+    """The walk, until a limit or the space ends it; fills `rows`. Returns why it stopped."""
+    climb = Climb(space)
+    built, filling = 0, False
+    stopped: tuple[str, str] | None = None
+    while True:
         point = climb.next()
         elapsed = time.monotonic() - started
         if point is None:
-            stopped = ("space exhausted", "no untried point can beat the best within budget")
+            stopped = ("space exhausted", "every point was built or is more aggressive than "
+                                          "one that missed the budget")
         elif built >= cfg.max_candidates:
             stopped = ("max_candidates", f"{built} candidates built (explore.max_candidates)")
         elif elapsed >= cfg.max_minutes * 60:
             stopped = ("max_minutes", f"{elapsed / 60:.1f} min spent (explore.max_minutes "
                                       f"{cfg.max_minutes:g})")
         if stopped is not None:
-            break
+            return stopped
+        if climb.filling and not filling:
+            filling = True
+            best = best_of(rows)
+            prog.info(f"explore: climb done (best {best['id'] if best else 'none'}); "
+                      "filling the frontier with the candidates left")
         formats = [f for f in space.formats if mode_for_format(point.mode, f)]
         formats = formats[:cfg.max_candidates - built]
         if not formats:
@@ -113,21 +161,6 @@ def explore(recipe: str | Path, *, overrides: list[str] | None = None,
         prog.info(f"explore [{built}/{cfg.max_candidates}] {point.label}: "
                   + "; ".join(describe(r) for r in new if r["status"] != "baseline")
                   + f" | best: {describe(best, ref) if best else 'none within budget yet'}")
-    mark_frontiers(rows)
-    doc = {"recipe": base.source, "name": base.name,
-           "budget": base.budget.model_dump(mode="json") if base.budget else {},
-           "reference_accuracy": ref["accuracy"],
-           "float32_tflite_bytes": ref["float32_tflite_bytes"], "space": space.as_dict(),
-           "limits": {"max_candidates": cfg.max_candidates, "max_minutes": cfg.max_minutes},
-           "stopped": {"reason": stopped[0], "detail": stopped[1]},
-           "seconds": round(time.monotonic() - started, 2), "cache": cache.as_dict(),
-           "candidates": rows}
-    result = write_outputs(doc, base, out_dir)
-    best = best_of(rows)
-    prog.info(f"explore: stopped ({stopped[0]}: {stopped[1]}) after "
-              f"{result['seconds']:.0f} s; best: {describe(best, ref) if best else 'none'}; "
-              f"wrote {result['path']}")
-    return result
 
 
 def _default_out(recipe: Recipe) -> Path:
@@ -177,7 +210,9 @@ def _run_point(base: Recipe, point: Point, formats: list[str], cache: Cache,
     stages = transform_stages(base, point)
     model, error = Path(base.model.path), None
     if stages:
-        model, error = _transformed(base, stages, cache, opts)
+        model, error, source_acc = _transformed(base, stages, cache, opts)
+        if ref["accuracy"] is None:  # the unpruned run failed: the transform measured it too
+            ref["accuracy"] = source_acc
     report: dict[str, Any] = {"artifacts": []}
     cached, seconds, run_dir = False, 0.0, None
     if error is None:
@@ -200,15 +235,20 @@ def _run_point(base: Recipe, point: Point, formats: list[str], cache: Cache,
                 report = {"artifacts": [], "error": error}
             seconds = time.monotonic() - t0
             cache.put_run(key, parts, "failed" if error else "ok", report, seconds)
-    if not stages and error is None and ref["accuracy"] is None:
+    if not stages and error is None:
         ref["accuracy"] = (report.get("model") or {}).get("accuracy")
+        if ref["accuracy"] is None:
+            raise UnsupportedError("explore ranks candidates by accuracy and the recipe's eval "
+                                   "data has no labels", where=base.source,
+                                   hint="give data.eval labels (npz y), or use the digits source")
     return candidate_rows(point, overrides, formats, report, run_dir, ref, budget, error=error,
                           cached=cached, seconds=seconds, baseline=not stages)
 
 
 def _transformed(base: Recipe, stages: list[dict[str, Any]], cache: Cache,
-                 opts: dict[str, Any]) -> tuple[Path, str | None]:
-    """The saved model for these transform stages: from the cache, or built once now."""
+                 opts: dict[str, Any]) -> tuple[Path, str | None, float | None]:
+    """The saved model for these transform stages (from the cache, or built once now), the
+    error that stopped it, and the source model's accuracy as the transform measured it."""
     recipe = derive(base, {"stages": stages, "explore": None})
     parts = parts_for(recipe, Path(base.model.path), "transform")
     key = cache_key(parts)
@@ -223,4 +263,5 @@ def _transformed(base: Recipe, stages: list[dict[str, Any]], cache: Cache,
         except MobilecError as exc:
             entry = {"path": None, "error": f"transform failed: {exc.message}"}
         cache.put_transform(key, parts, entry)
-    return Path(entry["path"] or "."), entry["error"]
+    source_acc = (entry.get("save") or {}).get("reference_accuracy")
+    return Path(entry["path"] or "."), entry["error"], source_acc

@@ -8,11 +8,14 @@ safer modes when int8 misses the budget), then repeatedly tries the neighbours o
 the best point within budget that are more aggressive in one dimension, the one
 predicted smallest first, and moves to the first that keeps the budget. A point at
 least as aggressive as one that missed the budget in every dimension is not tried:
-more compression on top of a failure does not win accuracy back.
+more compression on top of a failure does not win accuracy back. When the climb
+ends with candidates and minutes to spare, the rest fills the frontier: each time the
+untried point furthest (in predicted size) from every point measured so far.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 # Rough size of a mode's artifact against float32 (the issue's digits CNN: int8 ~3.6x,
@@ -76,6 +79,7 @@ class Climb:
         self.space = space
         self.passed: dict[Point, bool] = {}
         self.current: Point | None = None
+        self.filling = False  # the climb is over: filling the frontier with what budget is left
         base = [Point(space.sparsities[0], space.factorize[0], m) for m in space.modes]
         start = next((p for p in base if p.mode == START_MODE), base[len(base) // 2])
         # int8 first; when it misses the budget, the safer modes, least compression first of them
@@ -88,6 +92,13 @@ class Climb:
                    for f, ok in self.passed.items() if not ok)
 
     def next(self) -> Point | None:
+        step = None if self.filling else self._climb()
+        if step is not None:
+            return step
+        self.filling = True
+        return self._fill()
+
+    def _climb(self) -> Point | None:
         if self.current is None:
             return next((p for p in self.openers if p not in self.passed), None)
         r = self.space.rank(self.current)
@@ -96,6 +107,16 @@ class Climb:
                 and sum(a != b for a, b in zip(self.space.rank(p), r, strict=True)) == 1
                 and all(a >= b for a, b in zip(self.space.rank(p), r, strict=True))]
         return min(nbrs, key=self.space.predicted, default=None)
+
+    def _fill(self) -> Point | None:
+        """After the climb: the untried point that fills the widest gap along the (predicted)
+        size axis, so the frontier shows the whole trade-off, not only its end."""
+        rest = [p for p in self.space.points() if p not in self.passed and not self.implied_fail(p)]
+        if not rest or not self.passed:
+            return None
+        known = [math.log(self.space.predicted(q)) for q in self.passed]
+        return max(rest, key=lambda p: (min(abs(math.log(self.space.predicted(p)) - k)
+                                            for k in known), -self.space.predicted(p)))
 
     def record(self, p: Point, passed: bool) -> None:
         self.passed[p] = passed

@@ -33,6 +33,15 @@ import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError, stop_if_interrupted
 from mobilec.formats.runtime import measure_latency
+from mobilec.sources.batch import (
+    Inputs,
+    as_list,
+    first_n,
+    length,
+    map_inputs,
+    synthetic_inputs,
+    take,
+)
 from mobilec.state import Artifact, ModelState
 from mobilec.util.metrics import fidelity, passes
 
@@ -100,7 +109,8 @@ class ExecuTorchFormat:
             if route.int8_only and mode != "int8":
                 continue
             try:
-                buffer, delegation = lower(module, x_ver[:1], route, mode, _calibration(state))
+                buffer, delegation = lower(module, first_n(x_ver, 1), route, mode,
+                                           _calibration(state))
                 dest.write_bytes(buffer)
                 got = run_isolated(dest, x_ver)
             except Exception as exc:  # noqa: BLE001 - each route fails in its own way
@@ -112,7 +122,7 @@ class ExecuTorchFormat:
             if not ok:
                 failed.append({"route": route.name, "reason": f"verification: {why}"})
                 continue
-            _record(artifact, route, failed, delegation, fid, len(x_ver))
+            _record(artifact, route, failed, delegation, fid, length(x_ver))
             return
         dest.unlink(missing_ok=True)
         artifact.routes_failed = failed
@@ -122,14 +132,18 @@ class ExecuTorchFormat:
 
     def runner(self, state: ModelState, artifact: Artifact) -> Any:
         path, transpose = artifact.path, artifact.input_transpose
-        return lambda x: run_isolated(path, x if not transpose else np.transpose(x, transpose))
+        return lambda x: run_isolated(path, _transposed(x, transpose))
 
-    def latency(self, state: ModelState, artifact: Artifact, sample: np.ndarray
+    def latency(self, state: ModelState, artifact: Artifact, sample: Inputs
                 ) -> dict[str, float]:
-        x1 = sample[:1]
-        if artifact.input_transpose:
-            x1 = np.transpose(x1, artifact.input_transpose)
+        x1 = _transposed(first_n(sample, 1), artifact.input_transpose)
         return run_isolated(artifact.path, x1, latency=True)
+
+
+def _transposed(x: Inputs, transpose: tuple[int, ...] | None) -> Inputs:
+    if not transpose:
+        return x
+    return map_inputs(x, lambda a: np.transpose(a, transpose) if a.ndim == len(transpose) else a)
 
 
 def _record(artifact: Artifact, route: Route, failed: list[dict[str, str]],
@@ -159,8 +173,8 @@ def _record(artifact: Artifact, route: Route, failed: list[dict[str, str]],
                           f"{delegation['non_delegated']} on portable kernels")
 
 
-def lower(module: Any, example: np.ndarray, route: Route, mode: str,
-          calibration: np.ndarray | None) -> tuple[bytes, dict[str, Any]]:
+def lower(module: Any, example: Inputs, route: Route, mode: str,
+          calibration: Inputs | None) -> tuple[bytes, dict[str, Any]]:
     """Export `module` at batch 1, quantize (int8), lower along `route`; the .pte bytes and
     the delegation counts."""
     import torch
@@ -176,7 +190,7 @@ def lower(module: Any, example: np.ndarray, route: Route, mode: str,
             raise UnsupportedError("int8 needs calibration data and the recipe has none",
                                    hint="add a data: section, or ask for float32")
         module = quantize_pt2e(module, example, calibration, route.quantizer)
-    ep = export_program(module, (to_tensor(example, "float32"),))
+    ep = export_program(module, tuple(to_tensor(a) for a in as_list(example)))
     if route.decompose:
         ep = ep.run_decompositions()
     partitioners = []
@@ -193,7 +207,7 @@ def lower(module: Any, example: np.ndarray, route: Route, mode: str,
     return program.buffer, delegation_counts(edge, route.delegate)
 
 
-def quantize_pt2e(module: Any, example: np.ndarray, calibration: np.ndarray, variant: str) -> Any:
+def quantize_pt2e(module: Any, example: Inputs, calibration: Inputs, variant: str) -> Any:
     """PT2E int8 for XNNPACK: prepare, calibrate on the recipe's data, convert."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -216,14 +230,15 @@ def quantize_pt2e(module: Any, example: np.ndarray, calibration: np.ndarray, var
         quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
     # Dynamic batch so calibration runs in batches; a model that will not trace that
     # way is calibrated one sample at a time.
+    args = tuple(as_list(example))
     try:
-        gm, step = export_program(module, (example,), dynamic_batch=True).module(), CALIBRATION_BATCH
+        gm, step = export_program(module, args, dynamic_batch=True).module(), CALIBRATION_BATCH
     except Exception:  # noqa: BLE001 - fall back to the static batch-1 graph
-        gm, step = export_program(module, (example,)).module(), 1
+        gm, step = export_program(module, args).module(), 1
     prepared = prepare_pt2e(gm, quantizer)
     with torch.no_grad():
-        for i in range(0, len(calibration), step):
-            prepared(to_tensor(calibration[i:i + step], "float32"))
+        for i in range(0, length(calibration), step):
+            prepared(*[to_tensor(a) for a in as_list(take(calibration, slice(i, i + step)))])
     return convert_pt2e(prepared)
 
 
@@ -250,10 +265,10 @@ def pte_runner(path: Path) -> Any:
 
     method = _load_method(path)
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
+    def run(x: Inputs) -> list[np.ndarray]:
         per_sample = []
-        for i in range(len(x)):
-            out = method.execute((to_tensor(x[i:i + 1], "float32"),))
+        for i in range(length(x)):
+            out = method.execute(tuple(to_tensor(a) for a in as_list(take(x, slice(i, i + 1)))))
             per_sample.append([o.detach().float().numpy() if isinstance(o, torch.Tensor)
                                else np.asarray(o, dtype=np.float32) for o in out])
         return [np.concatenate([s[k] for s in per_sample]) for k in range(len(per_sample[0]))]
@@ -261,12 +276,12 @@ def pte_runner(path: Path) -> Any:
     return run
 
 
-def run_isolated(path: Path, x: np.ndarray, latency: bool = False) -> Any:
+def run_isolated(path: Path, x: Inputs, latency: bool = False) -> Any:
     """Run a .pte in a child process: its outputs on `x` (or, with latency, the latency
     of one sample). A runtime crash becomes a ConversionError naming the signal."""
     with tempfile.TemporaryDirectory(prefix="mobilec-pte-") as tmp:
-        xin, out = Path(tmp) / "x.npy", Path(tmp) / "out.npz"
-        np.save(xin, np.ascontiguousarray(x, dtype=np.float32))
+        xin, out = Path(tmp) / "x.npz", Path(tmp) / "out.npz"
+        np.savez(xin, *[np.ascontiguousarray(a) for a in as_list(x)])
         code = ("import sys; from mobilec.formats.executorch import _child_main; "
                 "_child_main(sys.argv[1:])")
         root = str(Path(__file__).resolve().parents[2])
@@ -303,7 +318,9 @@ def _child_failure(code: int, stderr: str) -> str:
 def _child_main(argv: list[str]) -> None:
     """Child process entry: run the .pte on the saved inputs, save the outputs."""
     path, xin, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
-    x = np.load(xin)
+    with np.load(xin) as z:
+        parts = [z[f"arr_{i}"] for i in range(len(z.files))]
+    x = parts[0] if len(parts) == 1 else parts
     if "--latency" in argv[3:]:
         # One thread, like every latency mobilec reports (a throwaway process: the
         # "unsafe" reset cannot race anything here).
@@ -316,7 +333,7 @@ def _child_main(argv: list[str]) -> None:
         method = _load_method(path)
         from mobilec.sources.pytorch import to_tensor
 
-        inputs = (to_tensor(x[:1], "float32"),)
+        inputs = tuple(to_tensor(a) for a in as_list(first_n(x, 1)))
         out.write_text(json.dumps(measure_latency(lambda: method.execute(inputs))))
         return
     np.savez(out, *pte_runner(path)(x))
@@ -355,19 +372,19 @@ def _eager_module(state: ModelState) -> Any:
     return state.torch_program.module()
 
 
-def _verification_inputs(state: ModelState) -> np.ndarray:
-    for x in (state.eval_x, None if state.data is None or state.data.calibration is None
-              else state.data.calibration.x):
-        if x is not None and len(x):
-            return np.asarray(x[:ROUTE_VERIFY_SAMPLES], dtype=np.float32)
-    shape = [4] + [d or 1 for d in state.inputs[0].shape[1:]]
-    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+def _verification_inputs(state: ModelState) -> Inputs:
+    calib = None if state.data is None or state.data.calibration is None \
+        else state.data.calibration.x
+    for x in (state.eval_x, calib):
+        if x is not None and length(x):
+            return first_n(x, ROUTE_VERIFY_SAMPLES)
+    return synthetic_inputs(state.inputs, 4)
 
 
-def _calibration(state: ModelState) -> np.ndarray | None:
+def _calibration(state: ModelState) -> Inputs | None:
     if state.data is None or state.data.calibration is None:
         return None
-    return np.asarray(state.data.calibration.x, dtype=np.float32)
+    return state.data.calibration.x
 
 
 def _passes(state: ModelState, fid: dict[str, Any], mode: str) -> tuple[bool, str]:

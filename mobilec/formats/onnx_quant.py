@@ -16,13 +16,15 @@ from mobilec.state import ModelState
 
 
 def quantize_onnx(state: ModelState, float_path: Path, mode: str, dest: Path,
-                  nodes_to_exclude: list[str] | None = None) -> None:
+                  nodes_to_exclude: list[str] | None = None, preprocess: bool = True) -> None:
+    """`preprocess`: ORT's quant_pre_process first (what ships); off where the float graph's
+    node names must survive (diagnose compares nodes by name)."""
     with _quiet_root_logger():
-        _quantize(state, float_path, mode, dest, nodes_to_exclude)
+        _quantize(state, float_path, mode, dest, nodes_to_exclude, preprocess)
 
 
 def _quantize(state: ModelState, float_path: Path, mode: str, dest: Path,
-              nodes_to_exclude: list[str] | None) -> None:
+              nodes_to_exclude: list[str] | None, preprocess: bool) -> None:
     try:
         if mode == "dynamic":
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -30,7 +32,7 @@ def _quantize(state: ModelState, float_path: Path, mode: str, dest: Path,
             quantize_dynamic(str(float_path), str(dest), weight_type=QuantType.QInt8,
                              per_channel=False, nodes_to_exclude=nodes_to_exclude or [])
         elif mode in ("int8", "int8-io", "qat"):
-            _static(state, float_path, dest, nodes_to_exclude or [])
+            _static(state, float_path, dest, nodes_to_exclude or [], preprocess)
         elif mode == "float16":
             _float16(float_path, dest)
         else:
@@ -76,7 +78,8 @@ def _float16(float_path: Path, dest: Path) -> None:
     onnx.save(model, str(dest))
 
 
-def _static(state: ModelState, float_path: Path, dest: Path, exclude: list[str]) -> None:
+def _static(state: ModelState, float_path: Path, dest: Path, exclude: list[str],
+            preprocess: bool = True) -> None:
     """Static QDQ int8, per channel, calibrated on the recipe's data — after ORT's own
     pre-processing (symbolic shape inference, graph optimization), as its documentation
     says to: on a BatchNorm-heavy CNN it makes the file smaller and the model more accurate.
@@ -109,12 +112,14 @@ def _static(state: ModelState, float_path: Path, dest: Path, exclude: list[str])
             return next(self.it, None)
 
     pre = dest.with_name(dest.stem + ".pre.onnx")
-    try:
-        quant_pre_process(str(float_path), str(pre), skip_optimization=bool(exclude),
-                          skip_symbolic_shape=False)
-        source = pre
-    except Exception:  # noqa: BLE001 - pre-processing is an improvement, not a requirement
-        source = float_path
+    source = float_path
+    if preprocess:
+        try:
+            quant_pre_process(str(float_path), str(pre), skip_optimization=bool(exclude),
+                              skip_symbolic_shape=False)
+            source = pre
+        except Exception:  # noqa: BLE001 - pre-processing is an improvement, not a requirement
+            source = float_path
     quantize_static(str(source), str(dest), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QInt8, nodes_to_exclude=exclude,

@@ -15,9 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.sources.batch import Inputs, as_list, first_n, length, take
 
 # Past this many bytes of weights an .onnx cannot be one file (protobuf's 2 GiB limit).
 ONNX_SINGLE_FILE_LIMIT = 1_800_000_000
@@ -67,7 +66,7 @@ def onnx_files(dest: Path) -> list[Path]:
 
 
 def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mode: str,
-                    calibration: np.ndarray | None = None) -> Path:
+                    calibration: Inputs | None = None) -> Path:
     """litert_torch.convert; `dynamic` and `int8-io` through its PT2E quantizer.
 
     What litert-torch 0.10 gives: float32; dynamic (int8 weights, float I/O); static
@@ -83,7 +82,7 @@ def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mo
     import litert_torch
 
     module = eval_mode(module)
-    args = tuple(to_tensor(a, "float32") for a in example_inputs)
+    args = tuple(to_tensor(a) for a in example_inputs)
     quant_config = None
     try:
         with _quiet():
@@ -99,7 +98,7 @@ def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mo
 
 
 def _litert_pt2e(module: Any, args: tuple[Any, ...], mode: str,
-                 calibration: np.ndarray | None) -> tuple[Any, Any]:
+                 calibration: Inputs | None) -> tuple[Any, Any]:
     import torch
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
@@ -119,10 +118,11 @@ def _litert_pt2e(module: Any, args: tuple[Any, ...], mode: str,
     prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
     # Per-channel observers need at least one pass even for dynamic mode, or the
     # scales stay scalar; the graph is traced at the example batch: one sample a step.
-    samples = args[0][:1] if calibration is None else calibration[:CALIBRATION_LIMIT]
+    samples = [a[:1] for a in args] if calibration is None else \
+        first_n(calibration, CALIBRATION_LIMIT)
     with torch.no_grad():
-        for i in range(len(samples)):
-            prepared(to_tensor(samples[i:i + 1], "float32"))
+        for i in range(length(samples)):
+            prepared(*[to_tensor(a) for a in as_list(take(samples, slice(i, i + 1)))])
     # fold_quantize=False: litert_torch folds the weights itself (as its tests do)
     return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
 

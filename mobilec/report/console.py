@@ -36,4 +36,13 @@ def print_targets(rows: list[dict[str, Any]], wide: bool = False) -> None:
     from rich.console import Console
 
     console = Console()
-    console.print(targets_table(rows, 10_000 if wide else console.width))
+    if not wide:
+        console.print(targets_table(rows, console.width))
+        return
+    # --wide: the table at its natural width, every word whole (the terminal wraps its lines;
+    # a console as narrow as the terminal would fold headers mid-word: "artifac/ts"); the
+    # sentences below it still wrap at the terminal's width, between words.
+    table, *notes = targets_table(rows, 10_000).renderables
+    Console(width=10_000).print(table)
+    for note in notes:
+        console.print(note)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ModelLoadError, UnsupportedError
-from mobilec.formats.runtime import batched
+from mobilec.sources.batch import Inputs, as_list, batched
 from mobilec.state import TensorSpec
 
 # Symbolic-shape expressions in a .pt2 (`expr_str`) are parsed by sympy.sympify, which
@@ -303,16 +303,17 @@ def _concrete(d: int | None) -> int:
     return 2 if d is None else int(d)
 
 
-def eager_runner(module: Any, batch_size: int = 256) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """A runner (np batch -> list of float32 arrays, in output order) on the eager module."""
+def eager_runner(module: Any, batch_size: int = 256) -> Callable[[Inputs], list[np.ndarray]]:
+    """A runner on the eager module: inputs (one array, or a list in input order) ->
+    every output as float32, in output order. Integer inputs are fed as they are."""
     import torch
     from torch.utils import _pytree as pytree
 
     module = eval_mode(module)
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
+    def run(x: Inputs) -> list[np.ndarray]:
         with torch.no_grad():
-            out = module(to_tensor(x))
+            out = module(*[to_tensor(a) for a in as_list(x)])
         leaves = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
         return [t.detach().float().numpy() for t in leaves]
 

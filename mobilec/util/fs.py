@@ -180,9 +180,7 @@ def lock_path(directory: Path) -> Path:
     """Where the run lock of an output dir lives: outside it, so that a CI job uploading the
     folder never ships it. One file per resolved output path, in the system temp dir."""
     key = hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:24]
-    folder = Path(tempfile.gettempdir()) / "mobilec-locks"
-    folder.mkdir(mode=0o1777, exist_ok=True)
-    return folder / f"{key}.lock"
+    return Path(tempfile.gettempdir()) / f".mobilec-lock-{key}"
 
 
 @contextlib.contextmanager
@@ -191,21 +189,34 @@ def output_lock(directory: Path, wait: bool = False) -> Iterator[None]:
     import fcntl
 
     _check_writable(directory)
-    fh = open(lock_path(directory), "a+")
-    try:
+    path = lock_path(directory)
+    while True:
+        fh = open(path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise _locked_error(fh, directory) from None
+            try:
+                raise _locked_error(fh, directory) from None
+            finally:
+                fh.close()
+        # The holder before us removes the file when it is done: if we locked a file that
+        # is no longer the one at `path`, a third run may hold the new one. Start over.
+        try:
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
         yield
     finally:
+        # Removed while still locked, so that no run finds a lock file left behind.
         with contextlib.suppress(OSError):
-            fh.seek(0)
-            fh.truncate()
+            path.unlink()
         fh.close()
 
 
