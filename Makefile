@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip setuptools wheel
-	$(BIN)/python -m pip install -q -e ".[ray,test,dev]"
+	$(BIN)/python -m pip install -q -e ".[ray,test,dev,torch]"
 	# A plain `pip install onnx2tf` silently resolves to an older release; pin it without deps.
 	$(BIN)/python -m pip install -q --no-deps onnx2tf==1.29.24 onnx-graphsurgeon==0.6.1 sng4onnx==2.0.1 onnxsim==0.8.1 psutil
 	rm -f $(VENV)/.installed-*

@@ -25,7 +25,7 @@ from mobilec.recipe.loader import json_schema, load_recipe
 from mobilec.recipe.schema import Recipe
 from mobilec.report.explore_schema import ExploreReport
 from mobilec.report.schema import Report
-from mobilec.sources.detect import detect_format
+from mobilec.sources.detect import model_format
 from mobilec.tools.bench import bench_model
 from mobilec.tools.inspect import inspect_model
 from mobilec.util.progress import Progress
@@ -126,7 +126,7 @@ def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None)
     import json
 
     r = _recipe(recipe, overrides)
-    fmt = detect_format(Path(r.model.path), r.model.format)
+    fmt = model_format(r.model)
     student = getattr(r.stage("distill"), "student", None)
     needed = {"data.train": r.data and r.data.train, "data.eval": r.data and r.data.eval,
               "distill.student": student if isinstance(student, Path) else None}

@@ -28,7 +28,7 @@ from mobilec.policy.plancheck import check_plan
 from mobilec.recipe.schema import Recipe
 from mobilec.report.build import build_report
 from mobilec.report.write import write_reports
-from mobilec.sources.detect import detect_format
+from mobilec.sources.detect import model_format
 from mobilec.stages import get_stage
 from mobilec.state import ModelState, StageResult
 from mobilec.util.fs import (
@@ -104,7 +104,7 @@ def run(recipe: Recipe, plan: Plan, *, out: str | Path | None = None,
     written as mobilec.lock.json beside the report.
     """
     progress = progress or Progress(quiet=True)
-    check_plan(recipe, detect_format(Path(recipe.model.path), recipe.model.format))
+    check_plan(recipe, model_format(recipe.model))
     out_dir = output_dir(recipe, out)
     check_can_write(out_dir)  # before a long load or fine-tune, not after
     check_not_locked(out_dir)  # another run is writing there: say so now, not after load

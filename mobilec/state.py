@@ -103,6 +103,7 @@ class ModelState:
     # ExecuTorch lowering sees a fresh graph) and the eager module it came from.
     torch_program: Any = None
     torch_module: Any = None
+    torch_batch: int | None = None  # a program exported at a fixed batch runs that many at once
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     input_layout: str = "NHWC"

@@ -132,14 +132,15 @@ def accuracy(out: np.ndarray, y: np.ndarray) -> float:
 
 
 def build_pte(state: Any, mode: str, tmp: Path, run: bool = True) -> tuple[Any, np.ndarray | None]:
-    """Build a .pte; with run, also its outputs on the whole eval set (one child process)."""
+    """Build a .pte along its routes, each verified against eager PyTorch (what convert
+    does); with run, also its outputs on the whole eval set (one child process)."""
     from mobilec.formats.executorch import ExecuTorchFormat
-    from mobilec.state import Artifact
+    from mobilec.policy.targets import ArtifactSpec
+    from mobilec.stages.convert import build_artifact
 
-    fmt = ExecuTorchFormat()
-    art = Artifact(path=tmp / f"model-{mode}.pte", format="executorch", quantization=mode)
-    fmt.build(state, art, art.path)
-    return art, fmt.runner(state, art)(state.eval_x)[0] if run else None
+    art = build_artifact(state, ArtifactSpec("executorch", mode, "android-executorch",
+                                             "xnnpack", "portable"))
+    return art, ExecuTorchFormat().runner(state, art)(state.eval_x)[0] if run else None
 
 
 # ---------------------------------------------------------------- sources
@@ -288,7 +289,6 @@ def test_perturbed_pte_is_caught(tmp_path: Path, cnn: Any, digits: Any,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import copy
 
-    from mobilec.errors import ConversionError
     from mobilec.formats import executorch
 
     real_lower = executorch.lower
@@ -304,15 +304,13 @@ def test_perturbed_pte_is_caught(tmp_path: Path, cnn: Any, digits: Any,
 
     monkeypatch.setattr(executorch, "lower", lower_perturbed)
     state = make_state(cnn, digits, tmp_path)
-    dest = tmp_path / "broken.pte"
-    from mobilec.state import Artifact
-
-    art = Artifact(path=dest, format="executorch", quantization="float32")
-    with pytest.raises(ConversionError, match="no ExecuTorch route"):
-        executorch.ExecuTorchFormat().build(state, art, dest)
-    assert [f["route"] for f in art.routes_failed] == ["xnnpack", "xnnpack-decomposed", "portable"]
-    assert all(f["reason"].startswith("verification:") for f in art.routes_failed)
-    assert not dest.exists()
+    art, _ = build_pte(state, "float32", tmp_path, run=False)
+    assert art.status == "failed-verification"
+    assert "every route" in art.error
+    tried = {f["route"] for f in art.routes_failed} | {art.route}
+    assert tried == {"xnnpack", "xnnpack-decomposed", "portable"}
+    assert all("top-1 agreement" in f["reason"] or "SNR" in f["reason"]
+               for f in art.routes_failed)
 
 
 # ---------------------------------------------------------------- ONNX, TFLite, Core ML
@@ -396,7 +394,6 @@ def test_coreml_from_exported_program_structure(tmp_path: Path, cnn: Any, digits
 def test_sequence_models_to_onnx_and_pte(tmp_path: Path, digits: Any, cls: type) -> None:
     import onnxruntime as ort
 
-    from mobilec.errors import ConversionError
     from mobilec.formats.torch_routes import torch_to_onnx
     from mobilec.sources.pytorch import export_program
 
@@ -409,17 +406,74 @@ def test_sequence_models_to_onnx_and_pte(tmp_path: Path, digits: Any, cls: type)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert agreement(sess.run(None, {sess.get_inputs()[0].name: xe})[0], ref) >= 0.99
     state = make_state(model, digits, tmp_path)
-    from mobilec.formats.executorch import ExecuTorchFormat
-    from mobilec.state import Artifact
 
-    fmt = ExecuTorchFormat()
-    art = Artifact(path=tmp_path / "seq.pte", format="executorch", quantization="float32")
-    try:
-        fmt.build(state, art, art.path)
-    except ConversionError:
+    art, _ = build_pte(state, "float32", tmp_path, run=False)
+    if art.status != "ok":
         # a failure is acceptable only when every route names why it failed
         assert art.routes_failed and all(f["route"] and f["reason"] for f in art.routes_failed)
         return
     assert art.route in ("xnnpack", "xnnpack-decomposed", "portable")
     assert all(f["reason"] for f in art.routes_failed)
     assert art.verification["samples"] == 128 and art.verification["top1_agreement"] >= 0.99
+
+
+# ---------------------------------------------------------------- end to end: mobilec compress
+
+@pytest.mark.slow
+def test_compress_a_pt2_to_every_format(tmp_path: Path, cnn: Any, digits: Any) -> None:
+    """The issue's bar: .onnx, .tflite float32 and int8, Core ML and .pte float32 and int8
+    from one .pt2, every row naming its route; float agreement >= 0.99, int8 drop <= 1 pt."""
+    from conftest import write_recipe
+
+    from mobilec.api import compress
+
+    (xt, yt), (xe, ye) = digits
+    ep = torch.export.export(cnn.eval(), (torch.tensor(xe[:1]),))
+    torch.export.save(ep, str(tmp_path / "cnn.pt2"))
+    np.savez(tmp_path / "train.npz", x=xt, y=yt)
+    np.savez(tmp_path / "eval.npz", x=xe, y=ye)
+    recipe = write_recipe(tmp_path, tmp_path / "cnn.pt2", name="torchcnn",
+                          data={"source": "npz", "train": "train.npz", "eval": "eval.npz",
+                                "calibration_samples": 100},
+                          stages=[{"quantize": {"mode": "int8"}}],
+                          targets=["cpu", "ios-coreml", "android-executorch"])
+    report = compress(recipe)
+    assert report["model"]["format"] == "pt2"
+    rows = {(a["format"], a["quantization"]): a for a in report["artifacts"]}
+    for key in (("onnx", "float32"), ("onnx", "int8"), ("tflite", "float32"), ("tflite", "int8"),
+                ("executorch", "float32"), ("executorch", "int8")):
+        a = rows[key]
+        assert a["status"] == "ok", (key, a["error"], a["routes_failed"])
+        assert a["route"], key
+        if key[1] == "float32":
+            assert a["fidelity"]["top1_agreement"] >= 0.99, (key, a["fidelity"])
+        else:
+            assert a["accuracy_drop"] <= POINT, (key, a["accuracy_drop"])
+    coreml = next(a for a in report["artifacts"] if a["format"] == "coreml")
+    assert coreml["status"] == "ok" and coreml["route"].startswith("coreml")
+    assert coreml["accuracy"] is None  # Core ML runs on Apple devices only
+    pte = rows[("executorch", "int8")]
+    assert pte["delegation"]["delegated"] > 0 and pte["delegate"] == "xnnpack"
+    assert (tmp_path / "out" / pte["path"]).is_file()
+
+
+@pytest.mark.slow
+def test_module_factory_needs_trust_code_through_the_cli(tmp_path: Path) -> None:
+    from conftest import run_cli, write_recipe
+
+    (tmp_path / "net.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n")
+    recipe = write_recipe(tmp_path, tmp_path / "unused", name="fac",
+                          targets=["android-executorch"])
+    text = recipe.read_text().replace(f"path: {tmp_path / 'unused'}",
+                                      "module: net.py:build\n  input_shape: [1, 1, 8, 8]")
+    recipe.write_text(text)
+    refused = run_cli("compress", str(recipe))
+    assert refused.returncode == 2 and "--trust-code" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    ok = run_cli("compress", str(recipe), "--trust-code", "--json")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    report = json.loads(ok.stdout)
+    assert {a["format"] for a in report["artifacts"]} == {"executorch"}

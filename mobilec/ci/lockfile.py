@@ -88,7 +88,13 @@ def build_lock(recipe_path: str | Path, recipe_sha256: str, input_files: dict[st
 
 def recipe_inputs(recipe: Any) -> dict[str, Path]:
     """The files a validated Recipe reads, for build_lock: model, data files, a student model."""
-    files: dict[str, Path] = {"model": Path(recipe.model.path)}
+    files: dict[str, Path] = {}
+    if recipe.model.path is not None:
+        files["model"] = Path(recipe.model.path)
+    elif recipe.model.module and recipe.model.module.split(":")[0].endswith(".py"):
+        # a PyTorch factory in a file: that file is the model's code
+        files["model"] = (Path(recipe.source).resolve().parent /
+                          recipe.model.module.split(":")[0]).resolve()
     data = recipe.data
     if data is not None:
         for key in ("train", "eval"):

@@ -44,7 +44,7 @@ def prepare_for_placement(state: ModelState, art: Artifact, built: Path) -> Path
     key = ("op_compat", str(built), art.delegate)
     if key not in state.memo:
         try:
-            state.memo[key] = get_format(art.format).op_compat(built, art.delegate)
+            state.memo[key] = get_format(art.format).op_compat(built, art)
         except Exception as exc:  # noqa: BLE001 - a checker failure must not lose the artifact
             state.memo[key] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
     compat = state.memo[key]
@@ -61,7 +61,7 @@ def prepare_for_placement(state: ModelState, art: Artifact, built: Path) -> Path
         "role": art.role, "quantization": art.quantization, "precision": art.precision,
         "delegate": art.delegate, "fallback": art.fallback,
         "options": _options(state, art), "input_layout": art.input_layout,
-        **_io(built, art.format), "op_compatibility": compat,
+        **_io(built, art), "op_compatibility": compat,
         "warnings": warnings["all"], "docs": _docs(art),
     }
     if art.io_quant is not None:
@@ -185,10 +185,10 @@ def _warnings(art: Artifact, compat: dict[str, Any]) -> dict[str, list[str]]:
     return {"notes": notes, "all": notes_for_manifest + extra}
 
 
-def _io(path: Path, fmt: str) -> dict[str, list[dict[str, Any]]]:
+def _io(path: Path, art: Artifact) -> dict[str, list[dict[str, Any]]]:
     """The artifact's own input/output names, shapes and dtypes (what the app must use)."""
     try:
-        return get_format(fmt).describe_io(path)
+        return get_format(art.format).describe_io(path, art)
     except Exception:  # noqa: BLE001 - the manifest is still useful without I/O details
         return {"inputs": [], "outputs": []}
 

@@ -157,3 +157,42 @@ def _var(name: str) -> str:
     text = parts[0].lower() + "".join(p.capitalize() for p in parts[1:])
     text = text.replace("_", "")
     return text if not text[0].isdigit() else f"t{text}"
+
+
+def kotlin_executorch(art: Artifact, m: dict[str, Any]) -> str:
+    """ExecuTorch's Android runtime (org.pytorch.executorch): Module.load + forward."""
+    ins = m["inputs"] or [{"name": "input", "shape": [1], "dtype": "float32"}]
+    lines = [f"// app/src/main/assets/{art.path.name}  (executorch-android; copy the asset to a "
+             "file first: Module.load takes a path)",
+             "import org.pytorch.executorch.EValue",
+             "import org.pytorch.executorch.Module",
+             "import org.pytorch.executorch.Tensor", "",
+             f'val module = Module.load(File(context.filesDir, "{art.path.name}").path)']
+    for i, t in enumerate(ins):
+        shape = ", ".join(f"{d if isinstance(d, int) and d > 0 else 1}L" for d in t["shape"])
+        kind = "FloatArray" if t["dtype"].startswith("float") else "LongArray" \
+            if t["dtype"] == "int64" else "IntArray"
+        lines.append(f"val in{i} = Tensor.fromBlob({kind}({_numel(t)}), longArrayOf({shape}))"
+                     f'  // "{t["name"]}" {t["dtype"]} {_shape_text(t)}')
+    args = ", ".join(f"EValue.from(in{i})" for i in range(len(ins)))
+    lines += [f"val outputs = module.forward({args})",
+              "val scores = outputs[0].toTensor().dataAsFloatArray"]
+    return "\n".join(lines)
+
+
+def swift_executorch(art: Artifact, m: dict[str, Any]) -> str:
+    """ExecuTorch's iOS runtime (ExecuTorch Swift package, Core ML backend linked)."""
+    ins = m["inputs"] or [{"name": "input", "shape": [1], "dtype": "float32"}]
+    t = ins[0]
+    shape = ", ".join(str(d if isinstance(d, int) and d > 0 else 1) for d in t["shape"])
+    return "\n".join([
+        f"// {art.path.name} in the app bundle; link executorch, backend_coreml and "
+        "backend_xnnpack (the fallback)",
+        "import ExecuTorch", "",
+        f'let path = Bundle.main.path(forResource: "{art.path.stem}", ofType: "pte")!',
+        "let module = Module(filePath: path)",
+        "try module.load(\"forward\")",
+        f"let input = Tensor<Float>([Float](repeating: 0, count: {_numel(t)}), shape: [{shape}])"
+        f'  // "{t["name"]}" {t["dtype"]}',
+        "let outputs = try module.forward(input)",
+    ])

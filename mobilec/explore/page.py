@@ -106,7 +106,7 @@ def scatter_svg(doc: dict[str, Any], key: str, flag: str, x_label: str) -> str |
             out.append(f'<text x="{x + 8:.1f}" y="{ly:.1f}" font-size="11" fill="{color}">'
                        f'{_e(c["id"])}</text>')
     lx, ly = LEFT + pw + 16, TOP + 10
-    formats = sorted({c["format"] for c in pts})
+    formats = sorted({c["format"] for c in pts if c.get(flag)})
     legend = [(FORMAT_COLORS.get(f, OTHER_COLOR), f".{f} (frontier)") for f in formats]
     legend += [(GREY, "dominated"), ("#fff", "float32 (square)")]
     for i, (color, text) in enumerate(legend):
@@ -161,7 +161,8 @@ def explore_html(doc: dict[str, Any]) -> str:
     meta = (f'<p class="meta">budget: max accuracy drop '
             f'{_e((doc.get("budget") or {}).get("max_accuracy_drop"))}; original accuracy '
             f"{_e(_pct(doc.get('reference_accuracy')))}; {built} candidates in "
-            f"{doc['seconds']:.0f} s; stopped: {_e(stopped['reason'])} ({_e(stopped['detail'])})"
+            f"{doc['seconds']:.0f} s{' (all from the cache)' if not doc['cache']['misses'] else ''}"
+            f"; stopped: {_e(stopped['reason'])} ({_e(stopped['detail'])})"
             f"; cache hits {doc['cache']['hits']}, misses {doc['cache']['misses']}</p>")
     charts = []
     for key, flag, label, heading in (("gzip_bytes", "pareto_size", "gzip size", "Size vs accuracy"),

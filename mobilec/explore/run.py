@@ -34,7 +34,7 @@ from mobilec.policy.modes import mode_for_format
 from mobilec.policy.targets import TARGETS
 from mobilec.recipe.loader import load_recipe
 from mobilec.recipe.schema import ExploreConfig, FactorizeConfig, PruneConfig, Recipe
-from mobilec.sources.detect import detect_format
+from mobilec.sources.detect import model_format
 from mobilec.stages.quantize_auto import DEFAULT_CANDIDATES
 from mobilec.util.progress import Progress
 
@@ -77,8 +77,11 @@ def explore(recipe: str | Path, *, overrides: list[str] | None = None,
         raise RecipeError("explore looks for the smallest artifact within "
                           "budget.max_accuracy_drop, and the recipe sets none",
                           where=base.source, hint="add budget: {max_accuracy_drop: 0.01}")
-    fmt = detect_format(Path(base.model.path), base.model.format)
-    space = build_space(base, cfg, fmt)
+    if getattr(base.model, "path", None) is None:
+        raise UnsupportedError("explore keys its cache by the model file's bytes and this recipe "
+                               "names no model.path", where=base.source,
+                               hint="export the model to a file (.keras, .onnx, .pt2) first")
+    space = build_space(base, cfg, model_format(base.model))
     out_dir = Path(out).resolve() if out else _default_out(base)
     cache = Cache(_cache_dir(base, cfg, out_dir))
     prog = progress or Progress(quiet=quiet)
@@ -254,7 +257,7 @@ def _transformed(base: Recipe, stages: list[dict[str, Any]], cache: Cache,
     key = cache_key(parts)
     entry = cache.get_transform(key)
     if entry is None:
-        fmt = detect_format(Path(base.model.path), base.model.format)
+        fmt = model_format(base.model)
         dest = cache.transform_dir(key) / ("model.onnx" if fmt == "onnx" else "model.h5")
         try:
             done = api.transform(recipe, dest, **opts)

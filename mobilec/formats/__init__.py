@@ -26,6 +26,15 @@ class Format(Protocol):
         """A callable batch -> outputs, or None when this host cannot run the format."""
     def latency(self, state: Any, artifact: Any, sample: Any) -> dict[str, float] | None: ...
 
+    def describe_io(self, path: Any, artifact: Any) -> dict[str, list[dict[str, Any]]]:
+        """The file's own input/output names, shapes and dtypes (what an app must use)."""
+
+    def op_compat(self, path: Any, artifact: Any) -> dict[str, Any]:
+        """Which ops the artifact's delegate takes: supported, total, unsupported, …"""
+
+    def loader_snippet(self, artifact: Any, manifest: dict[str, Any]) -> tuple[str, str]:
+        """(language, code) that loads the artifact on the device, with its real names."""
+
 
 @dataclass(frozen=True)
 class FormatInfo:
@@ -33,12 +42,15 @@ class FormatInfo:
     delegate: str  # the delegate an artifact gets when no target names one
     fallback: str | None
     impl: str  # "module:Class", imported on first use
+    per_delegate: bool = False  # the file depends on the delegate (ExecuTorch backends)
 
 
 FORMATS: dict[str, FormatInfo] = {
     "tflite": FormatInfo(".tflite", "xnnpack", None, "mobilec.formats.tflite:TFLiteFormat"),
     "onnx": FormatInfo(".onnx", "ort-cpu", None, "mobilec.formats.onnx:OnnxFormat"),
     "coreml": FormatInfo(".mlpackage", "coreml", "cpu_only", "mobilec.formats.coreml:CoreMLFormat"),
+    "executorch": FormatInfo(".pte", "xnnpack", "portable",
+                             "mobilec.formats.executorch:ExecuTorchFormat", per_delegate=True),
 }
 
 _LOADED: dict[str, Format] = {}

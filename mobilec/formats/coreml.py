@@ -33,6 +33,7 @@ from mobilec.formats.coreml_compress import (
 from mobilec.formats.coreml_structure import describe_io, structural_check
 from mobilec.formats.coreml_tools import coreml_config, feature_name, import_coremltools, quiet
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
+from mobilec.formats.torch_routes import torch_to_coreml
 from mobilec.policy.coreml import deployment_target
 from mobilec.policy.modes import format_modes
 from mobilec.recipe.schema import CoreMLConfig
@@ -65,9 +66,22 @@ class CoreMLFormat:
     name = "coreml"
     suffix = ".mlpackage"
 
+    def _build_torch(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
+        """coremltools on the ExportedProgram (mlprogram), structural check off macOS."""
+        mode = artifact.quantization
+        _, route = torch_to_coreml(state.torch_program, dest, mode)
+        artifact.route = route
+        artifact.precision = precision_text(mode if mode != "dynamic" else "int8", "mlpackage", 4)
+        artifact.input_layout, artifact.input_transpose = state.input_layout, None
+        artifact.coreml = {"kind": "mlpackage", "minimum_deployment_target": "coremltools default",
+                           "compute_units": state.convert_config.coreml.compute_units}
+        if sys.platform != "darwin":
+            artifact.not_run_reason = NOT_RUN_REASON
+
     def precheck(self, state: ModelState) -> None:
         """Before any build: a model Core ML cannot be made from is a usage error (exit 2)."""
-        if state.keras_model is not None or state.graph_dir is not None:
+        if state.keras_model is not None or state.graph_dir is not None or \
+                state.torch_program is not None:
             return
         if state.onnx_path is not None:
             return  # reaches TensorFlow through onnx2tf
@@ -78,16 +92,19 @@ class CoreMLFormat:
             hint="point model.path at the Keras/SavedModel the ONNX came from, or drop target "
                  "ios-coreml (the .onnx artifact runs on iOS with onnxruntime's Core ML EP)")
 
-    def describe_io(self, path: Path) -> dict[str, list[dict[str, Any]]]:
+    def describe_io(self, path: Path, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
         return describe_io(path)
 
-    def op_compat(self, path: Path, delegate: str | None) -> dict[str, Any]:
+    def op_compat(self, path: Path, artifact: Artifact) -> dict[str, Any]:
         return coreml_compat(path)
 
     def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
         return "swift", swift(artifact, manifest)
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
+        if state.torch_program is not None:
+            self._build_torch(state, artifact, dest)
+            return
         cfg = coreml_config(state)
         mode = artifact.quantization
         if mode not in format_modes("coreml"):

@@ -4,35 +4,29 @@ Python runtime on this host.
 Real models break the plain `to_edge_transform_and_lower` call in more than one
 way (XNNPACK's channels-last pass asserts on some layer patterns; an int8 program
 can lower and still fail at run time), so a `.pte` is built along ROUTES, in
-order; each result is run here against the eager module and the first that
-verifies ships. The artifact names its route and every route that failed, why.
+order; the convert stage runs each result against the eager module and ships the
+first that verifies. The artifact names its route and every route that failed, why.
 
 The program is exported with batch 1 (what a phone runs): ExecuTorch 1.5.1's
 runtime refuses larger batches than its memory plan even for a dynamic batch dim
 (measured: a Dim(max=512) program takes at most 15), so the runner feeds one
 sample at a time.
 
-The runtime is native code that a bad program can crash (a use-after-free while
-developing this module took the whole process down with SIGSEGV), so every run of
-a .pte (route check, evaluation, latency) happens in a child process: a crash
-fails that route, not mobilec. The price is ~4 s of imports per run.
+Every run of a .pte happens in a child process (executorch_runtime).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ConversionError, UnsupportedError, stop_if_interrupted
-from mobilec.formats.runtime import measure_latency
+from mobilec.delegates.snippets import kotlin_executorch, swift_executorch
+from mobilec.errors import ConversionError, MobilecError, UnsupportedError, stop_if_interrupted
+from mobilec.formats.executorch_runtime import run_isolated
 from mobilec.sources.batch import (
     Inputs,
     as_list,
@@ -42,17 +36,10 @@ from mobilec.sources.batch import (
     synthetic_inputs,
     take,
 )
+from mobilec.sources.pytorch import export_program, to_tensor
 from mobilec.state import Artifact, ModelState
-from mobilec.util.metrics import fidelity, passes
 
-BACKEND = "XnnpackBackend"
-ROUTE_VERIFY_SAMPLES = 128  # as many as the convert stage verifies on
 CALIBRATION_BATCH = 32
-RUN_TIMEOUT_S = 600
-# An int8 route "verifies" when it is the same model, not when it is as exact as float:
-# the accuracy budget judges its quality. Below these it is broken (layout, scales).
-INT8_MIN_TOP1 = 0.9
-INT8_MIN_SNR_DB = 10.0
 PRECISION = {
     "float32": "float32 weights and compute",
     "int8": "int8 weights (per-channel) and activations, float32 I/O (PT2E, XNNPACKQuantizer)",
@@ -66,8 +53,13 @@ class Route:
     delegate: bool  # XNNPACK partitioner; False: portable kernels only
     quantizer: str = "per-channel"  # int8 only: per-channel (all ops) | per-op (conv/linear)
     int8_only: bool = False
+    backend: str = "xnnpack"  # the partitioner: xnnpack | coreml
 
 
+# ios-executorch: the Core ML backend first (float32; it runs on Apple devices only, so
+# here it is checked structurally), then the XNNPACK routes as its fallback.
+COREML_ROUTE = Route("coreml", decompose=False, delegate=True, backend="coreml")
+BACKENDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}
 ROUTES = (
     Route("xnnpack", decompose=False, delegate=True),
     Route("xnnpack-decomposed", decompose=True, delegate=True),
@@ -89,50 +81,83 @@ class ExecuTorchFormat:
                 where="convert.formats", hint="drop executorch from the formats, or start "
                                               "from the PyTorch model")
 
-    def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
-        """Try ROUTES in order; write the first .pte that runs and matches eager PyTorch."""
+    def routes(self, state: ModelState, artifact: Artifact) -> list[tuple[str, Any]]:
+        """ROUTES in order; the convert stage runs each result against eager PyTorch and
+        ships the first that verifies."""
+        mode = artifact.quantization
+        routes = [route for route in ROUTES if mode == "int8" or not route.int8_only]
+        if artifact.delegate == "coreml" and mode == "float32":
+            routes.insert(0, COREML_ROUTE)
+        return [(route.name, self._along(state, route)) for route in routes]
+
+    def _along(self, state: ModelState, route: Route) -> Any:
+        return lambda art, dest: self.build(state, art, dest, route)
+
+    def build(self, state: ModelState, artifact: Artifact, dest: Path,
+              route: Route | None = None) -> None:
+        """Lower the eager module along `route` (default: the first) and write the .pte."""
         self.precheck(state)
+        route = route or ROUTES[0]
         mode = artifact.quantization
         if mode not in ("float32", "int8"):
             raise UnsupportedError(f"ExecuTorch artifacts are float32 or int8, not {mode}",
                                    where="stages.quantize.mode")
-        if mode == "int8" and _calibration(state) is None:
+        calibration = _calibration(state)
+        if mode == "int8" and calibration is None:
             raise UnsupportedError("int8 .pte needs calibration data and the recipe has none",
                                    hint="add a data: section (train or eval), or ask for float32")
-        module = _eager_module(state)
-        x_ver = _verification_inputs(state)
-        from mobilec.sources.pytorch import eager_runner
-
-        reference = eager_runner(module)(x_ver)
-        failed: list[dict[str, str]] = []
-        for route in ROUTES:
-            if route.int8_only and mode != "int8":
-                continue
-            try:
-                buffer, delegation = lower(module, first_n(x_ver, 1), route, mode,
-                                           _calibration(state))
-                dest.write_bytes(buffer)
-                got = run_isolated(dest, x_ver)
-            except Exception as exc:  # noqa: BLE001 - each route fails in its own way
-                stop_if_interrupted(exc)  # a signal wrapped by the converter still stops
-                failed.append({"route": route.name, "reason": _reason(exc)})
-                continue
-            fid = fidelity(reference, got)
-            ok, why = _passes(state, fid, mode)
-            if not ok:
-                failed.append({"route": route.name, "reason": f"verification: {why}"})
-                continue
-            _record(artifact, route, failed, delegation, fid, length(x_ver))
-            return
-        dest.unlink(missing_ok=True)
-        artifact.routes_failed = failed
-        raise ConversionError("no ExecuTorch route produced a .pte that matches the model: " +
-                              "; ".join(f"{f['route']}: {f['reason']}" for f in failed),
-                              hint="the routes and reasons are in the report's routes_failed")
+        example = first_n(state.eval_x if state.eval_x is not None else
+                          calibration if calibration is not None else
+                          synthetic_inputs(state.inputs, 1), 1)
+        try:
+            buffer, delegation = lower(_eager_module(state), example, route, mode, calibration)
+        except MobilecError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - each route fails in its own way
+            stop_if_interrupted(exc)  # a signal wrapped by the converter still stops
+            raise ConversionError(_reason(exc)) from exc
+        dest.write_bytes(buffer)
+        _record(artifact, route, delegation)
+        artifact.delegation["io"] = {"inputs": [t.as_dict() | {"shape": [1, *t.shape[1:]]}
+                                                for t in state.inputs],
+                                     "outputs": [t.as_dict() for t in state.outputs]}
 
     def runner(self, state: ModelState, artifact: Artifact) -> Any:
+        if _coreml_delegated(artifact) and sys.platform != "darwin":
+            return None  # the Core ML backend has no runtime here: structural check instead
         path, transpose = artifact.path, artifact.input_transpose
         return lambda x: run_isolated(path, _transposed(x, transpose))
+
+    def describe_io(self, path: Path, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
+        return dict((artifact.delegation or {}).get("io") or {"inputs": [], "outputs": []})
+
+    def op_compat(self, path: Path, artifact: Artifact) -> dict[str, Any]:
+        """ExecuTorch's delegation info, recorded when the program was lowered."""
+        d = artifact.delegation or {}
+        total = d.get("delegated", 0) + d.get("non_delegated", 0)
+        return {"supported": d.get("delegated", 0), "total": total,
+                "unsupported": list(d.get("non_delegated_ops", [])),
+                "checked_with": "ExecuTorch get_delegation_info on the lowered program "
+                                f"({d.get('backend') or 'no delegate'})"}
+
+    def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
+        if artifact.target == "ios-executorch":
+            return "swift", swift_executorch(artifact, manifest)
+        return "kotlin", kotlin_executorch(artifact, manifest)
+
+    def structural_check(self, state: ModelState, artifact: Artifact) -> None:
+        """Off macOS, a Core ML-delegated .pte: it was lowered (the delegation counts come
+        from the lowered program) and its file is whole; accuracy stays null with the reason."""
+        d = artifact.delegation or {}
+        if not artifact.path.exists() or artifact.path.stat().st_size == 0 or \
+                not d.get("delegated"):
+            artifact.status = "failed-verification"
+            artifact.error = "the Core ML backend took no op of the program"
+            return
+        artifact.not_run_reason = ("ExecuTorch's Core ML backend runs on Apple devices only; "
+                                   "checked structurally here")
+        artifact.verification = {"against": "structure (no Core ML runtime on this host)",
+                                 "delegated_ops": d.get("delegated")}
 
     def latency(self, state: ModelState, artifact: Artifact, sample: Inputs
                 ) -> dict[str, float]:
@@ -146,10 +171,8 @@ def _transposed(x: Inputs, transpose: tuple[int, ...] | None) -> Inputs:
     return map_inputs(x, lambda a: np.transpose(a, transpose) if a.ndim == len(transpose) else a)
 
 
-def _record(artifact: Artifact, route: Route, failed: list[dict[str, str]],
-            delegation: dict[str, Any], fid: dict[str, Any], samples: int) -> None:
+def _record(artifact: Artifact, route: Route, delegation: dict[str, Any]) -> None:
     artifact.route = route.name
-    artifact.routes_failed = failed
     artifact.delegation = delegation
     artifact.precision = PRECISION.get(artifact.quantization, artifact.quantization)
     if artifact.quantization == "int8" and route.quantizer == "per-op":
@@ -157,17 +180,13 @@ def _record(artifact: Artifact, route: Route, failed: list[dict[str, str]],
         artifact.precision = "int8 conv/linear (per-tensor), other ops float32; float32 I/O"
     elif artifact.quantization == "int8":
         artifact.quantizer = "PT2E XNNPACKQuantizer, per-channel"
-    artifact.verification = {"against": "eager PyTorch", "samples": samples, **fid}
     if not route.delegate:
-        artifact.delegate, artifact.fallback = None, None
         artifact.notes.append("no XNNPACK delegate in this .pte: every op runs on ExecuTorch's "
                               "portable kernels")
     if delegation["non_delegated_ops"] and any("quantize" in op for op in
                                                 delegation["non_delegated_ops"]):
         artifact.notes.append("the app must link ExecuTorch's quantized kernels "
                               "(quantized_ops_lib): quantize/dequantize run outside the delegate")
-    for f in failed:
-        artifact.notes.append(f"route {f['route']} failed: {f['reason']}")
     artifact.notes.append(f"route {route.name}: {delegation['delegated']} ops delegated to "
                           f"{delegation['backend'] or 'no backend'}, "
                           f"{delegation['non_delegated']} on portable kernels")
@@ -180,7 +199,6 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
     import torch
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-    from mobilec.sources.pytorch import export_program, to_tensor
 
     if mode == "int8":
         # Registers the quantized_decomposed out-variants: without them a program whose
@@ -194,7 +212,11 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
     if route.decompose:
         ep = ep.run_decompositions()
     partitioners = []
-    if route.delegate:
+    if route.delegate and route.backend == "coreml":
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        partitioners = [CoreMLPartitioner()]
+    elif route.delegate:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioners = [XnnpackPartitioner()]
@@ -204,7 +226,8 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
             # quantize/dequantize ops are not core ATen: the IR check would reject them
             compile_config=EdgeCompileConfig(_check_ir_validity=mode != "int8"))
         program = edge.to_executorch()
-    return program.buffer, delegation_counts(edge, route.delegate)
+    return program.buffer, delegation_counts(edge, BACKENDS[route.backend] if route.delegate
+                                             else None)
 
 
 def quantize_pt2e(module: Any, example: Inputs, calibration: Inputs, variant: str) -> Any:
@@ -216,7 +239,6 @@ def quantize_pt2e(module: Any, example: Inputs, calibration: Inputs, variant: st
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from mobilec.sources.pytorch import export_program, to_tensor
 
     quantizer = XNNPACKQuantizer()
     if variant == "per-op":
@@ -242,8 +264,8 @@ def quantize_pt2e(module: Any, example: Inputs, calibration: Inputs, variant: st
     return convert_pt2e(prepared)
 
 
-def delegation_counts(edge: Any, delegated: bool) -> dict[str, Any]:
-    """ExecuTorch's delegation info: nodes inside XNNPACK subgraphs vs. outside."""
+def delegation_counts(edge: Any, backend: str | None) -> dict[str, Any]:
+    """ExecuTorch's delegation info: nodes inside the backend's subgraphs vs. outside."""
     from executorch.devtools.backend_debug import get_delegation_info
 
     info = get_delegation_info(edge.exported_program().graph_module)
@@ -254,116 +276,7 @@ def delegation_counts(edge: Any, delegated: bool) -> dict[str, Any]:
             "non_delegated": int(info.num_non_delegated_nodes),
             "subgraphs": int(info.num_delegated_subgraphs),
             "non_delegated_ops": portable,
-            "backend": BACKEND if delegated and info.num_delegated_subgraphs else None}
-
-
-def pte_runner(path: Path) -> Any:
-    """A runner over a batch-1 .pte: one sample at a time, outputs concatenated."""
-    import torch
-
-    from mobilec.sources.pytorch import to_tensor
-
-    method = _load_method(path)
-
-    def run(x: Inputs) -> list[np.ndarray]:
-        per_sample = []
-        for i in range(length(x)):
-            out = method.execute(tuple(to_tensor(a) for a in as_list(take(x, slice(i, i + 1)))))
-            per_sample.append([o.detach().float().numpy() if isinstance(o, torch.Tensor)
-                               else np.asarray(o, dtype=np.float32) for o in out])
-        return [np.concatenate([s[k] for s in per_sample]) for k in range(len(per_sample[0]))]
-
-    return run
-
-
-def run_isolated(path: Path, x: Inputs, latency: bool = False) -> Any:
-    """Run a .pte in a child process: its outputs on `x` (or, with latency, the latency
-    of one sample). A runtime crash becomes a ConversionError naming the signal."""
-    with tempfile.TemporaryDirectory(prefix="mobilec-pte-") as tmp:
-        xin, out = Path(tmp) / "x.npz", Path(tmp) / "out.npz"
-        np.savez(xin, *[np.ascontiguousarray(a) for a in as_list(x)])
-        code = ("import sys; from mobilec.formats.executorch import _child_main; "
-                "_child_main(sys.argv[1:])")
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        args = [sys.executable, "-c", code, str(path), str(xin), str(out)]
-        try:
-            proc = subprocess.run(args + (["--latency"] if latency else []), env=env,
-                                  capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired as exc:
-            raise ConversionError(f"the .pte did not finish in {RUN_TIMEOUT_S} s") from exc
-        if proc.returncode != 0:
-            raise ConversionError(_child_failure(proc.returncode, proc.stderr))
-        if latency:
-            return json.loads(out.read_text())
-        with np.load(out) as z:
-            return [z[f"arr_{i}"] for i in range(len(z.files))]
-
-
-def _child_failure(code: int, stderr: str) -> str:
-    if code < 0:
-        import signal
-
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"the ExecuTorch runtime crashed ({name}) running the .pte"
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-    return f"the .pte failed in the ExecuTorch runtime: {(errors or lines or ['?'])[-1][:300]}"
-
-
-def _child_main(argv: list[str]) -> None:
-    """Child process entry: run the .pte on the saved inputs, save the outputs."""
-    path, xin, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
-    with np.load(xin) as z:
-        parts = [z[f"arr_{i}"] for i in range(len(z.files))]
-    x = parts[0] if len(parts) == 1 else parts
-    if "--latency" in argv[3:]:
-        # One thread, like every latency mobilec reports (a throwaway process: the
-        # "unsafe" reset cannot race anything here).
-        try:
-            from executorch.extension.pybindings import portable_lib
-
-            portable_lib._unsafe_reset_threadpool(1)
-        except (ImportError, AttributeError):
-            pass
-        method = _load_method(path)
-        from mobilec.sources.pytorch import to_tensor
-
-        inputs = tuple(to_tensor(a) for a in as_list(first_n(x, 1)))
-        out.write_text(json.dumps(measure_latency(lambda: method.execute(inputs))))
-        return
-    np.savez(out, *pte_runner(path)(x))
-
-
-def _load_method(path: Path) -> Any:
-    # Quantized kernels (quantize/dequantize outside XNNPACK) are a separate library in
-    # the Python runtime: without this import an int8 portable .pte fails to load (0x14).
-    import executorch.kernels.quantized  # noqa: F401
-    from executorch.runtime import Runtime
-
-    # Program from bytes: the runtime then never holds the file open (Windows, atomic moves).
-    program = Runtime.get().load_program(Path(path).read_bytes())
-    method = program.load_method("forward")
-    if method is None:
-        raise ConversionError(f"{Path(path).name} has no forward method")
-    # A Method does not keep its Program (which owns the buffer) alive: when the Program
-    # is collected the method reads freed memory (measured: garbage shapes, SIGSEGV).
-    return _MethodHandle(program, method)
-
-
-class _MethodHandle:
-    """A loaded method together with the program it lives in."""
-
-    def __init__(self, program: Any, method: Any) -> None:
-        self.program = program
-        self.method = method
-
-    def execute(self, inputs: Any) -> Any:
-        return self.method.execute(inputs)
+            "backend": backend if backend and info.num_delegated_subgraphs else None}
 
 
 def _eager_module(state: ModelState) -> Any:
@@ -372,27 +285,10 @@ def _eager_module(state: ModelState) -> Any:
     return state.torch_program.module()
 
 
-def _verification_inputs(state: ModelState) -> Inputs:
-    calib = None if state.data is None or state.data.calibration is None \
-        else state.data.calibration.x
-    for x in (state.eval_x, calib):
-        if x is not None and length(x):
-            return first_n(x, ROUTE_VERIFY_SAMPLES)
-    return synthetic_inputs(state.inputs, 4)
-
-
 def _calibration(state: ModelState) -> Inputs | None:
     if state.data is None or state.data.calibration is None:
         return None
     return state.data.calibration.x
-
-
-def _passes(state: ModelState, fid: dict[str, Any], mode: str) -> tuple[bool, str]:
-    if mode == "int8":
-        return passes(fid, INT8_MIN_TOP1, INT8_MIN_SNR_DB)
-    verify = getattr(state.recipe, "verify", None)
-    return passes(fid, getattr(verify, "min_top1_agreement", 0.99),
-                  getattr(verify, "min_snr_db", 20.0))
 
 
 def _reason(exc: BaseException) -> str:
@@ -401,3 +297,7 @@ def _reason(exc: BaseException) -> str:
     # torch errors often end with the useful line; ExecuTorch's start with it
     line = lines[0] if lines else type(exc).__name__
     return f"{type(exc).__name__}: {line.strip()[:300]}"
+
+
+def _coreml_delegated(artifact: Artifact) -> bool:
+    return (artifact.delegation or {}).get("backend") == BACKENDS["coreml"]

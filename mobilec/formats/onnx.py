@@ -20,6 +20,7 @@ from mobilec.formats.runtime import (
     ort_session_runner,
 )
 from mobilec.formats.tflite_int4 import float32_tflite
+from mobilec.formats.torch_onnx import torch_float32_onnx
 from mobilec.policy.modes import INT8_MODES
 from mobilec.sources.batch import first_n
 from mobilec.state import Artifact, ModelState
@@ -73,10 +74,10 @@ class OnnxFormat:
         feed = ort_feed(sess, names, first_n(sample, 1), artifact.input_transpose)
         return measure_latency(lambda: sess.run(None, feed))
 
-    def describe_io(self, path: Path) -> dict[str, list[dict[str, Any]]]:
+    def describe_io(self, path: Path, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
         return describe_io(path)
 
-    def op_compat(self, path: Path, delegate: str | None) -> dict[str, Any]:
+    def op_compat(self, path: Path, artifact: Artifact) -> dict[str, Any]:
         return onnx_compat(path)
 
     def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
@@ -87,6 +88,8 @@ def route_names(state: ModelState) -> list[str]:
     """tf2onnx from the model (Keras, or a SavedModel's serving signature), then tf2onnx from
     the float32 .tflite (its graph has only the signature's inputs: what rescues an export
     with stray captured inputs or one onnxruntime rejects). An ONNX source passes through."""
+    if state.torch_program is not None:
+        return ["torch-dynamo"]
     if state.onnx_path is not None:
         return ["onnx-source"]
     if state.keras_model is not None:
@@ -106,6 +109,9 @@ def float32_onnx(state: ModelState, route: str | None = None) -> Path:
     if route == "onnx-source":
         state.memo[key] = state.onnx_path  # an ONNX input passes through
         return state.onnx_path
+    if route == "torch-dynamo":
+        state.memo[key] = torch_float32_onnx(state)
+        return state.memo[key]
     out = state.work_dir / f"float32-v{state.model_version}-{route}.onnx"
     opset = _opset(state)
     tf = import_tf()

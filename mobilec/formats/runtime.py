@@ -16,6 +16,7 @@ import numpy as np
 
 from mobilec.errors import ConversionError
 from mobilec.sources.batch import as_list, batched, match_names
+from mobilec.sources.pytorch import eager_runner
 from mobilec.state import ModelState, TensorSpec
 from mobilec.util.tfenv import import_tf
 
@@ -55,6 +56,8 @@ def align_outputs(ref: list[TensorSpec], got_names: list[str], got: list[np.ndar
 
 def source_runner(state: ModelState) -> Runner:
     """Runs the model as the state currently holds it (after prune/distill, …)."""
+    if state.torch_module is not None:
+        return eager_runner(state.torch_module, batch_size=state.torch_batch or 256)
     if state.keras_model is not None:
         model = state.keras_model
 

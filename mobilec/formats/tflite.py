@@ -65,7 +65,10 @@ class TFLiteFormat:
             note_kept_float(state, artifact)
         # An ONNX input reaches TF through onnx2tf, which may change the layout (NCHW -> NHWC).
 
-        artifact.input_layout, artifact.input_transpose = tf_input_layout(state)
+        if route == "litert-torch":  # the module's own layout, no bridge in between
+            artifact.input_layout, artifact.input_transpose = state.input_layout, None
+        else:
+            artifact.input_layout, artifact.input_transpose = tf_input_layout(state)
         if mode == "int8-io":
             artifact.io_quant = read_io_quant(dest)
 
@@ -75,11 +78,11 @@ class TFLiteFormat:
     def latency(self, state: ModelState, artifact: Artifact, sample: np.ndarray) -> dict[str, float]:
         return LiteRTRunner(artifact, state.outputs, state.inputs).latency(sample)
 
-    def describe_io(self, path: Path) -> dict[str, list[dict[str, Any]]]:
+    def describe_io(self, path: Path, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
         return describe_io(path)
 
-    def op_compat(self, path: Path, delegate: str | None) -> dict[str, Any]:
-        return tflite_compat(path, delegate)
+    def op_compat(self, path: Path, artifact: Artifact) -> dict[str, Any]:
+        return tflite_compat(path, artifact.delegate)
 
     def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
         return "kotlin", kotlin_tflite(artifact, manifest)

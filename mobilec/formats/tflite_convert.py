@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.formats.torch_onnx import example_inputs, torch_float32_onnx
+from mobilec.formats.torch_routes import LITERT_TORCH_MODES, torch_to_tflite
 from mobilec.sources.batch import as_list, match_names
 from mobilec.sources.onnx2tf_bridge import ensure_graph, to_tf_layout
 from mobilec.sources.serving_export import serving_savedmodel
@@ -57,6 +59,8 @@ def route_names(state: ModelState) -> list[str]:
     export whose first route drops weights), then the Keras model inside it, if any.
     An ONNX model: onnx2tf's SavedModel.
     """
+    if state.torch_program is not None:
+        return ["litert-torch", "onnx2tf"]
     if state.keras_model is not None:
         return ["keras-serving-savedmodel", "keras-model"]
     if state.graph_dir is None and state.onnx_path is not None:
@@ -64,6 +68,19 @@ def route_names(state: ModelState) -> list[str]:
     if state.graph_dir is not None:
         return ["savedmodel-signature", "concrete-function", "savedmodel-keras"]
     return []
+
+
+def litert_torch_tflite(state: ModelState, mode: str) -> bytes:
+    """litert_torch.convert of the eager module (channel order as the module has it)."""
+    key = ("litert_torch", state.model_version, mode)
+    if key not in state.memo:
+        dest = state.work_dir / f"litert-torch-{mode}.tflite"
+        calib = None if state.data is None or state.data.calibration is None \
+            else state.data.calibration.x
+        torch_to_tflite(state.torch_module, example_inputs(state), dest,
+                        "int8-io" if mode == "int8-io" else mode, calib)
+        state.memo[key] = dest.read_bytes()
+    return state.memo[key]
 
 
 def make_converter(state: ModelState, route: str | None = None) -> Any:
@@ -80,7 +97,9 @@ def make_converter(state: ModelState, route: str | None = None) -> Any:
     if route == "keras-model":
         return tf.lite.TFLiteConverter.from_keras_model(state.keras_model)
     if route == "onnx2tf":
-        ensure_graph(state)  # onnx2tf's SavedModel, converted on first use
+        # onnx2tf's SavedModel, converted on first use (a PyTorch source: from its .onnx)
+        ensure_graph(state, torch_float32_onnx(state) if state.torch_program is not None
+                     else None)
         route = "savedmodel-signature"
     if route == "savedmodel-signature":
         return tf.lite.TFLiteConverter.from_saved_model(str(state.graph_dir))
@@ -98,6 +117,9 @@ def make_converter(state: ModelState, route: str | None = None) -> Any:
 
 
 def convert_tflite(state: ModelState, mode: str, route: str | None = None) -> bytes:
+    if route == "litert-torch" or (route is None and state.torch_program is not None and
+                                   mode in LITERT_TORCH_MODES):
+        return litert_torch_tflite(state, mode)
     tf = import_tf()
     conv = make_converter(state, route)
     if mode == "float16":

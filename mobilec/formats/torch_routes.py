@@ -17,6 +17,7 @@ from typing import Any
 
 from mobilec.errors import ConversionError, UnsupportedError
 from mobilec.sources.batch import Inputs, as_list, first_n, length, take
+from mobilec.sources.pytorch import count_params, eval_mode, to_tensor
 
 # Past this many bytes of weights an .onnx cannot be one file (protobuf's 2 GiB limit).
 ONNX_SINGLE_FILE_LIMIT = 1_800_000_000
@@ -34,7 +35,6 @@ def torch_to_onnx(program_or_module: Any, example_inputs: tuple[Any, ...], dest:
     """
     import torch
 
-    from mobilec.sources.pytorch import count_params, to_tensor
 
     dest = Path(dest)
     args = tuple(to_tensor(a) for a in example_inputs)
@@ -73,7 +73,6 @@ def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mo
     int8 always with int8 I/O (so `int8` with float I/O is not a litert_torch mode:
     the ONNX bridge covers it). No float16 option.
     """
-    from mobilec.sources.pytorch import eval_mode, to_tensor
 
     if mode not in LITERT_TORCH_MODES:
         raise UnsupportedError(
@@ -107,7 +106,6 @@ def _litert_pt2e(module: Any, args: tuple[Any, ...], mode: str,
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from mobilec.sources.pytorch import to_tensor
 
     dynamic = mode == "dynamic"
     if not dynamic and calibration is None:

@@ -15,6 +15,7 @@ from mobilec.policy.targets import TARGETS
 from mobilec.recipe.schema import CoreMLConfig, QuantizeConfig, Recipe
 
 TRAINING_STAGES = ("distill", "factorize", "prune")
+TORCH_FORMATS = ("pt2", "torch-module")
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
 
 
@@ -41,6 +42,11 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
             raise UnsupportedError(f"{label} fine-tunes the model and needs data.train "
                                    "(eval data is never trained on)", where=where,
                                    hint="add data: {source: npz, train: train.npz} or drop the stage")
+        if trains and model_format in TORCH_FORMATS:
+            raise UnsupportedError(
+                f"{label} fine-tunes with TensorFlow and this recipe's model is PyTorch",
+                where=where, hint="PyTorch sources get post-training quantization (int8 through "
+                "PT2E for .pte); prune or train in PyTorch before exporting, or drop the stage")
         if trains and model_format == "onnx":
             raise UnsupportedError(
                 f"{label} needs a Keras model (tf_keras) to fine-tune; this recipe's model is ONNX",
@@ -48,6 +54,12 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
                 "the ONNX came from, or drop the stage and use post-training quantization")
         if name == "quantize":
             _check_quantize(recipe, cfg, has_any)
+    if "executorch" in _formats(recipe) and model_format not in TORCH_FORMATS:
+        raise UnsupportedError(
+            "ExecuTorch (.pte) artifacts are made from PyTorch models; this recipe's model is "
+            f"{model_format}", where=where,
+            hint="start from the PyTorch model (model.path: x.pt2, or model.module), or drop "
+                 "the executorch targets/format")
     _check_coreml(recipe)
 
 

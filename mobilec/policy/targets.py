@@ -70,6 +70,20 @@ TARGETS: dict[str, TargetProfile] = {
         constraints="XNNPACK (TFLite) and CPUExecutionProvider (onnxruntime)",
         options={"num_threads": 1},
         docs="https://ai.google.dev/edge/litert/performance/delegates"),
+    "android-executorch": TargetProfile(
+        name="android-executorch", formats=("executorch",), preferred_quantization="int8",
+        delegate="xnnpack", fallback="portable", platform="android",
+        constraints="PyTorch sources only; XNNPACK takes what it supports, the rest runs on "
+                    "ExecuTorch's portable kernels",
+        options={"num_threads": 1},
+        docs="https://pytorch.org/executorch/stable/backends-xnnpack.html"),
+    "ios-executorch": TargetProfile(
+        name="ios-executorch", formats=("executorch",), preferred_quantization="float32",
+        delegate="coreml", fallback="xnnpack", platform="ios",
+        constraints="PyTorch sources only; the Core ML backend runs on Apple devices "
+                    "(checked structurally elsewhere), XNNPACK when it cannot be lowered",
+        options={"compute_units": "ALL"},
+        docs="https://pytorch.org/executorch/stable/backends-coreml.html"),
 }
 
 

@@ -224,7 +224,8 @@ def _resolve_paths(recipe: Recipe, base: Path, doc: LocatedYaml | None = None) -
             raise RecipeError(f"{format_loc(loc)}: not a usable path ({exc})",
                               where=doc.where(loc) if doc else None) from None
 
-    recipe.model.path = fix(recipe.model.path, ("model", "path"))
+    if recipe.model.path is not None:
+        recipe.model.path = fix(recipe.model.path, ("model", "path"))
     if recipe.data is not None:
         recipe.data.train = fix(recipe.data.train, ("data", "train"))
         recipe.data.eval = fix(recipe.data.eval, ("data", "eval"))

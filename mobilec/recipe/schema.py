@@ -21,7 +21,7 @@ QuantMode = Literal[RECIPE_MODES]  # type: ignore[valid-type]
 QUANT_MODES: tuple[str, ...] = RECIPE_MODES
 TargetName = Literal[tuple(TARGETS)]  # type: ignore[valid-type]
 FormatName = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
-ModelFormat = Literal["auto", "keras", "h5", "savedmodel", "onnx"]
+ModelFormat = Literal["auto", "keras", "h5", "savedmodel", "onnx", "pt2"]
 STAGE_ORDER = ("distill", "factorize", "prune", "quantize", "convert")
 
 
@@ -30,10 +30,32 @@ class Strict(BaseModel):
 
 
 class ModelSpec(Strict):
-    path: Path = Field(description="Model file or SavedModel directory; relative to the recipe.")
+    path: Path | None = Field(
+        None, description="Model file (.keras, .h5, .onnx, .pt2) or SavedModel directory; "
+                          "relative to the recipe.")
+    module: str | None = Field(
+        None, pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$",
+        description="PyTorch: 'package.module:factory' or 'file.py:factory' returning an "
+                    "nn.Module (or (module, example_inputs)). Runs your code: needs --trust-code.")
     format: ModelFormat = Field("auto", description="Detected from content when 'auto'.")
     input_shape: list[int] | None = Field(
-        None, description="Fixes dynamic dimensions, batch first, e.g. [1, 8, 8, 1].")
+        None, description="Fixes dynamic dimensions, batch first, e.g. [1, 8, 8, 1]; for a "
+                          "PyTorch module, the example input's shape.")
+    input_dtype: Literal["float32", "float16", "int64", "int32", "bool"] = Field(
+        "float32", description="PyTorch module: the example input's dtype.")
+    dynamic_batch: bool = Field(
+        False, description="PyTorch: export the batch dimension as torch.export.Dim.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.module is None):
+            raise ValueError("give exactly one of model.path and model.module")
+        return self
+
+    @property
+    def where(self) -> str:
+        """How error messages name the model."""
+        return str(self.path) if self.path is not None else str(self.module)
 
     @field_validator("input_shape")
     @classmethod

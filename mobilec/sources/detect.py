@@ -6,6 +6,7 @@ import json
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 from mobilec.errors import ModelLoadError
 
@@ -16,8 +17,15 @@ MAX_INPUT_ELEMENTS = 2**28
 TFLITE_IDENT = b"TFL3"
 
 
+def model_format(spec: Any) -> str:
+    """The recipe's model kind: 'torch-module' for model.module, else detected from content."""
+    if spec.module is not None:
+        return "torch-module"
+    return detect_format(Path(spec.path), spec.format)
+
+
 def detect_format(path: Path, declared: str = "auto") -> str:
-    """Return one of keras | h5 | savedmodel | onnx | tflite, or raise ModelLoadError."""
+    """Return one of keras | h5 | savedmodel | onnx | pt2 | tflite, or raise ModelLoadError."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError("model not found", where=str(path),
@@ -31,7 +39,7 @@ def detect_format(path: Path, declared: str = "auto") -> str:
     if found is None:
         raise ModelLoadError(_unknown_message(path), where=str(path),
                              hint="mobilec reads Keras 3 .keras, tf_keras/Keras 2 .h5, "
-                                  "SavedModel directories and .onnx")
+                                  "SavedModel directories, .onnx and torch.export .pt2")
     return found
 
 
@@ -57,6 +65,8 @@ def _sniff(path: Path) -> str | None:
             return None
         if "config.json" in names and ("model.weights.h5" in names or "metadata.json" in names):
             return "keras"
+        if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+            return "pt2"  # torch.export.save: <name>/archive_format holds b"pt2"
         return None
     if path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
         return "onnx" if _looks_like_onnx(head) else None

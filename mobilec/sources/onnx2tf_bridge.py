@@ -55,17 +55,19 @@ class TFGraph:
     seconds: float = 0.0
 
 
-def ensure_graph(state: ModelState) -> Path:
-    """The SavedModel for an ONNX input, converted on first use; raises ConversionError if
-    onnx2tf cannot do it (remembered: every TF-based artifact gets the same answer at once)."""
+def ensure_graph(state: ModelState, onnx_path: Path | None = None) -> Path:
+    """The SavedModel for an ONNX input (or `onnx_path`, a PyTorch source's export),
+    converted on first use; raises ConversionError if onnx2tf cannot do it (remembered:
+    every TF-based artifact gets the same answer at once)."""
     if state.graph_dir is not None:
         return state.graph_dir
-    if state.onnx_path is None:
+    onnx_path = onnx_path or state.onnx_path
+    if onnx_path is None:
         raise UnsupportedError("no TensorFlow form of the model is available")
     if ERROR_CACHE in state.memo:
         raise state.memo[ERROR_CACHE]
     try:
-        graph = convert(state)
+        graph = convert(state, onnx_path)
     except ConversionError as exc:
         state.memo[ERROR_CACHE] = exc
         raise
@@ -96,7 +98,7 @@ def to_tf_layout(state: ModelState, x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- conversion
 
 
-def convert(state: ModelState) -> TFGraph:
+def convert(state: ModelState, onnx_path: Path | None = None) -> TFGraph:
     import time
 
     import onnx
@@ -104,7 +106,7 @@ def convert(state: ModelState) -> TFGraph:
     start = time.perf_counter()
     work = state.work_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
-    model = simplify(state, static_batch(onnx.load(str(state.onnx_path))))
+    model = simplify(state, static_batch(onnx.load(str(onnx_path or state.onnx_path))))
     check_ops(model)
     copy = work / "model.onnx"
     onnx.save(model, str(copy))  # onnx2tf's own input; state.onnx_path stays untouched

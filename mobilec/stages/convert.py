@@ -26,7 +26,7 @@ from typing import Any
 
 from mobilec.delegates.manifest import prepare_for_placement, write_manifests
 from mobilec.errors import MobilecError, stop_if_interrupted
-from mobilec.formats import get_format
+from mobilec.formats import FORMATS, get_format
 from mobilec.policy.targets import ArtifactSpec, plan_artifacts
 from mobilec.recipe.schema import ConvertConfig
 from mobilec.stages.verify import verification_inputs, verify
@@ -54,7 +54,7 @@ def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
         precheck = getattr(get_format(fmt_name), "precheck", None)
         if precheck is not None:
             precheck(state)  # a format this model cannot reach is a usage error (exit 2)
-    built: dict[tuple[str, str], Artifact] = {}
+    built: dict[tuple[str, str, str | None], Artifact] = {}
     staged: list[tuple[Artifact, Path | None]] = []
     for spec in specs:
         stop_if_interrupted()  # a signal lost inside the converter stops here, not at the end
@@ -70,8 +70,8 @@ def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
     return {"artifacts": len(state.artifacts), "failed": len(failed)}
 
 
-def _stage(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, str], Artifact]
-           ) -> tuple[Artifact, Path | None]:
+def _stage(state: ModelState, spec: ArtifactSpec,
+           built: dict[tuple[str, str, str | None], Artifact]) -> tuple[Artifact, Path | None]:
     """The artifact row, and the verified file in the work dir that will be published."""
     folder = spec.target or "baseline"
     art = Artifact(path=state.out_dir / folder / state.artifact_name(spec.format,
@@ -81,9 +81,12 @@ def _stage(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, str], A
     if spec.skipped_reason:
         art.status, art.error = "skipped", spec.skipped_reason
         return art, None
-    key = (spec.format, spec.quantization)
+    # One build per format and mode, shared by every target — unless the file itself
+    # depends on the delegate (an ExecuTorch program lowered for XNNPACK or Core ML).
+    key = (spec.format, spec.quantization,
+           spec.delegate if FORMATS[spec.format].per_delegate else None)
     if key not in built:
-        built[key] = _build(state, spec)
+        built[key] = build_artifact(state, spec)
     work = built[key]
     for name in COPIED_FIELDS:
         setattr(art, name, getattr(work, name))
@@ -91,6 +94,8 @@ def _stage(state: ModelState, spec: ArtifactSpec, built: dict[tuple[str, str], A
     art.metrics.update(work.metrics)
     if work.status == "failed":
         return art, None
+    if work.delegation is not None and not work.delegation.get("delegated"):
+        art.delegate, art.fallback = "portable", None  # the route that shipped has no delegate
     if art.status == "failed-verification":
         art.path = art.path.with_name(state.artifact_name(spec.format, spec.quantization, True))
     return art, work.path
@@ -124,20 +129,22 @@ def routes(state: ModelState, fmt: Any, work: Artifact) -> list[Route]:
                   lambda art, dest: fmt.build(state, art, dest))]
 
 
-def _build(state: ModelState, spec: ArtifactSpec) -> Artifact:
+def build_artifact(state: ModelState, spec: ArtifactSpec) -> Artifact:
+    """One artifact along the format's routes, in the work dir: the first route whose result
+    verifies, else the best that runs (failed-verification), else `failed` with every reason."""
     fmt = get_format(spec.format)
     name = state.artifact_name(spec.format, spec.quantization)
     base = Artifact(path=state.work_dir / "build" / name, format=spec.format,
-                    quantization=spec.quantization, target=spec.target)
+                    quantization=spec.quantization, target=spec.target, delegate=spec.delegate)
     candidates = routes(state, fmt, base)
     x = verification_inputs(state)
     failed: list[dict[str, Any]] = []
     fallback: Artifact | None = None  # built and runs, but did not verify
     for i, route in enumerate(candidates):
-        dest = state.work_dir / "build" / f"{i}-{route.name}" / name
+        dest = state.work_dir / "build" / f"{spec.delegate}-{i}-{route.name}" / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         work = Artifact(path=dest, format=spec.format, quantization=spec.quantization,
-                        target=spec.target)
+                        target=spec.target, delegate=spec.delegate)
         reason = _try_build(state, route, work, dest)
         if reason is None:
             ok, reason = _try_verify(state, fmt, work, x)

@@ -14,12 +14,13 @@ from mobilec.sources.data import adapt_layout, fit_to_input, load_dataset
 from mobilec.sources.detect import (
     check_input_size,
     declared_shapes,
-    detect_format,
     find_lambda_layers,
     keras_archive_config,
+    model_format,
 )
 from mobilec.sources.keras_bridge import keras3_to_tf_keras
 from mobilec.sources.onnx_input import load_onnx
+from mobilec.sources.torch_load import load_module_source, load_pt2_source
 from mobilec.state import ModelState, SourceInfo, TensorSpec
 from mobilec.util.fs import sha256_path, size_of
 from mobilec.util.metrics import accuracy
@@ -31,15 +32,28 @@ UNSAFE_HINT = ("Lambda layers hold arbitrary Python code; pass --unsafe-deserial
 
 def run(state: ModelState, config: Any = None) -> dict[str, Any]:
     spec = state.recipe.model
-    path = Path(spec.path)
-    fmt = detect_format(path, spec.format)
-    state.source = SourceInfo(path=path, format=fmt, sha256=sha256_path(path), size_bytes=size_of(path))
-    loader = {"keras": _load_keras, "h5": _load_h5, "savedmodel": _load_savedmodel,
-              "onnx": _load_onnx}.get(fmt)
-    if loader is None:
-        raise ModelLoadError(f"'{fmt}' files are outputs, not inputs", where=str(path),
-                             hint="point model.path at the Keras, SavedModel or ONNX source model")
-    loader(state, path)
+    fmt = model_format(spec)
+    if fmt == "torch-module":
+        # The code is the model: name it by its spec (its file, when it is one, is hashed).
+        ref = spec.module.rsplit(":", 1)[0]
+        base = Path(state.recipe.source).resolve().parent
+        file = base / ref if ref.endswith(".py") and (base / ref).is_file() else None
+        state.source = SourceInfo(path=Path(spec.module), format=fmt,
+                                  sha256=sha256_path(file) if file else "",
+                                  size_bytes=size_of(file) if file else 0)
+        load_module_source(state)
+        path = Path(spec.module)
+    else:
+        path = Path(spec.path)
+        state.source = SourceInfo(path=path, format=fmt, sha256=sha256_path(path),
+                                  size_bytes=size_of(path))
+        loader = {"keras": _load_keras, "h5": _load_h5, "savedmodel": _load_savedmodel,
+                  "onnx": _load_onnx, "pt2": load_pt2_source}.get(fmt)
+        if loader is None:
+            raise ModelLoadError(f"'{fmt}' files are outputs, not inputs", where=str(path),
+                                 hint="point model.path at the Keras, SavedModel, ONNX or "
+                                      "PyTorch .pt2 source model")
+        loader(state, path)
     for spec in state.inputs:  # SavedModel/ONNX: known only after load
         check_input_size(spec.shape, str(path))
     if state.keras_model is not None:

@@ -1,0 +1,137 @@
+"""Running a .pte on this host with ExecuTorch's Python runtime — always in a child
+process: the runtime is native code that a bad program can crash (a use-after-free took
+the whole process down with SIGSEGV while this was written), and a crash must fail one
+route, not mobilec. The price is ~4 s of imports per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilec.errors import ConversionError
+from mobilec.formats.runtime import measure_latency
+from mobilec.sources.batch import (
+    Inputs,
+    as_list,
+    first_n,
+    length,
+    take,
+)
+from mobilec.sources.pytorch import to_tensor
+
+RUN_TIMEOUT_S = 600
+
+
+def pte_runner(path: Path) -> Any:
+    """A runner over a batch-1 .pte: one sample at a time, outputs concatenated."""
+    import torch
+
+
+    method = _load_method(path)
+
+    def run(x: Inputs) -> list[np.ndarray]:
+        per_sample = []
+        for i in range(length(x)):
+            out = method.execute(tuple(to_tensor(a) for a in as_list(take(x, slice(i, i + 1)))))
+            per_sample.append([o.detach().float().numpy() if isinstance(o, torch.Tensor)
+                               else np.asarray(o, dtype=np.float32) for o in out])
+        return [np.concatenate([s[k] for s in per_sample]) for k in range(len(per_sample[0]))]
+
+    return run
+
+
+def run_isolated(path: Path, x: Inputs, latency: bool = False) -> Any:
+    """Run a .pte in a child process: its outputs on `x` (or, with latency, the latency
+    of one sample). A runtime crash becomes a ConversionError naming the signal."""
+    with tempfile.TemporaryDirectory(prefix="mobilec-pte-") as tmp:
+        xin, out = Path(tmp) / "x.npz", Path(tmp) / "out.npz"
+        np.savez(xin, *[np.ascontiguousarray(a) for a in as_list(x)])
+        code = ("import sys; from mobilec.formats.executorch_runtime import child_main; "
+                "child_main(sys.argv[1:])")
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        args = [sys.executable, "-c", code, str(path), str(xin), str(out)]
+        try:
+            proc = subprocess.run(args + (["--latency"] if latency else []), env=env,
+                                  capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            raise ConversionError(f"the .pte did not finish in {RUN_TIMEOUT_S} s") from exc
+        if proc.returncode != 0:
+            raise ConversionError(_child_failure(proc.returncode, proc.stderr))
+        if latency:
+            return json.loads(out.read_text())
+        with np.load(out) as z:
+            return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+def _child_failure(code: int, stderr: str) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the ExecuTorch runtime crashed ({name}) running the .pte"
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    return f"the .pte failed in the ExecuTorch runtime: {(errors or lines or ['?'])[-1][:300]}"
+
+
+def child_main(argv: list[str]) -> None:
+    """Child process entry: run the .pte on the saved inputs, save the outputs."""
+    path, xin, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    with np.load(xin) as z:
+        parts = [z[f"arr_{i}"] for i in range(len(z.files))]
+    x = parts[0] if len(parts) == 1 else parts
+    if "--latency" in argv[3:]:
+        # One thread, like every latency mobilec reports (a throwaway process: the
+        # "unsafe" reset cannot race anything here).
+        try:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(1)
+        except (ImportError, AttributeError):
+            pass
+        method = _load_method(path)
+
+        inputs = tuple(to_tensor(a) for a in as_list(first_n(x, 1)))
+        out.write_text(json.dumps(measure_latency(lambda: method.execute(inputs))))
+        return
+    np.savez(out, *pte_runner(path)(x))
+
+
+def _load_method(path: Path) -> Any:
+    # Quantized kernels (quantize/dequantize outside XNNPACK) are a separate library in
+    # the Python runtime: without this import an int8 portable .pte fails to load (0x14).
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.runtime import Runtime
+
+    # Program from bytes: the runtime then never holds the file open (Windows, atomic moves).
+    program = Runtime.get().load_program(Path(path).read_bytes())
+    method = program.load_method("forward")
+    if method is None:
+        raise ConversionError(f"{Path(path).name} has no forward method")
+    # A Method does not keep its Program (which owns the buffer) alive: when the Program
+    # is collected the method reads freed memory (measured: garbage shapes, SIGSEGV).
+    return _MethodHandle(program, method)
+
+
+class _MethodHandle:
+    """A loaded method together with the program it lives in."""
+
+    def __init__(self, program: Any, method: Any) -> None:
+        self.program = program
+        self.method = method
+
+    def execute(self, inputs: Any) -> Any:
+        return self.method.execute(inputs)

@@ -1,0 +1,31 @@
+"""The float32 .onnx of a PyTorch source (torch.onnx dynamo exporter, one file), made once
+per model version: the `.onnx` artifacts start from it, and so does the ONNX bridge to
+TensorFlow (onnx2tf) that the TFLite formats take when litert_torch cannot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mobilec.formats.torch_routes import torch_to_onnx
+from mobilec.sources.batch import as_list, first_n, synthetic_inputs
+from mobilec.state import ModelState
+
+
+def example_inputs(state: ModelState) -> tuple[Any, ...]:
+    """One real sample (eval, else calibration data), else seeded stand-ins."""
+    calib = None if state.data is None or state.data.calibration is None \
+        else state.data.calibration.x
+    x = state.eval_x if state.eval_x is not None else calib
+    if x is None:
+        x = synthetic_inputs(state.inputs, 1)
+    return tuple(as_list(first_n(x, 1)))
+
+
+def torch_float32_onnx(state: ModelState) -> Path:
+    key = ("torch_float32_onnx", state.model_version)
+    if key not in state.memo:
+        dest = state.work_dir / f"torch-float32-v{state.model_version}.onnx"
+        state.memo[key] = torch_to_onnx(state.torch_program, example_inputs(state), dest,
+                                        opset=state.convert_config.opset)
+    return state.memo[key]
