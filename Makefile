@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cu
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench conformance clean
 
 install: $(STAMP)
 
@@ -38,5 +38,12 @@ lint: $(STAMP)
 bench: $(STAMP) models/demo/digits.keras
 	@for s in scripts/bench_*.py; do echo "== $$s"; $(BIN)/python $$s || exit 1; done
 
+# The conformance corpus (issue 15): 30+ architectures, every artifact; ~45 min on 2 cores.
+# The corpus is built once (cached in conformance-corpus/); CONFORMANCE.md and conformance.json
+# land at the repository root.
+conformance: $(STAMP)
+	$(BIN)/python scripts/conformance_models.py --out conformance-corpus
+	$(BIN)/python scripts/conformance.py --corpus conformance-corpus --out conformance-out --report-dir . $(CONFORMANCE_ARGS)
+
 clean:
-	rm -rf mobilec-out models/demo .pytest_cache
+	rm -rf mobilec-out models/demo .pytest_cache conformance-out conformance-corpus

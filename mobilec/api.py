@@ -38,8 +38,16 @@ def _recipe(recipe: str | Path | Recipe, overrides: list[str] | None) -> Recipe:
     return recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
 
 
-def _progress(progress: Progress | None, quiet: bool) -> tuple[Progress, bool]:
-    return (progress, False) if progress is not None else (Progress(quiet=quiet), True)
+def _run(recipe: Recipe, plan: Any, progress: Progress | None, quiet: bool,
+         **kwargs: Any) -> Any:
+    """pipeline.run with a progress display: the caller's, or one of ours, closed after."""
+    own = progress is None
+    prog = Progress(quiet=quiet) if own else progress
+    try:
+        return pipeline.run(recipe, plan, progress=prog, **kwargs)
+    finally:
+        if own:
+            prog.close()
 
 
 def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
@@ -58,15 +66,9 @@ def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     pin = build_lock(r.source, r.sha256, inputs, seeds=SEEDS)
     if locked is not None:
         check_locked(locked, pin)
-    prog, owned = _progress(progress, quiet)
-    try:
-        result = pipeline.run(r, pipeline.compress_plan(r, evaluate, diagnose), out=out,
-                              progress=prog, pin=pin,
-                              unsafe_deserialization=unsafe_deserialization,
-                              trust_code=trust_code, verbose=verbose)
-    finally:
-        if owned:
-            prog.close()
+    result = _run(r, pipeline.compress_plan(r, evaluate, diagnose), progress, quiet, out=out,
+                  pin=pin, unsafe_deserialization=unsafe_deserialization,
+                  trust_code=trust_code, verbose=verbose)
     assert result.report is not None
     return result.report
 
@@ -82,14 +84,9 @@ def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     import json
 
     r = _recipe(recipe, overrides)
-    prog, owned = _progress(progress, quiet)
-    try:
-        result = pipeline.run(r, pipeline.diagnose_plan(r, backend), out=out, progress=prog,
-                              report=False, unsafe_deserialization=unsafe_deserialization,
-                              trust_code=trust_code, verbose=verbose)
-    finally:
-        if owned:
-            prog.close()
+    result = _run(r, pipeline.diagnose_plan(r, backend), progress, quiet, out=out,
+                  report=False, unsafe_deserialization=unsafe_deserialization,
+                  trust_code=trust_code, verbose=verbose)
     path = result.out_dir / result.state.stages[-1].metrics["json"]
     return {**json.loads(path.read_text()), "path": str(path)}
 
@@ -107,15 +104,9 @@ def transform(recipe: str | Path | Recipe, dest: str | Path, *,
     """
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     dest = Path(dest).resolve()
-    prog, owned = _progress(progress, quiet)
-    try:
-        result = pipeline.run(r, pipeline.transform_plan(r, dest), out=dest.parent,
-                              progress=prog, report=False,
-                              unsafe_deserialization=unsafe_deserialization,
-                              trust_code=trust_code, verbose=verbose)
-    finally:
-        if owned:
-            prog.close()
+    result = _run(r, pipeline.transform_plan(r, dest), progress, quiet, out=dest.parent,
+                  report=False, unsafe_deserialization=unsafe_deserialization,
+                  trust_code=trust_code, verbose=verbose)
     stages = [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3),
                "metrics": s.metrics} for s in result.state.stages]
     return {"path": str(dest), "stages": stages, "save": result.state.stages[-1].metrics}

@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from conformance_report import CRASH_MARKERS, corpus_notes, publish, totals  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Run:
@@ -52,8 +54,15 @@ RUNS = (
         (("tflite", "float16"), ("coreml", "float16"))),
     Run("dynamic", "dynamic", ("cpu",), ("tflite",), (("tflite", "dynamic"),)),
 )
-COLUMNS = [c for r in RUNS for c in r.cells]
-CRASH_MARKERS = ("internal error", "Traceback (most recent call last)", "a mobilec bug")
+# PyTorch (.pt2) sources: one compress gives every artifact - cpu (.tflite via litert_torch or
+# the ONNX bridge, .onnx via the dynamo exporter), Core ML, and ExecuTorch (.pte, XNNPACK).
+TORCH_RUN = Run("torch", "int8", ("cpu", "ios-coreml", "android-executorch"),
+                ("tflite", "onnx", "coreml", "executorch"),
+                (("tflite", "float32"), ("tflite", "int8"), ("onnx", "float32"), ("onnx", "int8"),
+                 ("coreml", "float32"), ("coreml", "int8"), ("executorch", "float32"),
+                 ("executorch", "int8")))
+ALL_RUNS = (*RUNS, TORCH_RUN)
+COLUMNS = list(dict.fromkeys(c for r in ALL_RUNS for c in r.cells))
 SAMPLES = 32  # calibration and eval samples: fidelity needs few, and the corpus is large
 
 
@@ -79,7 +88,7 @@ def child(job_path: Path) -> int:
     from mobilec import api
     from mobilec.errors import MobilecError
 
-    for run in RUNS:
+    for run in ALL_RUNS:
         if run.name not in job["runs"]:
             continue
         out = Path(job["out"]) / run.name
@@ -125,7 +134,8 @@ def run_entry(entry: dict[str, Any], args: argparse.Namespace) -> list[dict[str,
     work.mkdir(parents=True, exist_ok=True)
     # the primary entry (.keras; .h5 where Keras 3 lacks the family) gets every run
     wanted = args.runs if entry.get("primary") or args.other_runs is None else args.other_runs
-    runs = [r for r in RUNS if r.name in wanted]
+    runs = ([TORCH_RUN] if "torch" in args.runs else []) if entry.get("framework") == "torch" \
+        else [r for r in RUNS if r.name in wanted]
     if entry.get("error"):  # the builder could not save it this way: no cells to run
         return [cell(entry, fmt, q, "not-built", reason=f"corpus: {entry['error']}")
                 for r in runs for fmt, q in r.cells]
@@ -219,121 +229,11 @@ def cells_for(entry: dict[str, Any], run: Run, result: dict[str, Any] | None, ti
     return out
 
 
-# ------------------------------------------------------------------------ publishing
-
-def verified_float(c: dict[str, Any]) -> bool:
-    """The issue's bar: top-1 agreement >= 0.99 on class outputs, SNR >= 40 dB otherwise.
-    Core ML off macOS is verified structurally (its row's `ok` is all there is)."""
-    if c["status"] != "ok":
-        return False
-    if c["format"] == "coreml":
-        return True
-    if c["top1_agreement"] is not None:
-        return c["top1_agreement"] >= 0.99
-    if c["snr_db"] is None:  # the report's null for "no measurable error": identical outputs
-        return c.get("max_abs_err") == 0.0
-    return c["snr_db"] >= 40
-
-
-def totals(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    real = [c for c in cells if c["status"] != "not-built"]
-    floats = [c for c in real if c["quantization"] in ("float32", "float16")]
-    int8 = [c for c in real if c["quantization"] == "int8"]
-    return {"cells": len(real), "not_built": len(cells) - len(real),
-            "crashes": sum(c["status"] == "crash" for c in real),
-            "timeouts": sum(c["status"] == "timeout" for c in real),
-            "ok": sum(c["status"] == "ok" for c in real),
-            "float_cells": len(floats), "float_verified": sum(verified_float(c) for c in floats),
-            "float_verified_pct": round(100 * sum(verified_float(c) for c in floats)
-                                        / max(1, len(floats)), 1),
-            "int8_cells": len(int8), "int8_ok": sum(c["status"] == "ok" for c in int8),
-            "int8_failed_with_snr": sum(c["status"] != "ok" and c["snr_db"] is not None for c in int8),
-            # never measured (load or conversion failed): acceptable only with a reason
-            "int8_failed_unmeasured": sum(c["status"] != "ok" and c["snr_db"] is None
-                                          and bool(c["reason"]) for c in int8),
-            "failed_without_reason": sum(c["status"] != "ok" and not c["reason"] for c in real)}
-
-
-def _fmt_cell(c: dict[str, Any] | None) -> str:
-    if c is None:
-        return "-"
-    parts = [f"**{c['status']}**"]
-    if c["route"]:
-        parts.append(f"`{c['route']}`")
-    nums = []
-    if c["top1_agreement"] is not None:
-        nums.append(f"top1 {c['top1_agreement']:.2f}")
-    if c["snr_db"] is not None:
-        nums.append(f"{c['snr_db']:.1f} dB")
-    if c.get("worst_channel_snr_db") is not None and c["worst_channel_snr_db"] != c["snr_db"]:
-        nums.append(f"worst ch {c['worst_channel_snr_db']:.1f} dB")
-    if c["size_ratio"] is not None:
-        nums.append(f"{c['size_ratio']:.1f}x")
-    if c["seconds"] is not None:
-        nums.append(f"{c['seconds']:.0f}s")
-    return "<br>".join(parts + [" · ".join(nums)] if nums else parts)
-
-
-def markdown(cells: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    t = meta["totals"]
-    lines = ["# Conformance", "",
-             f"mobilec {meta['mobilec_version']} · {meta['date']} · {meta['host']} · "
-             f"{meta['entries']} corpus entries · {meta['seconds'] / 60:.1f} min", "",
-             "Real architectures with random weights (logits, inputs in each architecture's range), "
-             "each saved the ways users save models, through every artifact mobilec makes. "
-             "Written by `scripts/conformance.py` (`make conformance`) with conformance.json.", "",
-             "## Totals", "",
-             f"- cells: {t['cells']} ({t['ok']} ok); sources the builder could not save: "
-             f"{t['not_built']} cells",
-             f"- crashes (internal error, traceback, dead child): **{t['crashes']}**; "
-             f"timeouts: {t['timeouts']}",
-             f"- float32/float16 cells verified: {t['float_verified']}/{t['float_cells']} "
-             f"(**{t['float_verified_pct']}%**; top-1 >= 0.99 on class outputs, else SNR >= 40 dB)",
-             f"- int8 cells: {t['int8_ok']} ok, {t['int8_failed_with_snr']} not ok with a measured "
-             f"SNR, {t['int8_failed_unmeasured']} failed before anything could be measured",
-             f"- cells not ok without a reason: **{t['failed_without_reason']}**", "",
-             "## Matrix", "",
-             "Each cell: status, route, worst top-1 agreement / SNR, size ratio vs float32, "
-             "seconds of the compress run that made it (SNR is absent when the outputs are "
-             "identical, e.g. an .onnx passed through).", ""]
-    head = ["model", "source"] + [f"{f} {q}" for f, q in COLUMNS]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    index = {(c["model"], c["source"], c["format"], c["quantization"]): c for c in cells}
-    for model, source in dict.fromkeys((c["model"], c["source"]) for c in cells):
-        row = [model, source] + [_fmt_cell(index.get((model, source, f, q))) for f, q in COLUMNS]
-        lines.append("| " + " | ".join(row) + " |")
-    notes = meta.get("corpus_notes") or []
-    if notes:
-        lines += ["", "## What the corpus files are", ""] + [f"- {n}" for n in notes]
-    bad = [c for c in cells if c["status"] not in ("ok",)]
-    if bad:
-        lines += ["", "## Cells that are not ok", ""]
-        for c in bad:
-            reason = (c["reason"] or "no reason given").replace("\n", " ")[:600]
-            lines.append(f"- {c['model']} / {c['source']} / {c['format']} {c['quantization']}: "
-                         f"**{c['status']}** — {reason}")
-    return "\n".join(lines) + "\n"
-
-
-def corpus_notes(entries: list[dict[str, Any]]) -> list[str]:
-    """Facts about the input files themselves (as a user's converter left them)."""
-    notes = []
-    for e in entries:
-        name = f"{e['model']} / {e['source']}"
-        if e.get("error"):
-            notes.append(f"{name}: could not be saved this way ({e['error'][:200]})")
-        if e.get("stray_inputs"):
-            notes.append(f"{name}: extra graph inputs {', '.join(e['stray_inputs'])} (captured "
-                         "resources tf2onnx turned into inputs; no data exists for them)")
-        if e.get("ort_rejects"):
-            notes.append(f"{name}: onnxruntime itself rejects the file ({e['ort_rejects'][:200]})")
-    return notes
-
-
-def publish(cells: list[dict[str, Any]], dest: Path, meta: dict[str, Any]) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "conformance.json").write_text(json.dumps(cells, indent=1) + "\n")
-    (dest / "CONFORMANCE.md").write_text(markdown(cells, meta))
+def _build_seconds(corpus: Path) -> float | None:
+    """Time the corpus took to build (each model's, as conformance_models.py recorded it)."""
+    per_model = {e["model"]: e.get("model_seconds") or 0.0
+                 for e in json.loads((corpus / "corpus.json").read_text())}
+    return sum(per_model.values()) or None
 
 
 def main() -> int:
@@ -345,13 +245,15 @@ def main() -> int:
                     "(default: --out)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="models (corpus names)")
     ap.add_argument("--sources", nargs="+", help="keras h5 export tfsave onnx (default: all)")
-    ap.add_argument("--runs", nargs="+", default=[r.name for r in RUNS],
-                    choices=[r.name for r in RUNS])
-    ap.add_argument("--other-runs", nargs="+", choices=[r.name for r in RUNS],
+    ap.add_argument("--runs", nargs="+", default=[r.name for r in ALL_RUNS],
+                    choices=[r.name for r in ALL_RUNS], help="`torch`: the one run of .pt2 sources")
+    ap.add_argument("--other-runs", nargs="+", default=["int8"], choices=[r.name for r in RUNS],
                     help="runs for entries other than each model's primary one (.keras, else .h5; "
-                    "default: --runs); the full matrix "
+                    "default: int8, which gives the float32 and int8 .tflite/.onnx); every run "
                     "on every source is hours on 2 cores")
-    ap.add_argument("--jobs", type=int, default=1)
+    # Two entries at a time: a compress is mostly single-threaded converter code and child
+    # start-up (imports), so two overlap well on 2 cores.
+    ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=600, help="seconds per corpus entry")
     ap.add_argument("--resume", action="store_true", help="keep the results of finished runs")
     ap.add_argument("--keep-artifacts", action="store_true")
@@ -380,8 +282,9 @@ def main() -> int:
     meta = {"mobilec_version": __version__, "date": dt.date.today().isoformat(),
             "host": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
             "entries": len(entries), "seconds": time.time() - start, "totals": totals(cells),
+            "models": len({e["model"] for e in entries}), "build_seconds": _build_seconds(args.corpus),
             "corpus_notes": corpus_notes(entries)}
-    publish(cells, args.report_dir or args.out, meta)
+    publish(cells, args.report_dir or args.out, meta, COLUMNS)
     print(json.dumps(meta["totals"]))
     return 0
 

@@ -73,7 +73,10 @@ def test_targets_command_lists_profiles_with_nnapi_deprecation() -> None:
     proc = run_cli("targets", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["target"]: r for r in json.loads(proc.stdout)}
-    assert list(rows) == ALL_TARGETS
+    # ALL_TARGETS: every target a Keras model reaches; the ExecuTorch ones take PyTorch sources
+    assert list(rows) == [*ALL_TARGETS, "android-executorch", "ios-executorch"]
+    assert rows["android-executorch"]["artifacts"] == ".pte"
+    assert rows["ios-executorch"]["delegate"] == "coreml"
     assert rows["android-nnapi"]["delegate"] == "nnapi"
     assert "Android 15" in rows["android-nnapi"]["warning"]
     assert rows["cpu"]["artifacts"] == ".tflite, .onnx"

@@ -141,16 +141,7 @@ def keras_consumers(model: Any) -> dict[str, list[str]]:
         for layer in ins if isinstance(ins, (list, tuple)) else [ins]:
             direct.setdefault(layer.name, []).append(node.layer.name)
 
-    def reach(name: str, seen: set[str]) -> list[str]:
-        found = []
-        for nxt in direct.get(name, []):
-            if nxt in seen:
-                continue
-            seen.add(nxt)
-            found.extend(reach(nxt, seen) if kinds.get(nxt) in _PASSIVE else [nxt])
-        return found
-
-    return {name: reach(name, set()) for name in direct}
+    return through_passive(direct, kinds, _PASSIVE)
 
 
 def onnx_range_imbalance(model_proto: Any, feeds: dict[str, np.ndarray],
@@ -182,3 +173,23 @@ def onnx_range_imbalance(model_proto: Any, feeds: dict[str, np.ndarray],
                          "channels": stats["channels"], "range_ratio": round(stats["range_ratio"], 3),
                          "widest_channel": stats["widest_channel"]})
     return sorted(rows, key=lambda r: -r["range_ratio"])
+
+
+def through_passive(direct: dict[str, list[str]], kinds: dict[str, str], passive: Any,
+                    rows: set[str] | None = None) -> dict[str, list[str]]:
+    """producer -> the ops that read its values, looking through `passive` ops (a reshape or a
+    pool between two layers does not change which channels the reader gets) and, when `rows`
+    is given, through ops that have no row (an output int8 does not quantize on its own, e.g.
+    a MatMul whose bias Add carries the QDQ)."""
+    def reach(name: str, seen: set[str]) -> list[str]:
+        found = []
+        for nxt in direct.get(name, []):
+            if nxt in seen:
+                continue
+            seen.add(nxt)
+            through = kinds.get(nxt) in passive or \
+                (rows is not None and nxt not in rows)
+            found.extend(reach(nxt, seen) if through else [nxt])
+        return found
+
+    return {name: reach(name, set()) for name in direct}

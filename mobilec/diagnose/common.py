@@ -136,25 +136,6 @@ class ChannelAcc:
         return out
 
 
-def through_passive(direct: dict[str, list[str]], kinds: dict[str, str],
-                    rows: set[str] | None = None) -> dict[str, list[str]]:
-    """producer -> the ops that read its values, looking through PASSIVE_OPS (a reshape or a
-    pool between two layers does not change which channels the reader gets) and, when `rows`
-    is given, through ops that have no row (an output int8 does not quantize on its own, e.g.
-    a MatMul whose bias Add carries the QDQ)."""
-    def reach(name: str, seen: set[str]) -> list[str]:
-        found = []
-        for nxt in direct.get(name, []):
-            if nxt in seen:
-                continue
-            seen.add(nxt)
-            through = kinds.get(nxt) in PASSIVE_OPS or (rows is not None and nxt not in rows)
-            found.extend(reach(nxt, seen) if through else [nxt])
-        return found
-
-    return {name: reach(name, set()) for name in direct}
-
-
 def blame(rows: list[OpError], consumers: dict[str, list[str]],
           threshold: float = IMBALANCE_RATIO) -> list[OpError]:
     """`rows` (worst first by their own error) with each op whose unbalanced output damages

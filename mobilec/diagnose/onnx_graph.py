@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from mobilec.diagnose.channels import through_passive
 from mobilec.diagnose.common import (
+    PASSIVE_OPS,
     ChannelAcc,
     Diagnosis,
     OpError,
@@ -27,7 +29,6 @@ from mobilec.diagnose.common import (
     layer_of,
     severity,
     snr_db,
-    through_passive,
 )
 from mobilec.formats.onnx import float32_onnx
 from mobilec.formats.onnx_quant import quantize_onnx
@@ -147,7 +148,7 @@ def _consumers(graph: Any, rows: set[str]) -> dict[str, list[str]]:
         for t in node.input:
             if t in producer:
                 direct.setdefault(producer[t], []).append(node.name)
-    return through_passive(direct, {n.name: n.op_type for n in graph.node}, rows)
+    return through_passive(direct, {n.name: n.op_type for n in graph.node}, PASSIVE_OPS, rows)
 
 
 def _measure(m: dict[str, Any] | None) -> tuple[np.ndarray, float | None, float] | None:

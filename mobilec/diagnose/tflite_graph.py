@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from mobilec.diagnose.channels import through_passive
 from mobilec.diagnose.common import (
+    PASSIVE_OPS,
     ChannelAcc,
     Diagnosis,
     OpError,
@@ -27,7 +29,6 @@ from mobilec.diagnose.common import (
     layer_of,
     severity,
     snr_db,
-    through_passive,
 )
 from mobilec.formats.tflite_convert import representative_dataset
 from mobilec.formats.tflite_selective import quant_debugger
@@ -103,7 +104,7 @@ def _consumers(it: Any, keys: dict[int, str]) -> dict[str, list[str]]:
         for t in op["inputs"]:
             if t in produced:
                 direct.setdefault(key(t), []).extend(key(o) for o in op["outputs"])
-    return through_passive(direct, kinds)
+    return through_passive(direct, kinds, PASSIVE_OPS)
 
 
 def original_name(debug_name: str) -> str:

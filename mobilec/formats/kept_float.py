@@ -7,6 +7,8 @@ names and, per format, the node names each converter takes (TFLite's
 
 from __future__ import annotations
 
+from typing import Any
+
 from mobilec.policy.modes import INT8_MODES
 from mobilec.state import Artifact, ModelState
 
@@ -47,3 +49,17 @@ def split_route(route: str | None) -> tuple[str | None, bool]:
     if route and route.endswith(FLOAT_OUTPUTS):
         return route[: -len(FLOAT_OUTPUTS)], True
     return route, False
+
+
+def route_builders(build: Any, state: ModelState, artifact: Artifact, names: list[str]
+                   ) -> list[tuple[str, Any]]:
+    """(name, build) for each route name, plus, for full-integer int8, a last resort that
+    keeps the output ops in float: an output mixing ranges (boxes in pixels and scores)
+    is then not forced onto one scale."""
+    if artifact.quantization in INT8_MODES and names:
+        names = [*names, f"{names[0]}{FLOAT_OUTPUTS}"]
+
+    def along(route: str) -> Any:
+        return lambda art, dest: build(state, art, dest, route)
+
+    return [(name, along(name)) for name in names]

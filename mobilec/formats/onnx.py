@@ -10,7 +10,7 @@ from typing import Any
 from mobilec.delegates.opcompat import onnx_compat
 from mobilec.delegates.snippets import kotlin_ort
 from mobilec.errors import ConversionError, UnsupportedError
-from mobilec.formats.kept_float import FLOAT_OUTPUTS, kept_nodes, note_kept_float, split_route
+from mobilec.formats.kept_float import kept_nodes, note_kept_float, route_builders, split_route
 from mobilec.formats.onnx_quant import quantize_onnx
 from mobilec.formats.runtime import (
     measure_latency,
@@ -21,7 +21,6 @@ from mobilec.formats.runtime import (
 )
 from mobilec.formats.tflite_int4 import float32_tflite
 from mobilec.formats.torch_onnx import torch_float32_onnx
-from mobilec.policy.modes import INT8_MODES
 from mobilec.sources.batch import first_n
 from mobilec.state import Artifact, ModelState
 from mobilec.util.tfenv import import_tf
@@ -39,13 +38,7 @@ class OnnxFormat:
     suffix = ".onnx"
 
     def routes(self, state: ModelState, artifact: Artifact) -> list[tuple[str, Any]]:
-        def along(route: str) -> Any:
-            return lambda art, dest: self.build(state, art, dest, route)
-
-        names = route_names(state)
-        if artifact.quantization in INT8_MODES and names:
-            names.append(f"{names[0]}{FLOAT_OUTPUTS}")  # see TFLiteFormat.routes
-        return [(name, along(name)) for name in names]
+        return route_builders(self.build, state, artifact, route_names(state))
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path,
               route: str | None = None) -> None:

@@ -9,12 +9,11 @@ import numpy as np
 
 from mobilec.delegates.opcompat import tflite_compat
 from mobilec.delegates.snippets import kotlin_tflite
-from mobilec.formats.kept_float import FLOAT_OUTPUTS, kept_nodes, note_kept_float, split_route
+from mobilec.formats.kept_float import kept_nodes, note_kept_float, route_builders, split_route
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
 from mobilec.formats.tflite_convert import convert_tflite, route_names
 from mobilec.formats.tflite_int4 import build_int4
 from mobilec.formats.tflite_selective import selective_int8
-from mobilec.policy.modes import INT8_MODES
 from mobilec.sources.batch import as_list, match_names
 from mobilec.sources.onnx2tf_bridge import tf_input_layout
 from mobilec.state import Artifact, ModelState
@@ -36,15 +35,7 @@ class TFLiteFormat:
     suffix = ".tflite"
 
     def routes(self, state: ModelState, artifact: Artifact) -> list[tuple[str, Any]]:
-        def along(route: str) -> Any:
-            return lambda art, dest: self.build(state, art, dest, route)
-
-        names = route_names(state)
-        if artifact.quantization in INT8_MODES and names:
-            # Last resort for an output mixing ranges (boxes in pixels + scores): the ops that
-            # produce the outputs stay float, so the slices are not forced onto one scale.
-            names.append(f"{names[0]}{FLOAT_OUTPUTS}")
-        return [(name, along(name)) for name in names]
+        return route_builders(self.build, state, artifact, route_names(state))
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path,
               route: str | None = None) -> None:
