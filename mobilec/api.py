@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mobilec import pipeline
 from mobilec.ci.lockfile import build_lock, check_locked, recipe_inputs
 from mobilec.errors import MobilecError, RecipeError
 from mobilec.policy.plancheck import check_plan
@@ -26,8 +25,6 @@ from mobilec.recipe.schema import Recipe
 from mobilec.report.explore_schema import ExploreReport
 from mobilec.report.schema import Report
 from mobilec.sources.detect import model_format
-from mobilec.tools.bench import bench_model
-from mobilec.tools.inspect import inspect_model
 from mobilec.util.progress import Progress
 from mobilec.util.tfenv import SEEDS
 
@@ -41,6 +38,8 @@ def _recipe(recipe: str | Path | Recipe, overrides: list[str] | None) -> Recipe:
 def _run(recipe: Recipe, plan: Any, progress: Progress | None, quiet: bool,
          **kwargs: Any) -> Any:
     """pipeline.run with a progress display: the caller's, or one of ours, closed after."""
+    from mobilec import pipeline  # the runner: only the commands that run one
+
     own = progress is None
     prog = Progress(quiet=quiet) if own else progress
     try:
@@ -60,6 +59,8 @@ def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     Writes mobilec.lock.json beside report.json (tool versions, input hashes, seeds);
     `locked`: a lockfile this run must match, else it refuses before loading (exit 2).
     """
+    from mobilec import pipeline  # the runner: only the commands that run one
+
     r = _recipe(recipe, overrides)
     # A missing input is the load stage's to report, with its own hint.
     inputs = {k: v for k, v in recipe_inputs(r).items() if Path(v).exists()}
@@ -83,6 +84,8 @@ def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     """
     import json
 
+    from mobilec import pipeline  # the runner: only the commands that run one
+
     r = _recipe(recipe, overrides)
     result = _run(r, pipeline.diagnose_plan(r, backend), progress, quiet, out=out,
                   report=False, unsafe_deserialization=unsafe_deserialization,
@@ -102,6 +105,8 @@ def transform(recipe: str | Path | Recipe, dest: str | Path, *,
     format, sha256, size, accuracy and the source's reference_accuracy}. `mobilec explore`
     builds each transformed model once this way and runs its candidates from the file.
     """
+    from mobilec import pipeline  # the runner: only the commands that run one
+
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     dest = Path(dest).resolve()
     result = _run(r, pipeline.transform_plan(r, dest), progress, quiet, out=dest.parent,
@@ -134,11 +139,15 @@ def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None)
 
 def inspect(model: str | Path, *, unsafe_deserialization: bool = False) -> dict[str, Any]:
     """A model's format, inputs, outputs, parameters and ops."""
+    from mobilec.tools.inspect import inspect_model  # loads models: not for validate & co.
+
     return inspect_model(Path(model), unsafe_deserialization=unsafe_deserialization)
 
 
 def bench(model: str | Path, *, runs: int = 100, threads: int = 1) -> dict[str, Any]:
     """Host latency (median, p90) of a .tflite, .onnx or Keras model."""
+    from mobilec.tools.bench import bench_model  # loads models: not for validate & co.
+
     return bench_model(Path(model), runs=runs, threads=threads)
 
 

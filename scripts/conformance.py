@@ -141,12 +141,13 @@ def run_entry(entry: dict[str, Any], args: argparse.Namespace) -> list[dict[str,
                 for r in runs for fmt, q in r.cells]
     job = {"entry": entry, "runs": [r.name for r in runs], "corpus": str(args.corpus.resolve()),
            "out": str(work.resolve()), "resume": args.resume, "keep": args.keep_artifacts}
-    (work / "job.json").write_text(json.dumps(job, indent=1))
+    job_path = (work / "job.json").resolve()  # the child runs in `work`: no relative paths
+    job_path.write_text(json.dumps(job, indent=1))
     log = work / "child.log"
     timed_out, rc = False, 0
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child",
-                                 str(work / "job.json")], stdout=fh, stderr=subprocess.STDOUT,
+                                 str(job_path)], stdout=fh, stderr=subprocess.STDOUT,
                                 cwd=str(work), start_new_session=True)
         try:
             rc = proc.wait(timeout=args.timeout)

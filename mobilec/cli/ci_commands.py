@@ -12,15 +12,16 @@ from typing import Any
 
 import click
 
-from mobilec.ci.annotations import github_annotations
-from mobilec.ci.compare import as_dict, compare, load_report, render_markdown, render_text
-from mobilec.ci.junit import junit_xml, write_junit
 from mobilec.cli.app import Ctx, common_flags, handle_errors, main
+from mobilec.errors import MobilecError
 
 
 def ci_outputs(report: dict[str, Any], recipe: str, junit: str | None, *, quiet: bool,
                to_stderr: bool) -> None:
     """--junit FILE, and `::error file=…,line=…::` lines when running in GitHub Actions."""
+    from mobilec.ci.annotations import github_annotations
+    from mobilec.ci.junit import junit_xml, write_junit
+
     if junit:
         path = write_junit(junit, junit_xml(report, recipe))
         if not quiet:
@@ -29,6 +30,20 @@ def ci_outputs(report: dict[str, Any], recipe: str, junit: str | None, *, quiet:
         # Workflow commands are read from the step's output; with --json stdout is the report.
         for line in github_annotations(report, recipe, Path(recipe).read_text()):
             click.echo(line, err=to_stderr)
+
+
+def junit_for_error(recipe: str, junit: str | None, exc: MobilecError) -> None:
+    """A run refused before it made a report (exit 2: bad recipe or model, --locked) still
+    leaves the JUnit file a CI step will look for: one errored case with the reason."""
+    from mobilec.ci.junit import junit_xml, write_junit
+
+    if not junit:
+        return
+    report = {"name": Path(recipe).stem, "exit_code": exc.exit_code, "artifacts": [],
+              "budget": {"passed": True, "violations": []},
+              "stages": [{"name": "plan", "status": "failed", "seconds": 0.0,
+                          "error": exc.render()}]}
+    write_junit(junit, junit_xml(report, recipe))
 
 
 @main.command(name="compare")
@@ -54,6 +69,8 @@ def compare_command(obj: Ctx, base: str, new: str, max_size_increase: float | No
     Exit 1 when a gate is broken or an artifact that verified in BASE failed or
     degraded in NEW; 0 otherwise. Artifacts in only one run are listed, not failed.
     """
+    from mobilec.ci.compare import as_dict, compare, load_report, render_markdown, render_text
+
     cmp = compare(load_report(base), load_report(new), max_size_increase=max_size_increase,
                   max_accuracy_loss=max_accuracy_loss,
                   max_latency_increase=max_latency_increase, base_label=base, new_label=new)

@@ -9,9 +9,6 @@ from typing import Any
 
 import click
 
-from mobilec import api
-from mobilec.batch.progress import print_summary
-from mobilec.batch.run import run_batch
 from mobilec.cli.app import (
     Ctx,
     common_flags,
@@ -21,13 +18,9 @@ from mobilec.cli.app import (
     trust_option,
     unsafe_option,
 )
-from mobilec.cli.ci_commands import ci_outputs
-from mobilec.diagnose.view import print_table
+from mobilec.cli.ci_commands import ci_outputs, junit_for_error
 from mobilec.errors import MobilecError
-from mobilec.recipe.starter import write_starter
-from mobilec.report.console import print_report, print_targets
 from mobilec.util.nativeio import native_quiet, stdout_to_stderr
-from mobilec.util.progress import Progress
 
 
 def _echo_json(data: Any) -> None:
@@ -56,6 +49,10 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
              run_diagnose: bool = False, junit: str | None = None,
              locked: str | None = None) -> None:
     """Run RECIPE: load, prune, quantize, convert, evaluate, report."""
+    from mobilec import api
+    from mobilec.report.console import print_report
+    from mobilec.util.progress import Progress
+
     progress = Progress(quiet=obj.quiet)
     try:
         # Converters' C++ code prints to fd 1; with --json, stdout must hold only JSON.
@@ -65,6 +62,9 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
                                   diagnose=run_diagnose, locked=locked,
                                   unsafe_deserialization=unsafe_deserialization,
                                   trust_code=trust_code, verbose=obj.verbose)
+    except MobilecError as exc:
+        junit_for_error(recipe, junit, exc)
+        raise
     finally:
         progress.close()
     ci_outputs(report, recipe, junit, quiet=obj.quiet, to_stderr=obj.json)
@@ -97,6 +97,10 @@ def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
     calibration data and compares every op with its float twin: RMSE/scale,
     max abs error, SNR. Writes diagnose.json and diagnose.html to the output dir.
     """
+    from mobilec import api
+    from mobilec.diagnose.view import print_table
+    from mobilec.util.progress import Progress
+
     progress = Progress(quiet=obj.quiet)
     try:
         with stdout_to_stderr(obj.json):
@@ -121,6 +125,8 @@ def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
 @handle_errors
 def validate(obj: Ctx, recipe: str, overrides: tuple[str, ...]) -> None:
     """Check RECIPE (schema, paths, plan) without loading TensorFlow."""
+    from mobilec import api
+
     result = api.validate(recipe, overrides=list(overrides))
     if obj.json:
         _echo_json(result)
@@ -135,6 +141,8 @@ def validate(obj: Ctx, recipe: str, overrides: tuple[str, ...]) -> None:
 @handle_errors
 def schema(kind: str | None) -> None:
     """Print the recipe's JSON Schema (for editors), or the report's / explore's."""
+    from mobilec import api
+
     _echo_json(api.schema(kind or "recipe"))
 
 
@@ -144,6 +152,9 @@ def schema(kind: str | None) -> None:
 @click.pass_obj
 def targets(obj: Ctx, wide: bool) -> None:
     """List target devices with their artifact, quantization and delegate."""
+    from mobilec import api
+    from mobilec.report.console import print_targets
+
     rows = api.targets()
     if obj.json:
         _echo_json(rows)
@@ -160,6 +171,8 @@ def recipes() -> None:
 @recipes.command("list")
 def recipes_list() -> None:
     """List bundled recipes."""
+    from mobilec import api
+
     for name, path in api.bundled_recipes().items():
         first = next((ln[1:].strip() for ln in path.read_text().splitlines()
                       if ln.startswith("#")), "")
@@ -171,6 +184,8 @@ def recipes_list() -> None:
 @handle_errors
 def recipes_show(name: str) -> None:
     """Print a bundled recipe."""
+    from mobilec import api
+
     click.echo(api.bundled_recipe(name), nl=False)
 
 
@@ -179,6 +194,8 @@ def recipes_show(name: str) -> None:
 @handle_errors
 def init(path: str) -> None:
     """Write a commented starter recipe (never overwrites)."""
+    from mobilec.recipe.starter import write_starter
+
     click.echo(f"wrote {write_starter(Path(path))}")
 
 
@@ -191,6 +208,8 @@ def init(path: str) -> None:
 @handle_errors
 def bench(obj: Ctx, model: str, runs: int, threads: int) -> None:
     """Measure host latency (median, p90) of a .tflite, .onnx or Keras model."""
+    from mobilec import api
+
     with native_quiet(not obj.verbose):  # LiteRT announces its delegate on fd 1
         result = api.bench(model, runs=runs, threads=threads)
     if obj.json:
@@ -211,6 +230,8 @@ def bench(obj: Ctx, model: str, runs: int, threads: int) -> None:
 @handle_errors
 def inspect(obj: Ctx, model: str, unsafe_deserialization: bool) -> None:
     """Show a model's format, inputs, outputs, parameters and ops."""
+    from mobilec import api
+
     with native_quiet(not obj.verbose):
         info = api.inspect(model, unsafe_deserialization=unsafe_deserialization)
     if obj.json:
@@ -224,6 +245,9 @@ def inspect(obj: Ctx, model: str, unsafe_deserialization: bool) -> None:
         elif isinstance(value, list):
             click.echo(f"{key}:")
             for v in value:
+                if isinstance(v, dict) and {"name", "shape", "dtype"} <= set(v):
+                    shape = "[" + ", ".join("?" if d is None else str(d) for d in v["shape"]) + "]"
+                    v = f"{v['name']} {shape} {v['dtype']}"
                 click.echo(f"  - {v}")
         else:
             click.echo(f"{key}: {value}")
@@ -258,6 +282,9 @@ def batch(obj: Ctx, inputs: tuple[str, ...], base_recipe: str | None, overrides:
     stops the others; writes zoo-report.{json,md,html}. Exit 3 if any model failed,
     1 if any broke its budget.
     """
+    from mobilec.batch.progress import print_summary
+    from mobilec.batch.run import run_batch
+
     if base_recipe is None and len(inputs) != 1:
         raise MobilecError("give one zoo file, or --recipe BASE.yaml followed by models",
                            hint="mobilec batch zoo.yaml | mobilec batch --recipe r.yaml a.onnx")

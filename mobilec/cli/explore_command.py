@@ -16,9 +16,7 @@ from mobilec.cli.app import (
     trust_option,
     unsafe_option,
 )
-from mobilec.explore.run import explore
 from mobilec.util.nativeio import stdout_to_stderr
-from mobilec.util.progress import Progress
 
 
 @main.command(name="explore")
@@ -44,6 +42,9 @@ def explore_command(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str 
     explore.json, explore.html (Pareto frontiers) and explore-best.yaml (the best
     candidate's recipe, for `mobilec compress`). Exit 1 when no candidate keeps the budget.
     """
+    from mobilec.explore.run import explore
+    from mobilec.util.progress import Progress
+
     sets = list(overrides)
     if max_candidates is not None:
         sets.append(f"explore.max_candidates={max_candidates}")

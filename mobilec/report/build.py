@@ -62,6 +62,7 @@ def build_report(state: ModelState) -> dict[str, Any]:
         "recipe": recipe.source,
         "recipe_sha256": recipe.sha256,
         "name": recipe.name,
+        "output_dir": str(state.out_dir),
         "model": {
             "path": str(src.path) if src else str(recipe.model.path),
             "format": src.format if src else None,

@@ -27,9 +27,7 @@ def print_report(report: dict[str, Any], wide: bool = False) -> None:
         console.print("[red]budget violated:[/]")
         for v in b["violations"]:
             console.print(f"  - {v}")
-    first = next((a["path"] for a in report["artifacts"]), None)
-    if first is not None:
-        console.print(f"artifacts under the output dir: {first.split('/')[0]}/…")
+    console.print(f"outputs: {report['output_dir']}")
 
 
 def print_targets(rows: list[dict[str, Any]], wide: bool = False) -> None:

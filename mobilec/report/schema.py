@@ -110,6 +110,7 @@ class Report(_Model):
     recipe: str
     recipe_sha256: str
     name: str | None
+    output_dir: str = Field(description="Where this run wrote its artifacts.")
     model: ModelInfo
     data: DataInfo | None
     stages: list[StageRow]

@@ -192,8 +192,8 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         "producer": " ".join(p for p in (model.producer_name, model.producer_version) if p) or None,
         "ir_version": int(model.ir_version),
         "opset": opsets(model),
-        "inputs": [f"{v.name} {_show_dims(dims_of(v))} {dtype_of(v)}" for v in ins],
-        "outputs": [f"{v.name} {_show_dims(dims_of(v))} {dtype_of(v)}" for v in model.graph.output],
+        "inputs": [_tensor(v) for v in ins],
+        "outputs": [_tensor(v) for v in model.graph.output],
         "params": count_params(model),
         "nodes": sum(op_histogram(model).values()),
         "ops": op_histogram(model),
@@ -241,6 +241,12 @@ def load_onnx(state: ModelState, path: Path) -> int:
     if state.source is not None:
         state.source.params = params
     return params
+
+
+def _tensor(v: Any) -> dict[str, Any]:
+    """{name, shape, dtype}: a symbolic dim keeps its name, an unnamed one is null."""
+    return {"name": v.name, "shape": [d if isinstance(d, int) else (d or None) for d in dims_of(v)],
+            "dtype": dtype_of(v)}
 
 
 def fix_input_dims(inp: Any, want: list[int] | None, path: Path) -> list[int | None]:

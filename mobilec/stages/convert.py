@@ -60,6 +60,7 @@ def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
         stop_if_interrupted()  # a signal lost inside the converter stops here, not at the end
         staged.append(_stage(state, spec, built))
     _distrust_broken_formats([a for a, _ in staged], state)
+    _retire_previous_reports(state)
     for art, work_path in staged:  # every file verified: publish
         if work_path is not None:
             _publish(state, art, work_path)
@@ -99,6 +100,16 @@ def _stage(state: ModelState, spec: ArtifactSpec,
     if art.status == "failed-verification":
         art.path = art.path.with_name(state.artifact_name(spec.format, spec.quantization, True))
     return art, work.path
+
+
+def _retire_previous_reports(state: ModelState) -> None:
+    """A previous run's report and lockfile describe other files: once this run publishes,
+    they go (this run writes its own at the end; if it is interrupted, none is better than
+    a wrong one)."""
+    for name in ("report.json", "report.md", "report.html", "mobilec.lock.json"):
+        path = state.out_dir / name
+        if path.is_file():
+            path.unlink()
 
 
 def _publish(state: ModelState, art: Artifact, work_path: Path) -> None:

@@ -24,10 +24,8 @@ def inspect_model(path: Path, unsafe_deserialization: bool = False) -> dict[str,
         return info
     if fmt == "tflite":
         it = interpreter(path)
-        info["inputs"] = [f"{d['name']} {[int(x) for x in d['shape']]} {d['dtype'].__name__}"
-                          for d in it.get_input_details()]
-        info["outputs"] = [f"{d['name']} {[int(x) for x in d['shape']]} {d['dtype'].__name__}"
-                           for d in it.get_output_details()]
+        info["inputs"] = [_tensor(d) for d in it.get_input_details()]
+        info["outputs"] = [_tensor(d) for d in it.get_output_details()]
         info["ops"] = dict(Counter(list_ops(path)))
         return info
     recipe = Recipe(model=ModelSpec(path=path))
@@ -36,9 +34,14 @@ def inspect_model(path: Path, unsafe_deserialization: bool = False) -> dict[str,
                            options={"unsafe_deserialization": unsafe_deserialization})
         load.run(state)
         info["params"] = state.source.params
-        info["inputs"] = [f"{t.name} {t.shape} {t.dtype}" for t in state.inputs]
-        info["outputs"] = [f"{t.name} {t.shape} {t.dtype}" for t in state.outputs]
+        info["inputs"] = [t.as_dict() for t in state.inputs]
+        info["outputs"] = [t.as_dict() for t in state.outputs]
         if state.keras_model is not None:
             info["layers"] = dict(Counter(type(layer).__name__ for layer in state.keras_model.layers))
         info["notes"] = state.notes
     return info
+
+
+def _tensor(d: dict[str, Any]) -> dict[str, Any]:
+    return {"name": d["name"], "shape": [int(x) for x in d["shape"]],
+            "dtype": d["dtype"].__name__}

@@ -191,7 +191,12 @@ def output_lock(directory: Path, wait: bool = False) -> Iterator[None]:
     _check_writable(directory)
     path = lock_path(directory)
     while True:
-        fh = open(path, "a+")
+        # Readable and writable by every user: another user's run must be refused with
+        # "another run", not fail to open the file.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o666)
+        fh = os.fdopen(fd, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
