@@ -230,6 +230,15 @@ def cells_for(entry: dict[str, Any], run: Run, result: dict[str, Any] | None, ti
     return out
 
 
+def _finished(entry: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Every run of this entry has a result from an earlier invocation (--resume reuses it)."""
+    work = args.out / "runs" / entry["model"] / entry["source"]
+    if entry.get("error") or not (work / "job.json").exists():
+        return False
+    runs = json.loads((work / "job.json").read_text())["runs"]
+    return all((work / f"{n}.result.json").exists() for n in runs)
+
+
 def _build_seconds(corpus: Path) -> float | None:
     """Time the corpus took to build (each model's, as conformance_models.py recorded it)."""
     per_model = {e["model"]: e.get("model_seconds") or 0.0
@@ -270,6 +279,7 @@ def main() -> int:
     if not entries:
         ap.error("no corpus entry matches --only/--sources")
     start = time.time()
+    resumed = sum(_finished(e, args) for e in entries) if args.resume else 0
     cells: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for entry, got in zip(entries, pool.map(lambda e: run_entry(e, args), entries), strict=True):
@@ -284,6 +294,10 @@ def main() -> int:
             "host": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
             "entries": len(entries), "seconds": time.time() - start, "totals": totals(cells),
             "models": len({e["model"] for e in entries}), "build_seconds": _build_seconds(args.corpus),
+            # one compress run per (model, source, seconds): its cells share its seconds
+            "resumed": resumed, "compress_seconds": sum({(c["model"], c["source"], c["seconds"]):
+                                                         c["seconds"] for c in cells
+                                                         if c["seconds"]}.values()),
             "corpus_notes": corpus_notes(entries)}
     publish(cells, args.report_dir or args.out, meta, COLUMNS)
     print(json.dumps(meta["totals"]))

@@ -35,6 +35,8 @@ class Arch:
     # also saved the other ways users save models (.h5, model.export(), tf.saved_model.save,
     # .onnx): by default a representative subset only, to keep the whole run under 45 minutes
     copies: bool = False
+    # set BatchNorm moving statistics from the eval data (see `settle_batchnorm`)
+    settle_bn: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,7 +75,29 @@ def app(name: str, cls: str, size: int, mode: str, onnx_fn: bool = False, keras3
         return {"image": preprocess(images(rng, n, size), mode)}
 
     return Arch(name, build, data, note=f"keras.applications.{cls} {size}px, inputs '{mode}'",
-                onnx_fn=onnx_fn, keras3=keras3, copies=copies)
+                onnx_fn=onnx_fn, keras3=keras3, copies=copies, settle_bn=True)
+
+
+def settle_batchnorm(model: Any, data: dict[str, np.ndarray]) -> None:
+    """Give every BatchNorm the moving statistics of its own input on the eval data.
+
+    With weights=None the moving statistics are 0/1 while the activations are not: through
+    50+ layers the signal shrinks until the logits are 1e-12..1e-21 (measured at 32 px) -
+    every format then "matches" a constant and int8 rounds it to 0. One training-mode pass
+    with momentum 0 normalizes each layer as a trained network's BatchNorm would.
+    """
+    bns = [la for la in model._flatten_layers(include_self=False, recursive=True)
+           if type(la).__name__ == "BatchNormalization"]
+    if not bns:
+        return
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    names = [t.name.split(":")[0] for t in model.inputs]
+    arrays = [data[n] if n in data else list(data.values())[i] for i, n in enumerate(names)]
+    model(arrays[0] if len(arrays) == 1 else arrays, training=True)
+    for bn, m in zip(bns, saved, strict=True):
+        bn.momentum = m
 
 
 # ------------------------------------------------------------------- non-vision models

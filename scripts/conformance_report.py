@@ -71,7 +71,10 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any],
              f"{meta['models']} architectures, {meta['entries']} corpus entries", "",
              f"Wall time: {meta['seconds'] / 60:.1f} min for the runs"
              + (f", plus {meta['build_seconds'] / 60:.1f} min to build the corpus"
-                if meta.get("build_seconds") else ""), "",
+                if meta.get("build_seconds") else "")
+             + (f"; this invocation reused {meta['resumed']} entries' results (--resume), "
+                f"the compress runs of all cells took {meta['compress_seconds'] / 60:.1f} min "
+                "one after another" if meta.get("resumed") else ""), "",
              "Real architectures with random weights (logits, inputs in each architecture's range), "
              "each saved the ways users save models, through every artifact mobilec makes. "
              "Written by `scripts/conformance.py` (`make conformance`) with conformance.json.", "",

@@ -58,7 +58,8 @@ def by_name(zoo: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def without_timings(value: Any) -> Any:
     """A report with what legitimately differs between runs removed: times, and where it ran."""
-    drop = {"seconds", "latency_ms", "wall_seconds", "model_seconds", "out_dir", "executor",
+    drop = {"seconds", "latency_ms", "wall_seconds", "model_seconds", "out_dir", "output_dir",
+            "executor",
             "workers", "slower_than_float32"}
     if isinstance(value, dict):
         return {k: _untimed_note(v) if k == "note" else without_timings(v)
