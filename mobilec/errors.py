@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_BUDGET = 1
 EXIT_USAGE = 2
@@ -82,3 +84,20 @@ def stop_if_interrupted(cause: BaseException | None = None) -> None:
     Loops over slow steps call this between steps, so a lost signal costs one step at most."""
     if Interrupted.received is not None:
         raise Interrupted(Interrupted.received) from cause
+
+
+# Lines a converter's exception starts with that say nothing a user can act on.
+_PREAMBLE = re.compile(r"^(in user code:|Traceback \(most recent call last\):|File \"|\s*$)")
+
+
+def first_line(exc: BaseException | str, limit: int = 300) -> str:
+    """The line of a library's exception that says what went wrong: the first one that is not
+    a preamble (TensorFlow's "in user code:", a traceback header, a source location), so a
+    reason reads "Conversion for TF op 'Erfc' not implemented", not "in user code:"."""
+    text = exc if isinstance(exc, str) else str(exc)
+    lines = [ln.strip() for ln in text.strip().splitlines()]
+    useful = [ln for ln in lines if ln and not _PREAMBLE.match(ln)]
+    if not useful:
+        return (lines[0] if lines and lines[0] else
+                (exc if isinstance(exc, str) else type(exc).__name__))[:limit]
+    return useful[0][:limit]

@@ -103,7 +103,9 @@ def test_inspect_shows_io_opset_ops_params(zoo: Zoo) -> None:
     info = inspect_onnx(zoo["helper_image_model"])
     assert info["inputs"] == [{"name": "pixels", "shape": [1, 3, "height", "width"],
                                "dtype": "float32"}]
-    assert info["outputs"] == ["probs [1, 5] float32", "features [1, 4, height, width] float32"]
+    assert info["outputs"] == [{"name": "probs", "shape": [1, 5], "dtype": "float32"},
+                               {"name": "features", "shape": [1, 4, "height", "width"],
+                                "dtype": "float32"}]
     assert info["opset"] == {"ai.onnx": 17}
     assert info["ops"] == {"Conv": 1, "Flatten": 1, "Gemm": 1, "GlobalAveragePool": 1, "Relu": 1,
                            "Softmax": 1}

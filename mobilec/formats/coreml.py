@@ -23,7 +23,7 @@ import numpy as np
 
 from mobilec.delegates.opcompat import coreml_compat
 from mobilec.delegates.snippets import swift
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.errors import ConversionError, UnsupportedError, first_line
 from mobilec.formats.coreml_compress import (
     INT4_BLOCK,
     WEIGHT_THRESHOLD,
@@ -248,9 +248,8 @@ def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str
     try:
         model = ct.convert(src, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        text = str(exc).strip().splitlines()
         raise ConversionError(f"coremltools could not convert the model: "
-                              f"{(text[0] if text else type(exc).__name__)[:400]}") from exc
+                              f"{first_line(exc, 400)}") from exc
     model = _rename_io(ct, state, model, order)
     state.memo[key] = model
     return model

@@ -9,7 +9,7 @@ from typing import Any
 
 from mobilec.delegates.opcompat import onnx_compat
 from mobilec.delegates.snippets import kotlin_ort
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.errors import ConversionError, UnsupportedError, first_line
 from mobilec.formats.kept_float import kept_nodes, note_kept_float, route_builders, split_route
 from mobilec.formats.onnx_quant import quantize_onnx
 from mobilec.formats.runtime import (
@@ -136,7 +136,7 @@ def float32_onnx(state: ModelState, route: str | None = None) -> Path:
     except UnsupportedError:
         raise
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        first = first_line(exc, 400)
         raise ConversionError(f"tf2onnx failed: {first[:400]}") from exc
     state.memo[key] = out
     return out

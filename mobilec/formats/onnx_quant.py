@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.errors import ConversionError, UnsupportedError, first_line
 from mobilec.formats.runtime import ort_feed, ort_feed_names
 from mobilec.sources.batch import length, take
 from mobilec.state import ModelState
@@ -41,7 +41,7 @@ def _quantize(state: ModelState, float_path: Path, mode: str, dest: Path,
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
         raise ConversionError(f"onnxruntime quantization ({mode}) failed: "
-                              f"{str(exc).strip().splitlines()[0][:300]}") from exc
+                              f"{first_line(exc)}") from exc
 
 
 @contextlib.contextmanager

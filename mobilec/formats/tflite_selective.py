@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mobilec.errors import ConversionError
+from mobilec.errors import ConversionError, first_line
 from mobilec.formats.tflite_convert import make_converter, representative_dataset
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf
@@ -28,7 +28,7 @@ def quant_debugger(state: ModelState) -> Any:
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=representative_dataset(state))
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        first = (str(exc).strip().splitlines() or [repr(exc)])[0]
+        first = first_line(exc)
         raise ConversionError(f"TFLite quantization debugger failed: {first[:300]}",
                               hint="does plain `quantize: {mode: int8}` convert this model?"
                               ) from exc
@@ -49,7 +49,7 @@ def selective_int8(state: ModelState, mode: str, denylisted_nodes: list[str]) ->
     try:
         model = debugger.get_nondebug_quantized_model()
     except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [repr(exc)])[0]
+        first = first_line(exc)
         raise ConversionError(f"selective int8 quantization failed: {first[:300]}") from exc
     state.memo[key] = model
     return model

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.errors import ConversionError, UnsupportedError, first_line
 from mobilec.sources.batch import Inputs, as_list, first_n, length, take
 from mobilec.sources.pytorch import count_params, eval_mode, to_tensor
 
@@ -48,14 +48,14 @@ def torch_to_onnx(program_or_module: Any, example_inputs: tuple[Any, ...], dest:
             torch.onnx.export(model, args, str(dest), dynamo=True, external_data=external,
                               opset_version=opset, verbose=False)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
-        raise ConversionError(f"torch.onnx.export (dynamo) failed: {_first_line(exc)}") from exc
+        raise ConversionError(f"torch.onnx.export (dynamo) failed: {first_line(exc, 400)}") from exc
     try:
         import onnxruntime as ort
 
         ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a file onnxruntime cannot load is a failed route
         raise ConversionError(f"the exported .onnx does not load in onnxruntime: "
-                              f"{_first_line(exc)}") from exc
+                              f"{first_line(exc, 400)}") from exc
     return dest
 
 
@@ -92,7 +92,7 @@ def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mo
     except UnsupportedError:
         raise
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        raise ConversionError(f"litert_torch.convert ({mode}) failed: {_first_line(exc)}") from exc
+        raise ConversionError(f"litert_torch.convert ({mode}) failed: {first_line(exc, 400)}") from exc
     return Path(dest)
 
 
@@ -155,7 +155,7 @@ def torch_to_coreml(program: Any, dest: Path, mode: str = "float32") -> tuple[Pa
                 mlmodel.save(str(dest))
             return Path(dest), route
         except Exception as exc:  # noqa: BLE001 - coremltools raises many types
-            failures.append(f"{route}: {_first_line(exc)}")
+            failures.append(f"{route}: {first_line(exc, 400)}")
     raise ConversionError("coremltools could not convert the program: " + "; ".join(failures))
 
 
@@ -177,8 +177,3 @@ def _quiet() -> Any:
     # The exporters print progress bars and banners on stdout; mobilec's --json needs it clean.
     with contextlib.redirect_stdout(io.StringIO()):
         yield
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else repr(exc))[:400]

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from mobilec.errors import RecipeError
+from mobilec.errors import RecipeError, first_line
 
 MAX_NODES = 100_000
 MAX_BYTES = 1_000_000
@@ -59,7 +59,7 @@ def load_yaml_text(text: str, filename: str) -> LocatedYaml:
         # The reader checks for unprintable characters as soon as it is built.
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as exc:
-        raise RecipeError(f"malformed YAML: {_first_line(exc)}", where=filename,
+        raise RecipeError(f"malformed YAML: {first_line(exc, 200)}", where=filename,
                           hint="a recipe is plain UTF-8 text without control characters") from None
     try:
         try:
@@ -85,7 +85,7 @@ def load_yaml_text(text: str, filename: str) -> LocatedYaml:
             try:
                 return loader.construct_object(n, deep=True)
             except Exception as exc:  # noqa: BLE001 - all of them mean "bad value here"
-                raise RecipeError(f"cannot read value: {_first_line(exc)}",
+                raise RecipeError(f"cannot read value: {first_line(exc, 200)}",
                                   where=f"{filename}:{n.start_mark.line + 1}") from None
 
         def build(n: yaml.Node, path: Loc, ancestors: frozenset[int] = frozenset()) -> Any:
@@ -104,7 +104,7 @@ def load_yaml_text(text: str, filename: str) -> LocatedYaml:
                 try:
                     loader.flatten_mapping(n)  # `<<:` merge keys
                 except yaml.YAMLError as exc:
-                    raise RecipeError(f"bad merge key (<<): {_first_line(exc)}",
+                    raise RecipeError(f"bad merge key (<<): {first_line(exc, 200)}",
                                       where=f"{filename}:{n.start_mark.line + 1}") from None
                 result: dict[Any, Any] = {}
                 for key_node, value_node in n.value:
@@ -126,11 +126,6 @@ def load_yaml_text(text: str, filename: str) -> LocatedYaml:
         return LocatedYaml(build(node, ()), lines, filename)
     finally:
         loader.dispose()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def load_yaml_file(path: Path) -> LocatedYaml:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.errors import ConversionError, UnsupportedError, first_line
 from mobilec.sources.onnx_input import graph_inputs
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf
@@ -375,5 +375,4 @@ def _log_error(log: io.StringIO) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()
-    return (text.splitlines()[0] if text else "")[:400]
+    return first_line(_ANSI.sub("", str(exc)), 400)

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mobilec.errors import ModelLoadError
+from mobilec.errors import ModelLoadError, first_line
 from mobilec.state import ModelState, TensorSpec
 
 #: where the working copy lives inside state.work_dir
@@ -37,7 +37,7 @@ def read_model(path: Path) -> Any:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
-        raise ModelLoadError(f"not a readable ONNX model: {_first_line(exc)}", where=str(path),
+        raise ModelLoadError(f"not a readable ONNX model: {first_line(exc)}", where=str(path),
                              hint="the file may be truncated; export it again") from None
     if not model.HasField("graph") or not model.graph.node:
         raise ModelLoadError("ONNX file holds no graph (no nodes)", where=str(path),
@@ -47,7 +47,7 @@ def read_model(path: Path) -> Any:
         try:
             load_external_data_for_model(model, str(path.resolve().parent))
         except Exception as exc:  # noqa: BLE001 - onnx raises many types for bad data files
-            raise ModelLoadError(f"cannot read the model's external data: {_first_line(exc)}",
+            raise ModelLoadError(f"cannot read the model's external data: {first_line(exc)}",
                                  where=str(path)) from None
     return model
 
@@ -97,7 +97,7 @@ def check_model(model: Any, path: Path) -> None:
         if model.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise ModelLoadError(f"ONNX checker rejected the model: {_first_line(exc)}", where=str(path),
+        raise ModelLoadError(f"ONNX checker rejected the model: {first_line(exc)}", where=str(path),
                              hint="re-export the model; `python -m onnx.checker` shows the same") from None
 
 
@@ -229,7 +229,7 @@ def load_onnx(state: ModelState, path: Path) -> int:
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - inference is a help, not a requirement
-        state.note(f"ONNX shape inference failed ({_first_line(exc)}); output shapes may be unknown")
+        state.note(f"ONNX shape inference failed ({first_line(exc)}); output shapes may be unknown")
     copy = state.work_dir / COPY_NAME
     save_model(model, copy)
     state.onnx_path = copy
@@ -315,8 +315,3 @@ def _numeric(dims: list[int | str | None]) -> list[int | None]:
 
 def _show_dims(dims: list[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

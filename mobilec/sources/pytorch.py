@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ModelLoadError, UnsupportedError
+from mobilec.errors import ModelLoadError, UnsupportedError, first_line
 from mobilec.sources.batch import Inputs, as_list, batched
 from mobilec.state import TensorSpec
 
@@ -79,7 +79,7 @@ def load_pt2(path: Path) -> Any:
                 "unpickle objects from model files", where=str(path),
                 hint="save the program again with torch.export.save (tensors only)") from exc
         raise ModelLoadError(
-            f"not a loadable torch.export program: {_first_line(exc)}", where=str(path),
+            f"not a loadable torch.export program: {first_line(exc, 400)}", where=str(path),
             hint="save it with torch.export.save(torch.export.export(model, args), path) "
                  f"using torch {torch.__version__.split('+')[0]}") from exc
     _check_graph_targets(ep, path)
@@ -218,7 +218,7 @@ def load_factory(spec: str, trust_code: bool, base_dir: Path) -> tuple[Any, tupl
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
-        raise ModelLoadError(f"the factory failed: {type(exc).__name__}: {_first_line(exc)}",
+        raise ModelLoadError(f"the factory failed: {type(exc).__name__}: {first_line(exc, 400)}",
                              where=where) from exc
     finally:
         if added and base in sys.path:
@@ -294,7 +294,7 @@ def _export(module: Any, args: tuple[Any, ...], dynamic_shapes: Any) -> Any:
         with torch.no_grad():
             return torch.export.export(eval_mode(module), args, dynamic_shapes=dynamic_shapes)
     except Exception as exc:  # noqa: BLE001 - export raises many types
-        raise ModelLoadError(f"torch.export could not trace the model: {_first_line(exc)}",
+        raise ModelLoadError(f"torch.export could not trace the model: {first_line(exc, 400)}",
                              hint="make forward() traceable (no data-dependent Python control "
                                   "flow), or set model.input_shape to fix the input size") from exc
 
@@ -348,8 +348,3 @@ def eval_mode(module: Any) -> Any:
 
 def count_params(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else repr(exc))[:400]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.delegates.manifest import prepare_for_placement, write_manifests
-from mobilec.errors import MobilecError, stop_if_interrupted
+from mobilec.errors import MobilecError, first_line, stop_if_interrupted
 from mobilec.formats import FORMATS, get_format
 from mobilec.policy.targets import ArtifactSpec, plan_artifacts
 from mobilec.recipe.schema import ConvertConfig
@@ -201,7 +201,7 @@ def _try_build(state: ModelState, route: Route, work: Artifact, dest: Path) -> s
         stop_if_interrupted(exc)
         if state.options.get("verbose"):
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         return f"{type(exc).__name__}: {first[:400]}"
     return None
 
@@ -216,7 +216,7 @@ def _try_verify(state: ModelState, fmt: Any, work: Artifact, x: Any) -> tuple[bo
         stop_if_interrupted(exc)
         if state.options.get("verbose"):
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = first_line(exc)
         return False, f"the runtime rejects the file ({type(exc).__name__}: {first[:300]})"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mobilec.errors import MobilecError, stop_if_interrupted
+from mobilec.errors import MobilecError, first_line, stop_if_interrupted
 from mobilec.formats import get_format
 from mobilec.policy.modes import is_quantized
 from mobilec.sources.batch import first_n, synthetic_inputs
@@ -44,7 +44,7 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
                 stop_if_interrupted(exc)
                 if state.options.get("verbose"):
                     raise
-                first = (str(exc).strip().splitlines() or [""])[0]
+                first = first_line(exc)
                 _fail(art, f"cannot be measured on this host ({type(exc).__name__}: "
                            f"{first[:300]})")
             measured += 1

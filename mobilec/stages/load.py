@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ModelLoadError
+from mobilec.errors import ModelLoadError, first_line
 from mobilec.formats.runtime import count_params, source_runner
 from mobilec.sources.batch import as_list, from_list, is_float
 from mobilec.sources.data import adapt_layout, fit_to_input, load_dataset
@@ -85,7 +85,7 @@ def _load_keras(state: ModelState, path: Path) -> None:
         model = keras.saving.load_model(str(path), compile=False,
                                         safe_mode=not state.options.get("unsafe_deserialization"))
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
-        raise ModelLoadError(f"Keras could not load this .keras file: {_first_line(exc)}",
+        raise ModelLoadError(f"Keras could not load this .keras file: {first_line(exc)}",
                              where=str(path), hint="is the file complete? re-save it with model.save()"
                              ) from None
     try:
@@ -110,7 +110,7 @@ def _load_h5(state: ModelState, path: Path) -> None:
         with h5py.File(path, "r") as f:
             raw = f.attrs.get("model_config")
     except OSError as exc:
-        raise ModelLoadError(f"cannot read HDF5 file: {_first_line(exc)}", where=str(path),
+        raise ModelLoadError(f"cannot read HDF5 file: {first_line(exc)}", where=str(path),
                              hint="the file may be truncated; re-save it") from None
     if raw is None:
         raise ModelLoadError("this .h5 holds weights only (no model_config)", where=str(path),
@@ -120,7 +120,7 @@ def _load_h5(state: ModelState, path: Path) -> None:
     try:
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except (ValueError, AttributeError) as exc:
-        raise ModelLoadError(f"corrupt model_config in .h5: {_first_line(exc)}", where=str(path),
+        raise ModelLoadError(f"corrupt model_config in .h5: {first_line(exc)}", where=str(path),
                              hint="re-save the model with model.save('model.h5')") from None
     _check_config(state, config, path)
 
@@ -134,7 +134,7 @@ def _load_h5(state: ModelState, path: Path) -> None:
         except ModelLoadError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"cannot load .h5 model: {_first_line(exc)}", where=str(path)
+            raise ModelLoadError(f"cannot load .h5 model: {first_line(exc)}", where=str(path)
                                  ) from None
     _set_keras(state, model)
 
@@ -145,7 +145,7 @@ def _load_savedmodel(state: ModelState, path: Path) -> None:
             _set_keras(state, import_tf_keras().models.load_model(str(path), compile=False))
             return
         except Exception as exc:  # noqa: BLE001 - fall back to the plain graph
-            state.note(f"SavedModel's Keras metadata did not load ({_first_line(exc)}); "
+            state.note(f"SavedModel's Keras metadata did not load ({first_line(exc)}); "
                        "using its serving signature (no prune/qat)")
     _load_graph(state, path)
 
@@ -155,7 +155,7 @@ def _load_graph(state: ModelState, path: Path) -> None:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load SavedModel: {_first_line(exc)}", where=str(path)) from None
+        raise ModelLoadError(f"cannot load SavedModel: {first_line(exc)}", where=str(path)) from None
     sigs = getattr(loaded, "signatures", {})
     if "serving_default" not in sigs:
         raise ModelLoadError(f"SavedModel has no 'serving_default' signature (has: "
@@ -225,8 +225,3 @@ def _load_data(state: ModelState) -> None:
     state.reference = run_model(state.data.eval.x)
     if state.data.eval.y is not None:
         state.reference_accuracy = accuracy(state.reference[0], state.data.eval.y)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilec.errors import first_line
 from mobilec.formats.runtime import source_runner
 from mobilec.sources.batch import first_n, synthetic_inputs
 from mobilec.state import Artifact, ModelState
@@ -57,8 +58,7 @@ def verify(state: ModelState, fmt: Any, work: Artifact, x: Any) -> tuple[bool, s
     try:
         got = runner(x)
     except Exception as exc:  # noqa: BLE001 - a model that cannot run failed verification
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return False, f"does not run on this host: {first[:300]}"
+        return False, f"does not run on this host: {first_line(exc)}"
     fid = fidelity(ref, got, names=[t.name for t in state.outputs],
                    axis=state.recipe.verify.channel_axis)
     work.verification = {"against": "converter input", "samples": len(ref[0]) if ref else 0,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import UnsupportedError
+from mobilec.errors import UnsupportedError, first_line
 from mobilec.recipe.schema import QuantizeConfig
 from mobilec.stages.prune import import_tfmot
 from mobilec.state import ModelState
@@ -34,7 +34,7 @@ def quantization_aware_train(state: ModelState, cfg: QuantizeConfig) -> dict[str
         else:
             qat_model = qk.quantize_apply(annotated)
     except (RuntimeError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UnsupportedError(
             f"tfmot cannot make this model quantization-aware: {first[:300]}",
             where=str(state.recipe.model.path),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import UnsupportedError
+from mobilec.errors import UnsupportedError, first_line
 from mobilec.util.tfenv import import_tf_keras
 
 # What a replacement function returns for one layer: the layers to call in
@@ -123,7 +123,7 @@ def _build(make: Callable[[], Any], model: Any) -> Any:
     try:
         return make()
     except (ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UnsupportedError(
             f"could not rebuild model '{model.name}' with the changed layers: {first}",
             hint="a layer's config may depend on the changed sizes (e.g. a Reshape); "
