@@ -52,10 +52,15 @@ def _layer_to_tf_keras(layer: Any) -> Any:
         config.pop(key)
     if cls_name == "InputLayer":
         config["batch_input_shape"] = config.pop("batch_shape", None)
+    if cls_name == "MultiHeadAttention":
+        # tf_keras' from_config pops these (Keras 3 does not write them); None builds the
+        # layer on its first call, as a freshly made layer would.
+        for key in ("query_shape", "key_shape", "value_shape"):
+            config.setdefault(key, None)
     for _ in range(6):
         try:
             return tfk.layers.deserialize({"class_name": cls_name, "config": config})
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             text = str(exc)
             if "Unrecognized keyword arguments" in text or "unexpected keyword argument" in text:
                 bad = [k for k in list(config) if f"'{k}'" in text]

@@ -167,7 +167,9 @@ def build_artifact(state: ModelState, spec: ArtifactSpec) -> Artifact:
             if work.verification:
                 entry["snr_db"] = work.verification.get("snr_db")
                 entry["top1_agreement"] = work.verification.get("top1_agreement")
-            if fallback is None or _better(work, fallback):
+            # Only a file that ran (and was measured) can ship as unverified; one its runtime
+            # rejects is no artifact at all.
+            if work.verification is not None and (fallback is None or _better(work, fallback)):
                 fallback = work
                 fallback.route = route.name
         else:
@@ -178,7 +180,7 @@ def build_artifact(state: ModelState, spec: ArtifactSpec) -> Artifact:
     summary = "; ".join(f"{f['route']}: {f['reason']}" for f in failed)
     if fallback is not None:
         fallback.routes_failed = [f for f in failed if f["route"] != fallback.route]
-        if fallback.quantization in ("float32", "float16") or fallback.verification is None:
+        if fallback.quantization in ("float32", "float16"):
             fallback.status = "failed-verification"
             fallback.error = (f"{spec.format} {spec.quantization} differs from the source "
                               f"model on every route: {summary}")

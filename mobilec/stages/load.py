@@ -90,9 +90,10 @@ def _load_keras(state: ModelState, path: Path) -> None:
                              ) from None
     try:
         _set_keras(state, keras3_to_tf_keras(model))
-    except ModelLoadError as exc:
+    except Exception as exc:  # noqa: BLE001 - tf_keras rejects some layers in many ways
         # A model tf_keras cannot express still converts from Keras 3's own export.
-        state.note(f"kept as a Keras 3 graph (no prune/qat): {exc.message}")
+        reason = exc.message if isinstance(exc, ModelLoadError) else first_line(exc)
+        state.note(f"kept as a Keras 3 graph (no prune/qat): {reason}")
         _export_keras3(state, model)
 
 
