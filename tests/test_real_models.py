@@ -150,7 +150,7 @@ def bn_cnn() -> Any:
     h = x
     for width in (16, 32, 32):
         h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(h)
-        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.BatchNormalization(momentum=0.9)(h)  # settles in a few epochs
         h = keras.layers.ReLU()(h)
     h = keras.layers.GlobalAveragePooling2D()(h)
     return keras.Model(x, keras.layers.Dense(10)(h))
@@ -171,10 +171,11 @@ def test_onnx_int8_is_no_worse_than_ort_pre_processing_plus_quantize_static(
 
     from mobilec.sources.data import digits_split
 
+    keras3().utils.set_random_seed(0)
     model = bn_cnn()
     train, ev = digits_split()
     model.compile("adam", keras3().losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(train.x, train.y, epochs=4, batch_size=64, verbose=0)
+    model.fit(train.x, train.y, epochs=6, batch_size=64, verbose=0)
     model.save(tmp_path / "bn.keras")
     report = run(tmp_path, tmp_path / "bn.keras")
     ours = artifact(report, "onnx", "int8")
@@ -196,8 +197,10 @@ def test_onnx_int8_is_no_worse_than_ort_pre_processing_plus_quantize_static(
                     weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
     sess = ort.InferenceSession(str(tmp_path / "plain.onnx"))
     plain_acc = float(np.mean(sess.run(None, {name: ev.x[:360]})[0].argmax(-1) == ev.y[:360]))
+    assert plain_acc > 0.8, plain_acc  # a trained model, or the comparison means nothing
     assert ours["size_bytes"] <= (tmp_path / "plain.onnx").stat().st_size * 1.01
-    assert ours["accuracy"] >= plain_acc - 1e-9, (ours["accuracy"], plain_acc)
+    # the report rounds to 6 decimals
+    assert ours["accuracy"] >= plain_acc - 1e-6, (ours["accuracy"], plain_acc)
 
 
 def test_mixed_range_detector_output_keeps_its_scores_or_is_not_ok(tmp_path: Path) -> None:
