@@ -11,6 +11,7 @@ import numpy as np
 
 from mobilec.formats import FORMATS
 from mobilec.recipe.schema import ConvertConfig, Recipe
+from mobilec.sources.batch import first_n, synthetic_inputs
 from mobilec.sources.data import Dataset
 
 
@@ -131,6 +132,14 @@ class ModelState:
     @property
     def eval_y(self) -> np.ndarray | None:
         return None if self.data is None or self.data.eval is None else self.data.eval.y
+
+    def sample_inputs(self, n: int) -> Any:
+        """Up to n model inputs to run: eval data, else calibration data, else seeded
+        stand-ins of the inputs' shapes and dtypes (at most 16: they only prove it runs)."""
+        calib = None if self.data is None or self.data.calibration is None \
+            else self.data.calibration.x
+        x = self.eval_x if self.eval_x is not None else calib
+        return first_n(x, n) if x is not None else synthetic_inputs(self.inputs, min(n, 16))
 
     def replace_model(self, keras_model: Any) -> None:
         """A stage produced a new model (pruned, distilled, …)."""

@@ -33,7 +33,6 @@ from mobilec.sources.batch import (
     first_n,
     length,
     map_inputs,
-    synthetic_inputs,
     take,
 )
 from mobilec.sources.pytorch import export_program, to_tensor
@@ -106,9 +105,7 @@ class ExecuTorchFormat:
         if mode == "int8" and calibration is None:
             raise UnsupportedError("int8 .pte needs calibration data and the recipe has none",
                                    hint="add a data: section (train or eval), or ask for float32")
-        example = first_n(state.eval_x if state.eval_x is not None else
-                          calibration if calibration is not None else
-                          synthetic_inputs(state.inputs, 1), 1)
+        example = state.sample_inputs(1)
         try:
             buffer, delegation = lower(_eager_module(state), example, route, mode, calibration)
         except MobilecError:

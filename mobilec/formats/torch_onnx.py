@@ -8,18 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.formats.torch_routes import torch_to_onnx
-from mobilec.sources.batch import as_list, first_n, synthetic_inputs
+from mobilec.sources.batch import as_list
 from mobilec.state import ModelState
 
 
 def example_inputs(state: ModelState) -> tuple[Any, ...]:
-    """One real sample (eval, else calibration data), else seeded stand-ins."""
-    calib = None if state.data is None or state.data.calibration is None \
-        else state.data.calibration.x
-    x = state.eval_x if state.eval_x is not None else calib
-    if x is None:
-        x = synthetic_inputs(state.inputs, 1)
-    return tuple(as_list(first_n(x, 1)))
+    """One sample to export with, as a tuple of inputs."""
+    return tuple(as_list(state.sample_inputs(1)))
 
 
 def torch_float32_onnx(state: ModelState) -> Path:

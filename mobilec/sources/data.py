@@ -13,7 +13,6 @@ as they are; a model with several inputs gets a list of arrays in its input orde
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import DataError, UnsupportedError
+from mobilec.errors import DataError
 from mobilec.recipe.schema import DataSpec
 from mobilec.sources.batch import as_list, from_list, match_names, take
 from mobilec.util.tfenv import import_tf
+from mobilec.util.usercode import load_callable
 
 DIGITS_SEED = 0
 DIGITS_TRAIN = 1437  # 80% of 1797
@@ -123,29 +123,8 @@ def _load_images(path: Path, spec: DataSpec) -> Split:
 
 def _load_python_hook(spec: DataSpec, base_dir: Path, trust_code: bool
                       ) -> tuple[Split | None, Split | None]:
-    target = spec.python or ""
-    if not trust_code:
-        raise UnsupportedError(f"data.python {target!r} runs Python code named by the recipe; "
-                               "mobilec runs a recipe's code only when asked",
-                               hint="pass --trust-code (api: trust_code=True) for a recipe you "
-                                    "trust, or give the data as npz files")
-    if ":" not in target:
-        raise DataError(f"data.python {target!r}: expected 'file.py:function' or 'module:function'")
-    module_ref, func_name = target.rsplit(":", 1)
-    if module_ref.endswith(".py"):
-        file = (base_dir / module_ref).resolve()
-        if not file.exists():
-            raise DataError("data.python file not found", where=str(file))
-        mod_spec = importlib.util.spec_from_file_location(f"mobilec_data_hook_{file.stem}", file)
-        module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
-        mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
-    else:
-        # No local `import importlib` here: it would make the name local to the whole
-        # function and break the .py branch above (UnboundLocalError).
-        module = importlib.import_module(module_ref)
-    fn = getattr(module, func_name, None)
-    if fn is None:
-        raise DataError(f"data.python: {module_ref} has no function '{func_name}'")
+    fn = load_callable(spec.python or "", key="data.python", trust_code=trust_code,
+                       base_dir=base_dir, error=DataError)
     result = fn()
     if not isinstance(result, dict):
         raise DataError("data.python hook must return {'train': (x, y), 'eval': (x, y)}")

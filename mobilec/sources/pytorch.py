@@ -12,13 +12,10 @@ and refuses graphs that call anything but operators. A factory
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import io
 import json
 import os
 import re
-import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ModelLoadError, UnsupportedError, first_line
+from mobilec.errors import ModelLoadError, first_line
 from mobilec.sources.batch import Inputs, as_list, batched
 from mobilec.state import TensorSpec
+from mobilec.util.usercode import load_callable
 
 # Symbolic-shape expressions in a .pt2 (`expr_str`) are parsed by sympy.sympify, which
 # evaluates Python. Only these names (and symbol names like s0, u12) may appear in them.
@@ -190,39 +188,13 @@ def load_factory(spec: str, trust_code: bool, base_dir: Path) -> tuple[Any, tupl
     while the module loads.
     """
     where = f"model.module {spec!r}"
-    if not trust_code:
-        raise UnsupportedError(
-            "model.module runs Python code named in the recipe, and this run does not trust it",
-            where=where, hint="review the code, then pass --trust-code to run it")
-    if spec.count(":") != 1 or not all(spec.split(":")):
-        raise ModelLoadError("expected 'package.module:factory' or 'file.py:factory'", where=where)
-    module_ref, func_name = spec.split(":")
-    base = str(Path(base_dir).resolve())
-    added = base not in sys.path
-    if added:
-        sys.path.insert(0, base)
+    factory = load_callable(spec, key="model.module", trust_code=trust_code, base_dir=base_dir,
+                            error=ModelLoadError)
     try:
-        if module_ref.endswith(".py"):
-            file = (Path(base_dir) / module_ref).resolve()
-            if not file.is_file():
-                raise ModelLoadError("model.module file not found", where=str(file))
-            mod_spec = importlib.util.spec_from_file_location(f"mobilec_model_{file.stem}", file)
-            module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
-            mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
-        else:
-            module = importlib.import_module(module_ref)
-        factory = getattr(module, func_name, None)
-        if not callable(factory):
-            raise ModelLoadError(f"{module_ref} has no callable '{func_name}'", where=where)
         result = factory()
-    except ModelLoadError:
-        raise
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
         raise ModelLoadError(f"the factory failed: {type(exc).__name__}: {first_line(exc, 400)}",
                              where=where) from exc
-    finally:
-        if added and base in sys.path:
-            sys.path.remove(base)
     return _factory_result(result, where)
 
 

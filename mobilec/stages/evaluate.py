@@ -18,7 +18,6 @@ from typing import Any
 from mobilec.errors import MobilecError, first_line, stop_if_interrupted
 from mobilec.formats import get_format
 from mobilec.policy.modes import is_quantized
-from mobilec.sources.batch import first_n, synthetic_inputs
 from mobilec.stages.verify import QUANT_FLOOR_DB
 from mobilec.state import Artifact, ModelState
 from mobilec.util.metrics import accuracy, below_floor, fidelity
@@ -77,10 +76,7 @@ def evaluate_artifact(state: ModelState, art: Artifact) -> None:
             art.metrics["accuracy"] = acc
             if acc is not None and state.reference_accuracy is not None:
                 art.metrics["accuracy_drop"] = round(state.reference_accuracy - acc, 6)
-        sample = first_n(x, 1)
-    else:
-        sample = synthetic_inputs(state.inputs, 1)
-    art.metrics["latency_ms"] = fmt.latency(state, art, sample)
+    art.metrics["latency_ms"] = fmt.latency(state, art, state.sample_inputs(1))
 
 
 def apply_floor(state: ModelState) -> int:

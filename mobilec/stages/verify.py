@@ -14,7 +14,7 @@ import numpy as np
 
 from mobilec.errors import first_line
 from mobilec.formats.runtime import source_runner
-from mobilec.sources.batch import first_n, synthetic_inputs
+from mobilec.sources.batch import length
 from mobilec.state import Artifact, ModelState
 from mobilec.util.metrics import below_floor, fidelity, passes
 
@@ -26,17 +26,13 @@ QUANT_FLOOR_DB = 10.0
 
 
 def verification_inputs(state: ModelState) -> Any:
-    """The inputs every conversion is checked on: eval data, else calibration data, else
-    random inputs of the model's shape and dtype (seeded)."""
-    if state.eval_x is not None:
-        return first_n(state.eval_x, VERIFY_SAMPLES)
-    if state.data is not None and state.data.calibration is not None:
-        return first_n(state.data.calibration.x, VERIFY_SAMPLES)
-    return synthetic_inputs(state.inputs, 16)
+    """The inputs every conversion is checked on (the same for every artifact and route)."""
+    return state.sample_inputs(VERIFY_SAMPLES)
 
 
 def reference_outputs(state: ModelState, x: Any) -> list[np.ndarray]:
-    key = ("converter_input_outputs", state.model_version, id(x))
+    # verification_inputs gives the same rows every time: the source runs once per model
+    key = ("converter_input_outputs", state.model_version, length(x))
     if key not in state.memo:
         state.memo[key] = source_runner(state)(x)
     return state.memo[key]
