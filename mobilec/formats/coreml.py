@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from mobilec.formats.coreml_compress import (
     compress_mlprogram,
     compress_neuralnetwork,
 )
+from mobilec.formats.coreml_source import register_missing_tf_ops, rolled_rnns, tf_source
 from mobilec.formats.coreml_structure import describe_io, structural_check
 from mobilec.formats.coreml_tools import coreml_config, feature_name, import_coremltools, quiet
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
@@ -39,7 +41,6 @@ from mobilec.policy.modes import format_modes
 from mobilec.recipe.schema import CoreMLConfig
 from mobilec.sources import onnx2tf_bridge
 from mobilec.state import Artifact, ModelState
-from mobilec.util.tfenv import import_tf
 
 NOT_RUN_REASON = "Core ML runtime needs macOS"
 
@@ -70,6 +71,7 @@ class CoreMLFormat:
         """coremltools on the ExportedProgram (mlprogram), structural check off macOS."""
         mode = artifact.quantization
         _, route = torch_to_coreml(state.torch_program, dest, mode)
+        _rename_saved(state, dest)
         artifact.route = route
         artifact.precision = precision_text(mode if mode != "dynamic" else "int8", "mlpackage", 4)
         artifact.input_layout, artifact.input_transpose = state.input_layout, None
@@ -175,65 +177,21 @@ def _layout(state: ModelState) -> tuple[str, tuple[int, ...] | None]:
     return onnx2tf_bridge.tf_input_layout(state)
 
 
-def _source(state: ModelState) -> tuple[Any, list[int], list[int]]:
-    """What ct.convert takes, the fixed input shape (batch 1), and for each converted output
-    (TF names them Identity, Identity_1, …) the index of the source output it is."""
-
-    if state.keras_model is None and state.graph_dir is None and state.onnx_path is not None:
-        onnx2tf_bridge.ensure_graph(state)
-    spec = state.inputs[0]
-    dims = list(spec.shape[1:])
-    if any(d is None for d in dims):
-        raise UnsupportedError(
-            f"Core ML needs fixed input dimensions; the model's input is "
-            f"{['?' if d is None else d for d in spec.shape]}",
-            where=str(state.recipe.model.path), hint="set model.input_shape, e.g. [1, 224, 224, 3]")
-    tf = import_tf()
-    if state.keras_model is not None:
-        # Our own function around the model, returning a list: its outputs are Identity,
-        # Identity_1, … in the model's output order (handing coremltools the Keras model lets
-        # it pick an order of its own for several outputs).
-        model = state.keras_model
-
-        @tf.function(input_signature=[tf.TensorSpec([1, *dims], tf.float32)])
-        def serve(x: Any) -> list[Any]:
-            y = model(x, training=False)
-            return list(y) if isinstance(y, (list, tuple)) else [y]
-
-        return [serve.get_concrete_function()], [1, *dims], list(range(len(model.outputs)))
-    key = ("saved_model", str(state.graph_dir))
-    if key not in state.memo:
-        state.memo[key] = tf.saved_model.load(str(state.graph_dir))
-    fn = state.memo[key].signatures["serving_default"]
-    # A SavedModel holds many functions; coremltools wants exactly one: the serving one.
-    shape = [1, *[d for d in fn.structured_input_signature[1][
-        next(iter(fn.structured_input_signature[1]))].shape[1:]]]
-    if any(d is None for d in shape):
-        shape = [1, *dims]
-    # A signature returns a dict; TF flattens it in sorted key order.
-    return [fn], shape, [_source_index(state, key) for key in sorted(fn.structured_outputs)]
-
-
-def _source_index(state: ModelState, key: str) -> int:
-    """Which source output a SavedModel signature key is (keys may be sanitized names)."""
-    for i, t in enumerate(state.outputs):
-        if key in (t.name, feature_name(t.name), onnx2tf_bridge.signature_name(t.name)):
-            return i
-    return next(i for i, t in enumerate(state.outputs) if t.name == key) \
-        if any(t.name == key for t in state.outputs) else -1
-
-
 def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str | None) -> Any:
     """The model converted once per (model version, kind, precision, deployment target)."""
     key = ("coreml_base", state.model_version, cfg.kind, precision, target)
     if key in state.memo:
         return state.memo[key]
     ct = import_coremltools()
-    src, shape, order = _source(state)
+    register_missing_tf_ops()
+    src = tf_source(state)
+    order = src.order
     kwargs: dict[str, Any] = {
         "source": "tensorflow",
         "convert_to": "mlprogram" if cfg.kind == "mlpackage" else "neuralnetwork",
-        "inputs": [ct.TensorType(shape=tuple(shape), dtype=np.float32)],
+        # every input named: with several, coremltools cannot tell them apart otherwise
+        "inputs": [ct.TensorType(name=name, shape=tuple(shape), dtype=dtype)
+                   for name, shape, dtype in src.inputs],
     }
     if target is not None:
         kwargs["minimum_deployment_target"] = getattr(ct.target, target)
@@ -246,22 +204,32 @@ def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str
             else [ct.TensorType(name="Identity" + (f"_{i}" if i else ""), dtype=np.float32)
                   for i in range(len(order))]
     try:
-        model = ct.convert(src, **kwargs)
+        model = ct.convert([src.function], **kwargs)
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        raise ConversionError(f"coremltools could not convert the model: "
-                              f"{first_line(exc, 400)}") from exc
-    model = _rename_io(ct, state, model, order)
+        if not rolled_rnns(state):
+            raise ConversionError(f"coremltools could not convert the model: "
+                                  f"{first_line(exc, 400)}") from exc
+        # RNN while loops (masked, bidirectional) trip coremltools: the same model unrolled
+        src = tf_source(state, unroll=True)
+        try:
+            model = ct.convert([src.function], **kwargs)
+        except Exception as exc2:  # noqa: BLE001
+            raise ConversionError(f"coremltools could not convert the model (nor with its "
+                                  f"RNNs unrolled): {first_line(exc, 300)}") from exc2
+    model = _rename_io(ct, state, model, order, dict(zip([n for n, _, _ in src.inputs],
+                                                          src.features, strict=True)))
     state.memo[key] = model
     return model
 
 
-def _rename_io(ct: Any, state: ModelState, model: Any, order: list[int]) -> Any:
-    """Give the Core ML features the source model's input/output names (and output order)."""
+def _rename_io(ct: Any, state: ModelState, model: Any, order: list[int],
+               input_names: dict[str, str]) -> Any:
+    """Give the Core ML features the source model's input/output names (and output order).
+    input_names: converted input (the TF placeholder's name) -> the source input's name."""
     spec = model.get_spec()
     renames: list[tuple[str, str]] = []
     ins = [i.name for i in spec.description.input]
-    if len(ins) == len(state.inputs):
-        renames += list(zip(ins, [feature_name(t.name) for t in state.inputs], strict=True))
+    renames += [(i, input_names[i]) for i in ins if i in input_names]
     outs = [o.name for o in spec.description.output]
 
     def identity_index(name: str) -> int:
@@ -293,6 +261,32 @@ def _rename_io(ct: Any, state: ModelState, model: Any, order: list[int]) -> Any:
     if spec.WhichOneof("Type") == "mlProgram":
         return ct.models.MLModel(spec, weights_dir=model.weights_dir, skip_model_load=True)
     return ct.models.MLModel(spec, skip_model_load=True)
+
+
+def _rename_saved(state: ModelState, dest: Path) -> None:
+    """A converted ExportedProgram's features carry the names of its decomposed graph
+    (`addmm_42` for the source's `linear` output): give them the source's names, by
+    position, so an app addresses them as the model's author named them."""
+    ct = import_coremltools()
+    model = ct.models.MLModel(str(dest), skip_model_load=True)
+    spec = model.get_spec()
+    renames = []
+    for features, specs in ((spec.description.input, state.inputs),
+                            (spec.description.output, state.outputs)):
+        if len(features) == len(specs):
+            renames += [(f.name, feature_name(t.name)) for f, t in zip(features, specs, strict=True)
+                        if f.name != feature_name(t.name)]
+    names = {f.name for f in (*spec.description.input, *spec.description.output)}
+    renames = [(a, b) for a, b in renames if b not in names]  # never onto a kept name
+    if not renames:
+        return
+    for old, new in renames:
+        ct.utils.rename_feature(spec, old, new)
+    renamed = ct.models.MLModel(spec, weights_dir=model.weights_dir, skip_model_load=True)
+    tmp = dest.with_name(f"{dest.stem}.renamed{dest.suffix}")
+    renamed.save(str(tmp))
+    shutil.rmtree(dest)
+    tmp.rename(dest)
 
 
 def _describe(state: ModelState, model: Any, cfg: CoreMLConfig, mode: str) -> None:

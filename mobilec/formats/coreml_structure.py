@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.delegates.opcompat import coreml_program_ops
+from mobilec.formats.coreml_source import coreml_dtype_name
 from mobilec.formats.coreml_tools import feature_name, import_coremltools, quiet
 from mobilec.state import Artifact, ModelState
 
@@ -59,8 +60,10 @@ def structural_check(state: ModelState, artifact: Artifact) -> None:
             if any(d is not None and d != s for d, s in zip(shape, g["shape"], strict=False)) \
                     or len(shape) != len(g["shape"]):
                 problems.append(f"{kind} '{g['name']}' has shape {g['shape']}, source {shape}")
-            if g["dtype"] != "float32":
-                problems.append(f"{kind} '{g['name']}' is {g['dtype']}, source float32")
+            # Core ML has no int64/float64: such a source feature is int32/float32 here
+            want_dtype = coreml_dtype_name(w.dtype) if kind == "input" else "float32"
+            if g["dtype"] != want_dtype:
+                problems.append(f"{kind} '{g['name']}' is {g['dtype']}, source {w.dtype}")
     if not ops:
         problems.append("the Core ML program has no ops")
     artifact.verification = {"against": "source model structure (no Core ML runtime "

@@ -7,9 +7,6 @@ route, not mobilec. The price is ~4 s of imports per run.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from mobilec.sources.batch import (
     take,
 )
 from mobilec.sources.pytorch import to_tensor
+from mobilec.util.child import last_error_line, run_child, signal_name
 
 RUN_TIMEOUT_S = 600
 
@@ -54,17 +52,9 @@ def run_isolated(path: Path, x: Inputs, latency: bool = False) -> Any:
     with tempfile.TemporaryDirectory(prefix="mobilec-pte-") as tmp:
         xin, out = Path(tmp) / "x.npz", Path(tmp) / "out.npz"
         np.savez(xin, *[np.ascontiguousarray(a) for a in as_list(x)])
-        code = ("import sys; from mobilec.formats.executorch_runtime import child_main; "
-                "child_main(sys.argv[1:])")
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        args = [sys.executable, "-c", code, str(path), str(xin), str(out)]
-        try:
-            proc = subprocess.run(args + (["--latency"] if latency else []), env=env,
-                                  capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired as exc:
-            raise ConversionError(f"the .pte did not finish in {RUN_TIMEOUT_S} s") from exc
+        args = [str(path), str(xin), str(out)] + (["--latency"] if latency else [])
+        proc = run_child("mobilec.formats.executorch_runtime:child_main", args,
+                         timeout_s=RUN_TIMEOUT_S, what="the .pte")
         if proc.returncode != 0:
             raise ConversionError(_child_failure(proc.returncode, proc.stderr))
         if latency:
@@ -74,17 +64,10 @@ def run_isolated(path: Path, x: Inputs, latency: bool = False) -> Any:
 
 
 def _child_failure(code: int, stderr: str) -> str:
-    if code < 0:
-        import signal
-
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"the ExecuTorch runtime crashed ({name}) running the .pte"
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-    return f"the .pte failed in the ExecuTorch runtime: {(errors or lines or ['?'])[-1][:300]}"
+    crash = signal_name(code)
+    if crash is not None:
+        return f"the ExecuTorch runtime crashed ({crash}) running the .pte"
+    return f"the .pte failed in the ExecuTorch runtime: {last_error_line(stderr)}"
 
 
 def child_main(argv: list[str]) -> None:

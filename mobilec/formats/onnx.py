@@ -12,6 +12,8 @@ from mobilec.delegates.snippets import kotlin_ort
 from mobilec.errors import ConversionError, UnsupportedError, first_line
 from mobilec.formats.kept_float import kept_nodes, note_kept_float, route_builders, split_route
 from mobilec.formats.onnx_quant import quantize_onnx
+from mobilec.formats.onnx_repair import repair_onnx
+from mobilec.formats.onnx_tf import function_to_onnx, signature_function
 from mobilec.formats.runtime import (
     measure_latency,
     ort_feed,
@@ -117,16 +119,10 @@ def float32_onnx(state: ModelState, route: str | None = None) -> Path:
             tf2onnx.convert.from_keras(state.keras_model, input_signature=spec, opset=opset,
                                        output_path=str(out))
         elif route == "tf2onnx-signature":
-            loaded = tf.saved_model.load(str(state.graph_dir))
-            fn = loaded.signatures["serving_default"]
-            specs = fn.structured_input_signature[1]
-            names = list(specs)
-            # tf2onnx wants a tf.function; a signature is a bare ConcreteFunction.
-            wrapped = tf.function(lambda *xs: fn(**dict(zip(names, xs, strict=True))),
-                                  input_signature=[tf.TensorSpec(specs[n].shape, specs[n].dtype,
-                                                                 name=n) for n in names])
-            tf2onnx.convert.from_function(wrapped, input_signature=wrapped.input_signature,
-                                          opset=opset, output_path=str(out))
+            loaded = state.memo.get(("saved_model", str(state.graph_dir)))
+            if loaded is None:
+                loaded = tf.saved_model.load(str(state.graph_dir))
+            function_to_onnx(signature_function(loaded), out, opset)
         elif route == "tf2onnx-tflite":
             tfl = state.work_dir / f"float32-v{state.model_version}.tflite"
             tfl.write_bytes(float32_tflite(state))
@@ -138,6 +134,9 @@ def float32_onnx(state: ModelState, route: str | None = None) -> Path:
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
         first = first_line(exc, 400)
         raise ConversionError(f"tf2onnx failed: {first[:400]}") from exc
+    # tf2onnx writes ops it cannot convert as-is (exact GELU's Erfc, TFLite's GELU): the
+    # runtime would reject the whole file.
+    repair_onnx(out)
     state.memo[key] = out
     return out
 

@@ -170,6 +170,10 @@ class LiteRTRunner:
         return align_outputs(self.outputs, [o["name"] for o in self.output_details], outs)
 
     def __call__(self, x: Any) -> list[np.ndarray]:
+        if any(list(d.get("shape_signature", d["shape"]))[:1] == [1] for d in self.input_details):
+            # Built with a fixed batch of 1 (the fixed-batch RNN route): resizing it may be
+            # refused or, worse, accepted by ops whose state shapes stay at batch 1.
+            return batched(self._invoke_batch, x, size=1)
         try:
             return batched(self._invoke_batch, x, size=64)
         except (ValueError, RuntimeError):

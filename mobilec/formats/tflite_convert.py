@@ -4,50 +4,45 @@ form the model has (a tf_keras model's serving SavedModel, a SavedModel, onnx2tf
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.errors import UnsupportedError
+from mobilec.formats.tflite_child import (
+    calibration_gen,
+    configure,
+    convert_isolated,
+    run_converter,
+)
+from mobilec.formats.tflite_rnn import (
+    fixed_batch_converter,
+    keras_rnn_routes,
+    unrolled_converter,
+)
 from mobilec.formats.torch_onnx import example_inputs, torch_float32_onnx
 from mobilec.formats.torch_routes import LITERT_TORCH_MODES, torch_to_tflite
-from mobilec.sources.batch import as_list, match_names
-from mobilec.sources.onnx2tf_bridge import ensure_graph, to_tf_layout
+from mobilec.sources.batch import as_list
+from mobilec.sources.onnx2tf_bridge import TFGraph, ensure_graph, to_tf_layout
 from mobilec.sources.serving_export import serving_savedmodel
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf, import_tf_keras
 
 
 def representative_dataset(state: ModelState) -> Any:
+    """The recipe's calibration data as the TFLite converter's representative dataset."""
+    return calibration_gen(*calibration_arrays(state))
+
+
+def calibration_arrays(state: ModelState) -> tuple[list[str], list[np.ndarray]]:
+    """(input names, calibration arrays in the TensorFlow form's layout)."""
     if state.data is None or state.data.calibration is None:
         raise UnsupportedError(
             "full-integer quantization needs calibration data and the recipe has none",
             hint="add a data: section (train or eval), or use quantize mode dynamic or float16")
-
     parts = [to_tf_layout(state, a.astype(np.float32)) if a.dtype.kind == "f" else a
              for a in as_list(state.data.calibration.x)]
-    names = [t.name for t in state.inputs]
-
-    def gen() -> Iterator[Any]:
-        for i in range(len(parts[0])):
-            if len(parts) == 1:
-                yield [parts[0][i:i + 1]]
-            else:  # by name: the converter orders a signature's inputs its own way
-                yield _ByName({n: a[i:i + 1] for n, a in zip(names, parts, strict=True)})
-
-    return gen
-
-
-class _ByName(dict):
-    """Calibration inputs keyed by the model's input names, found also under the names the
-    converter's signature gives them (`serving_default_tokens:0` for `tokens`)."""
-
-    def __missing__(self, key: str) -> Any:
-        hit = match_names([key], list(self))[0]
-        if hit is None:
-            raise KeyError(key)
-        return dict.__getitem__(self, hit)
+    return [t.name for t in state.inputs], parts
 
 
 def route_names(state: ModelState) -> list[str]:
@@ -58,15 +53,19 @@ def route_names(state: ModelState) -> list[str]:
     loaded signature's concrete function (what rescues a Keras 3 `tf.saved_model.save`
     export whose first route drops weights), then the Keras model inside it, if any.
     An ONNX model: onnx2tf's SavedModel.
+    Recurrent models (tflite_rnn): a Keras model with LSTM/GRU layers goes to the
+    fixed-batch and keras-unrolled routes first (the others fail on its list ops); a
+    SavedModel tries fixed-batch last, its RNN layers being invisible from here.
     """
     if state.torch_program is not None:
         return ["litert-torch", "onnx2tf"]
     if state.keras_model is not None:
-        return ["keras-serving-savedmodel", "keras-model"]
+        rnn = keras_rnn_routes(state.keras_model)
+        return [*rnn, "keras-serving-savedmodel", "keras-model", *(["fixed-batch"] * (not rnn))]
     if state.graph_dir is None and state.onnx_path is not None:
         return ["onnx2tf"]
     if state.graph_dir is not None:
-        return ["savedmodel-signature", "concrete-function", "savedmodel-keras"]
+        return ["savedmodel-signature", "concrete-function", "savedmodel-keras", "fixed-batch"]
     return []
 
 
@@ -113,6 +112,10 @@ def make_converter(state: ModelState, route: str | None = None) -> Any:
         except Exception as exc:  # noqa: BLE001 - not a Keras SavedModel: this route is out
             raise UnsupportedError("the SavedModel holds no Keras model to convert") from exc
         return tf.lite.TFLiteConverter.from_keras_model(model)
+    if route == "fixed-batch":
+        return fixed_batch_converter(state)
+    if route == "keras-unrolled":
+        return unrolled_converter(state)
     raise UnsupportedError("no TensorFlow form of the model is available for the TFLite converter")
 
 
@@ -120,30 +123,22 @@ def convert_tflite(state: ModelState, mode: str, route: str | None = None) -> by
     if route == "litert-torch" or (route is None and state.torch_program is not None and
                                    mode in LITERT_TORCH_MODES):
         return litert_torch_tflite(state, mode)
-    tf = import_tf()
+    if _onnx2tf_route(state, route):
+        # onnx2tf's SavedModel is third-party output the converter has crashed on (SIGSEGV
+        # calibrating a GRU): converted in a child process, a crash fails this route only.
+        saved = ensure_graph(state, torch_float32_onnx(state) if state.torch_program is not None
+                             else None)
+        return convert_isolated(saved, mode, state.work_dir, graph="onnx2tf's graph",
+                                calibration=lambda: calibration_arrays(state))
     conv = make_converter(state, route)
-    if mode == "float16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif mode in ("dynamic", "qat"):
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif mode in ("int8", "int8-io"):
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative_dataset(state)
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if mode == "int8-io":
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
-    elif mode == "int16x8":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative_dataset(state)
-        conv.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-    elif mode != "float32":
-        raise UnsupportedError(f"quantization '{mode}' is not available for .tflite")
-    try:
-        return conv.convert()
-    except Exception as exc:  # noqa: BLE001 - converter errors are many types
-        text = str(exc).strip().splitlines()
-        msg = next((ln for ln in text if "error" in ln.lower()), text[0] if text else repr(exc))
-        raise ConversionError(f"TFLite converter failed ({mode}): {msg[:400]}") from exc
+    configure(conv, mode, lambda: representative_dataset(state))
+    return run_converter(conv, mode)
+
+
+def _onnx2tf_route(state: ModelState, route: str | None) -> bool:
+    """Whether this conversion is from_saved_model on onnx2tf's SavedModel: the onnx2tf
+    route, or the plain SavedModel route once an ONNX source has been bridged."""
+    if route is None:
+        route = (route_names(state) or [None])[0]
+    return route == "onnx2tf" or (route == "savedmodel-signature" and
+                                  isinstance(state.tf_bridge, TFGraph))

@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError, first_line
+from mobilec.sources.batch import match_names
+from mobilec.sources.onnx2tf_rewrite import conv2d_as_conv1d
+from mobilec.sources.onnx2tf_saved import signature_name, write_saved_model  # noqa: F401 - re-exported (formats.coreml)
 from mobilec.sources.onnx_input import graph_inputs
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf
@@ -44,6 +47,7 @@ after_onnx2tf: Callable[[list[Any]], list[Any]] | None = None
 CHANNELS_FIRST = {"NCW": "NWC", "NCHW": "NHWC", "NCDHW": "NDHWC"}
 SAMPLE_IMAGES_SHAPE = (20, 128, 128, 3)  # what onnx2tf's download would have returned
 ERROR_CACHE = "onnx2tf_error"
+LOOP_OPS = {"Loop", "Scan"}  # control flow onnx2tf fails on (the shape of a GRU from tf2onnx)
 
 
 @dataclass
@@ -92,13 +96,16 @@ def tf_input_layout(state: ModelState) -> tuple[str, tuple[int, ...] | None]:
 def to_tf_layout(state: ModelState, x: np.ndarray) -> np.ndarray:
     """Recipe data (model layout) -> the TensorFlow form's layout (e.g. for calibration)."""
     _, perm = tf_input_layout(state)
-    return np.transpose(x, perm) if perm else x
+    return np.transpose(x, perm) if perm and x.ndim == len(perm) else x
 
 
 # ----------------------------------------------------------------------------- conversion
 
 
 def convert(state: ModelState, onnx_path: Path | None = None) -> TFGraph:
+    """The model as exported first; if onnx2tf fails on it, again with the patterns it is
+    known to mishandle rewritten (mobilec.sources.onnx2tf_rewrite). Either result is verified
+    against onnxruntime downstream, like any artifact."""
     import time
 
     import onnx
@@ -108,25 +115,59 @@ def convert(state: ModelState, onnx_path: Path | None = None) -> TFGraph:
     work.mkdir(parents=True, exist_ok=True)
     model = simplify(state, static_batch(onnx.load(str(onnx_path or state.onnx_path))))
     check_ops(model)
+    try:
+        graph = attempt(state, model, work)
+    except ConversionError as first:
+        rewritten = onnx.ModelProto()
+        rewritten.CopyFrom(model)
+        count = conv2d_as_conv1d(rewritten)
+        if not count:
+            raise
+        try:
+            graph = attempt(state, onnx.shape_inference.infer_shapes(rewritten), work)
+        except ConversionError as second:
+            raise ConversionError(
+                f"{first.message}; retried with {count} height-1 Conv(s) written as 1-D Conv: "
+                f"{second.message}", hint=first.hint) from None
+        state.note(f"onnx2tf failed on the model as exported ({first.message}); it converted "
+                   f"after mobilec wrote {count} 2-D Conv(s) over height-1 inputs (tf2onnx's "
+                   "Conv1D pattern) as 1-D Convs")
+    graph.seconds = round(time.perf_counter() - start, 2)
+    return graph
+
+
+def attempt(state: ModelState, model: Any, work: Path) -> TFGraph:
+    """One onnx2tf conversion of `model` into work/saved_model."""
+    import shutil
+
+    import onnx
+
+    for old in (work / "raw", work / "saved_model"):
+        shutil.rmtree(old, ignore_errors=True)
     copy = work / "model.onnx"
     onnx.save(model, str(copy))  # onnx2tf's own input; state.onnx_path stays untouched
     if before_onnx2tf is not None:
         before_onnx2tf(copy)
-    spec = state.inputs[0]
     layout = state.input_layout
-    keep_as_is = layout not in CHANNELS_FIRST
+    perm = None if layout not in CHANNELS_FIRST else (0, *range(2, len(state.inputs[0].shape)), 1)
+    keep = kept_inputs(state, perm)
     op_types = {n.name: n.op_type for n in model.graph.node if n.name}
-    keras_model = run_onnx2tf(copy, work / "raw", keep_input=spec.name if keep_as_is else None,
+    keras_model = run_onnx2tf(copy, work / "raw", keep=keep,
                               verbose=bool(state.options.get("verbose")), op_types=op_types)
-    rank = len(spec.shape)
-    perm = None if keep_as_is else (0, *range(2, rank), 1)
-    _check_input(keras_model, spec.shape, perm)
+    order = _check_inputs(keras_model, state, perm, keep)
     out_perms = output_transposes(keras_model, state)
     saved = work / "saved_model"
-    write_saved_model(keras_model, saved, spec.name, [o.name for o in state.outputs], out_perms)
+    write_saved_model(keras_model, saved, [t.name for t in state.inputs], order,
+                      [o.name for o in state.outputs], out_perms, hook=after_onnx2tf)
     return TFGraph(saved_model=saved, input_layout=CHANNELS_FIRST.get(layout, layout),
-                   input_transpose=perm, output_transposes=out_perms,
-                   seconds=round(time.perf_counter() - start, 2))
+                   input_transpose=perm, output_transposes=out_perms)
+
+
+def kept_inputs(state: ModelState, perm: tuple[int, ...] | None) -> list[str]:
+    """Inputs onnx2tf must take exactly as ONNX has them: all of them when the first input is
+    not channels-first; else those of another rank than the first (the one recorded `perm`
+    applies to every input of its rank: the artifacts' runners transpose exactly those)."""
+    return [t.name for t in state.inputs if perm is None or len(t.shape) != len(perm)]
 
 
 def static_batch(model: Any) -> Any:
@@ -192,7 +233,7 @@ def check_ops(model: Any) -> None:
                  "that disables fused/contrib ops), or ship the .onnx artifact")
 
 
-def run_onnx2tf(copy: Path, out: Path, keep_input: str | None, verbose: bool,
+def run_onnx2tf(copy: Path, out: Path, keep: list[str], verbose: bool,
                 op_types: dict[str, str] | None = None) -> Any:
     """onnx2tf.convert on the copy, offline and quiet; returns its tf_keras model.
 
@@ -210,7 +251,7 @@ def run_onnx2tf(copy: Path, out: Path, keep_input: str | None, verbose: bool,
                 input_onnx_file_path=str(copy), output_folder_path=str(out),
                 not_use_onnxsim=True, disable_model_save=True, non_verbose=not verbose,
                 verbosity="info" if verbose else "error",
-                keep_shape_absolutely_input_names=[keep_input] if keep_input else None)
+                keep_shape_absolutely_input_names=keep or None)
     except SystemExit as exc:  # onnx2tf calls sys.exit(1) after printing an error
         raise ConversionError(f"onnx2tf stopped: {_log_error(log) or f'exit status {exc.code}'}"
                               ) from None
@@ -222,6 +263,15 @@ def run_onnx2tf(copy: Path, out: Path, keep_input: str | None, verbose: bool,
         op = (op_types or {}).get(node or "")
         where = f" at {op + ' ' if op else ''}node '{node}'" if node else ""
         detail = _first_line(exc) or _log_error(log)
+        if op in LOOP_OPS:
+            raise ConversionError(
+                f"onnx2tf cannot convert the ONNX {op} node '{node}' ({type(exc).__name__}: "
+                f"{detail}): exporters write recurrent layers (GRU, LSTM, RNN) as a {op}, and "
+                "onnx2tf could not convert it, so this .onnx has no TensorFlow form (.tflite, "
+                "Core ML); the .onnx artifacts do not need one",
+                hint="for .tflite/Core ML give mobilec the Keras model (.keras/.h5) or its "
+                     "SavedModel instead of the .onnx (mobilec converts its recurrent layers "
+                     "directly), or ship the .onnx artifact") from exc
         raise ConversionError(f"onnx2tf failed{where}: {type(exc).__name__}: {detail}",
                               hint="rerun with -v to see onnx2tf's log") from exc
     if model is None:
@@ -229,18 +279,29 @@ def run_onnx2tf(copy: Path, out: Path, keep_input: str | None, verbose: bool,
     return model
 
 
-def _check_input(keras_model: Any, onnx_shape: list[int | None], perm: tuple[int, ...] | None
-                 ) -> None:
-    """The TF input must be the ONNX input, permuted as recorded; anything else is a layout we
-    did not predict, and the data would be fed wrongly."""
-    if len(keras_model.inputs) != 1:
-        raise ConversionError(f"onnx2tf produced {len(keras_model.inputs)} inputs, expected 1")
-    got = [d for d in keras_model.inputs[0].shape]
-    want = [onnx_shape[i] for i in perm] if perm else list(onnx_shape)
-    if len(got) != len(want) or any(g is not None and w is not None and g != w
-                                    for g, w in zip(got[1:], want[1:], strict=False)):
-        raise ConversionError(f"onnx2tf produced input shape {got}, expected {want} "
-                              f"(ONNX {onnx_shape} transposed {list(perm) if perm else 'none'})")
+def _check_inputs(keras_model: Any, state: ModelState, perm: tuple[int, ...] | None,
+                  keep: list[str]) -> list[int]:
+    """For each ONNX input, which TF input it is. Each must be the ONNX input, permuted as
+    recorded (kept ones as they are); anything else is a layout we did not predict, and the
+    data would be fed wrongly."""
+    tf_inputs = list(keras_model.inputs)
+    if len(tf_inputs) != len(state.inputs):
+        raise ConversionError(f"onnx2tf produced {len(tf_inputs)} inputs, the ONNX model has "
+                              f"{len(state.inputs)}")
+    names = [t.name.split(":")[0] for t in tf_inputs]
+    matched = match_names([t.name for t in state.inputs], names)
+    order = [names.index(m) for m in matched] if None not in matched \
+        else list(range(len(tf_inputs)))
+    for spec, k in zip(state.inputs, order, strict=True):
+        got = list(tf_inputs[k].shape)
+        p = None if spec.name in keep else perm
+        want = [spec.shape[i] for i in p] if p else list(spec.shape)
+        if len(got) != len(want) or any(g is not None and w is not None and g != w
+                                        for g, w in zip(got[1:], want[1:], strict=False)):
+            raise ConversionError(
+                f"onnx2tf produced input shape {got} for '{spec.name}', expected {want} "
+                f"(ONNX {spec.shape} transposed {list(p) if p else 'none'})")
+    return order
 
 
 def output_transposes(keras_model: Any, state: ModelState) -> list[tuple[int, ...] | None]:
@@ -269,49 +330,6 @@ def _fits(shape: list[int | None], perm: tuple[int, ...] | None, want: list[int 
     got = [shape[i] for i in perm] if perm else shape
     return len(got) == len(want) and all(g is None or w is None or g == w
                                          for g, w in zip(got[1:], want[1:], strict=True))
-
-
-def write_saved_model(keras_model: Any, dest: Path, input_name: str, output_names: list[str],
-                      perms: list[tuple[int, ...] | None]) -> None:
-    """A SavedModel whose serving signature returns {ONNX output name: tensor in ONNX layout}."""
-    tf = import_tf()
-    in_tensor = keras_model.inputs[0]
-    spec = tf.TensorSpec(in_tensor.shape, tf.float32, name=signature_name(input_name))
-    keys = unique_names([signature_name(n) for n in output_names])
-    hook = after_onnx2tf
-
-    @tf.function(input_signature=[spec])
-    def serve(x: Any) -> dict[str, Any]:
-        ys = keras_model(x, training=False)
-        ys = list(ys) if isinstance(ys, (list, tuple)) else [ys]
-        ys = [tf.transpose(y, p) if p else y for y, p in zip(ys, perms, strict=True)]
-        if hook is not None:
-            ys = hook(ys)
-        return {k: tf.identity(y, name=k) for k, y in zip(keys, ys, strict=True)}
-
-    module = tf.Module()
-    module.model = keras_model
-    module.serve = serve
-    try:
-        tf.saved_model.save(module, str(dest), signatures={"serving_default": serve})
-    except Exception as exc:  # noqa: BLE001 - TF raises many types while tracing/saving
-        raise ConversionError(f"could not save onnx2tf's model as a SavedModel: "
-                              f"{type(exc).__name__}: {_first_line(exc)}") from exc
-
-
-def signature_name(name: str) -> str:
-    """A SavedModel/TFLite-safe signature key; ONNX names like 'output:0' or '/x/y' are not."""
-    clean = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_")
-    return clean if clean and clean[0].isalpha() else f"t_{clean}"
-
-
-def unique_names(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
-    return out
 
 
 # ----------------------------------------------------------------------------- offline + quiet

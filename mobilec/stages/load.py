@@ -99,6 +99,14 @@ def _load_keras(state: ModelState, path: Path) -> None:
 
 def _export_keras3(state: ModelState, model: Any) -> None:
     out = state.work_dir / "keras3-export"
+    # A recurrent layer exports as a while loop, which coremltools cannot convert (a masked
+    # bidirectional GRU: `list index out of range`) and TFLite's int8 calibrator crashes on;
+    # with every input dimension but the batch fixed, the unrolled graph computes the same
+    # values with plain ops. Only the loaded copy changes, never the user's file.
+    if all(d is not None for t in model.inputs for d in t.shape[1:]):
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if getattr(layer, "unroll", None) is False:
+                layer.unroll = True
     model.export(str(out), format="tf_saved_model", verbose=False)
     _load_graph(state, out)
     state.source.params = count_params(model)

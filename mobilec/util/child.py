@@ -1,0 +1,50 @@
+"""Running a piece of mobilec in a child Python process, so that native code which can
+crash (a third-party converter or runtime dying with SIGSEGV) fails one route, not mobilec.
+
+The child is the same interpreter with this checkout first on its path; it gets its job
+as command-line arguments (paths into a scratch folder) and hands results back as files.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mobilec.errors import ConversionError
+
+
+def run_child(entry: str, args: list[str], *, timeout_s: int, what: str
+              ) -> subprocess.CompletedProcess[str]:
+    """Run `entry` ("package.module:function", called with the argument list) in a child
+    process; returns it finished, whatever its exit status (see `signal_name`). A child
+    that outlives `timeout_s` is killed and becomes a ConversionError about `what`."""
+    module, _, func = entry.partition(":")
+    code = f"import sys; from {module} import {func}; {func}(sys.argv[1:])"
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    try:
+        return subprocess.run([sys.executable, "-c", code, *args], env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise ConversionError(f"{what} did not finish in {timeout_s} s") from exc
+
+
+def signal_name(returncode: int) -> str | None:
+    """The signal that ended a child (SIGSEGV, ...), or None if it exited on its own."""
+    if returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def last_error_line(stderr: str) -> str:
+    """The line of a child's stderr most likely to say what went wrong."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    return (errors or lines or ["?"])[-1][:300]
