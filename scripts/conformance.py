@@ -300,7 +300,8 @@ def main() -> int:
             "resumed": resumed, "compress_seconds": sum({(c["model"], c["source"], c["seconds"]):
                                                          c["seconds"] for c in cells
                                                          if c["seconds"]}.values()),
-            "corpus_notes": corpus_notes(entries)}
+            "corpus_notes": corpus_notes(entries),
+            "samples": {"eval": EVAL_SAMPLES, "calibration": CALIBRATION_SAMPLES}}
     publish(cells, args.report_dir or args.out, meta, COLUMNS)
     print(json.dumps(meta["totals"]))
     return 0

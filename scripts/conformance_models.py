@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from conformance_archs import ARCHS, QUICK, Arch, settle_batchnorm  # noqa: E402 - path above
+from conformance_archs import ARCHS, QUICK, Arch, condition  # noqa: E402 - path above
 from conformance_torch import TORCH_ARCHS, build_torch  # noqa: E402
 
 SOURCES = ("keras", "h5", "export", "tfsave", "onnx", "onnx-fn")
@@ -184,8 +184,7 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0,
     start = time.perf_counter()
     try:
         model = arch.build(primary_mod)
-        if arch.settle_bn:
-            settle_batchnorm(model, data)
+        condition(model, arch, data)
     except Exception as exc:  # noqa: BLE001 - this Keras cannot build it: every source says so
         return [{"model": arch.name, "source": src, "path": None, "note": arch.note,
                  "error": f"build: {type(exc).__name__}: {str(exc).strip()[:300]}"}
@@ -218,8 +217,7 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0,
             tfk = import_tf_keras()
             tfk.utils.set_random_seed(rng_seed)
             legacy = arch.build(tfk)
-            if arch.settle_bn:
-                settle_batchnorm(legacy, data)
+            condition(legacy, arch, data)
             legacy.save(d / "model.h5")
             tfk.backend.clear_session()
             return _specs_keras(legacy)

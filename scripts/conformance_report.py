@@ -77,7 +77,11 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any],
                 "one after another" if meta.get("resumed") else ""), "",
              "Real architectures with random weights (logits, inputs in each architecture's range), "
              "each saved the ways users save models, through every artifact mobilec makes. "
-             "Written by `scripts/conformance.py` (`make conformance`) with conformance.json.", "",
+             "Written by `scripts/conformance.py` (`make conformance`) with conformance.json."
+             + (f" Each model: {meta['samples']['eval']} eval samples (fidelity; mobilec "
+                "verifies on the first 128), "
+                f"{meta['samples']['calibration']} calibration samples (int8)."
+                if meta.get("samples") else ""), "",
              "## Totals", "",
              f"- cells: {t['cells']} ({t['ok']} ok); sources the builder could not save: "
              f"{t['not_built']} cells",

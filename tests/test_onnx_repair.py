@@ -59,6 +59,37 @@ def test_tflite_gelu_left_by_tf2onnx_is_rewritten_and_exact(tmp_path: Path,
     np.testing.assert_allclose(y, _gelu(x.astype(np.float64), bool(approximate)), atol=1e-5)
 
 
+def test_tf2onnx_exact_gelu_becomes_the_form_runtimes_fuse(tmp_path: Path) -> None:
+    """tf2onnx writes TensorFlow's exact GELU as Mul(Mul(x, 0.5), Erfc(Mul(Neg(x), 1/sqrt2)));
+    the repair writes PyTorch's Div -> Erf -> Add -> Mul -> Mul instead (onnx2tf fuses only
+    that into TFLite's GELU builtin), with the sqrt2 from a Constant node, and drops the rest."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n)
+              for n, v in (("c7071", 0.70710677), ("c05", 0.5))]
+    nodes = [helper.make_node("Neg", ["x"], ["n"], name="neg"),
+             helper.make_node("Mul", ["n", "c7071"], ["s"], name="scale"),
+             helper.make_node("Erfc", ["s"], ["e"], name="erfc"),
+             helper.make_node("Mul", ["x", "c05"], ["h"], name="half"),
+             helper.make_node("Mul", ["h", "e"], ["y"], name="gelu")]
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
+                              initializer=consts)
+    path = tmp_path / "tf_gelu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert repair_onnx(path) == ["1 GELU (Erf/Erfc) node(s) rewritten with standard ONNX ops"]
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node] == ["Constant", "Div", "Erf", "Add", "Mul", "Mul"]
+    assert [i.name for i in model.graph.initializer] == [
+        model.graph.node[3].input[1], model.graph.node[5].input[1]]  # 1.0 and 0.5 only
+    x = RNG.normal(0, 3, (4, 5)).astype(np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, _gelu(x.astype(np.float64), False), atol=1e-5)
+
+
 def test_an_op_with_no_onnx_definition_is_named(tmp_path: Path) -> None:
     path = _one_node(tmp_path, "ImagineOp")
     with pytest.raises(ConversionError, match=r"ImagineOp \(1\)"):
@@ -88,6 +119,22 @@ def test_keras3_exact_gelu_model_ships_onnx(tmp_path: Path) -> None:
         assert "Erfc" not in ops
     f32 = artifact(report, "onnx", "float32")
     assert f32["verification"]["snr_db"] is None or f32["verification"]["snr_db"] > 80
+
+    # That .onnx as a source: onnx2tf fuses the GELU into TFLite's builtin (a bare Erf has
+    # none, and onnx2tf's pseudo-Erf divides by |x|, which int8 cannot run): both rows ok.
+    from mobilec.formats.tflite import list_ops
+
+    again = tmp_path / "again"
+    again.mkdir()
+    report = compress(write_recipe(again, tmp_path / "out" / f32["path"],
+                                   data={"source": "npz", "eval": str(tmp_path / "d.npz")},
+                                   stages=[{"quantize": {"mode": "int8"}},
+                                           {"convert": {"formats": ["tflite"]}}]))
+    for mode in ("float32", "int8"):
+        a = artifact(report, "tflite", mode)
+        assert a["status"] == "ok", (a["error"], a["routes_failed"])
+        assert a["route"] == "onnx2tf", a["route"]
+        assert "GELU" in list_ops(again / "out" / a["path"])
 
 
 @pytest.mark.slow

@@ -8,7 +8,11 @@ Erfc"). Two such ops come from exact GELU, which every transformer and ConvNeXt 
 - the TFLite converter fuses GELU into one `GELU` builtin: tf2onnx's `TFL_GELU`.
 
 Both are rewritten with standard ONNX ops (Erf exists since opset 9) so the file loads on
-every runtime; onnxruntime's optimizer fuses the Erf pattern back into its Gelu kernel.
+every runtime. A whole exact GELU is written in the form PyTorch exports,
+`Div(x, √2) → Erf → Add(1) → Mul(x) → Mul(0.5)`, because that form is what consumers
+recognize: onnxruntime fuses it into its Gelu kernel, and onnx2tf into TFLite's GELU builtin
+(a bare Erf has no TFLite builtin, and onnx2tf's pseudo-Erf divides by |x|, which int8
+cannot run).
 Any other op the ONNX schema does not know is named in a ConversionError instead of
 letting the runtime fail with a bare INVALID_GRAPH.
 """
@@ -19,58 +23,28 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.errors import ConversionError
+from mobilec.sources.onnx_gelu import NodeBuilder, canonical_gelu, fuse_gelu
 
-_SQRT1_2 = 0.7071067811865476
 _SQRT_2_PI = 0.7978845608028654
 
 
-class _Builder:
-    """Emits replacement nodes and the scalar constants they share."""
-
-    def __init__(self, graph: Any, prefix: str) -> None:
-        self.graph = graph
-        self.prefix = prefix
-        self.nodes: list[Any] = []
-        self._consts: dict[float, str] = {}
-        self._n = 0
-
-    def const(self, value: float) -> str:
-        import numpy as np
-        from onnx import numpy_helper
-
-        if value not in self._consts:
-            name = f"{self.prefix}/c{len(self._consts)}"
-            self.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32),
-                                                                  name))
-            self._consts[value] = name
-        return self._consts[value]
-
-    def op(self, op_type: str, inputs: list[str], output: str | None = None) -> str:
-        from onnx import helper
-
-        self._n += 1
-        out = output or f"{self.prefix}/t{self._n}"
-        self.nodes.append(helper.make_node(op_type, inputs, [out],
-                                           name=f"{self.prefix}/{op_type}_{self._n}"))
-        return out
-
-
-def _erfc(b: _Builder, node: Any) -> None:
+def _erfc(b: NodeBuilder, node: Any) -> None:
     # erfc(z) = 1 - erf(z): exact up to float32 rounding where erfc is tiny (x << 0 in
     # GELU, where the product with x is ~0 either way).
     erf = b.op("Erf", [node.input[0]])
     b.op("Sub", [b.const(1.0), erf], node.output[0])
 
 
-def _gelu(b: _Builder, node: Any) -> None:
+def _gelu(b: NodeBuilder, node: Any) -> None:
     x = node.input[0]
     approximate = any(a.name == "approximate" and a.i for a in node.attribute)
     if approximate:  # 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
         cube = b.op("Mul", [b.op("Mul", [x, x]), x])
         inner = b.op("Add", [x, b.op("Mul", [cube, b.const(0.044715)])])
         core = b.op("Tanh", [b.op("Mul", [inner, b.const(_SQRT_2_PI)])])
-    else:  # 0.5·x·(1 + erf(x/√2))
-        core = b.op("Erf", [b.op("Mul", [x, b.const(_SQRT1_2)])])
+    else:
+        canonical_gelu(b, x, node.output[0])
+        return
     half_x = b.op("Mul", [x, b.const(0.5)])
     b.op("Mul", [half_x, b.op("Add", [core, b.const(1.0)])], node.output[0])
 
@@ -87,6 +61,9 @@ def repair_onnx(path: Path) -> list[str]:
     model = onnx.load(str(path))
     graph = model.graph
     counts: dict[str, int] = {}
+    fused = fuse_gelu(graph)
+    if fused:
+        counts["GELU (Erf/Erfc)"] = fused
     if any(n.domain in ("", "ai.onnx") and n.op_type in _REWRITES for n in graph.node):
         new_nodes: list[Any] = []
         for i, node in enumerate(graph.node):
@@ -94,12 +71,13 @@ def repair_onnx(path: Path) -> list[str]:
             if fix is None:
                 new_nodes.append(node)
                 continue
-            b = _Builder(graph, f"{node.name or node.op_type}/mobilec_repair{i}")
+            b = NodeBuilder(graph, f"{node.name or node.op_type}/mobilec_repair{i}")
             fix(b, node)
             new_nodes.extend(b.nodes)  # in place of the node: the graph stays sorted
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
         del graph.node[:]
         graph.node.extend(new_nodes)
+    if counts:
         onnx.save(model, str(path))
     unknown = unregistered_ops(model)
     if unknown:

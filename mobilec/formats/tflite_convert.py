@@ -62,7 +62,10 @@ def route_names(state: ModelState) -> list[str]:
     if state.keras_model is not None:
         rnn = keras_rnn_routes(state.keras_model)
         return [*rnn, "keras-serving-savedmodel", "keras-model", *(["fixed-batch"] * (not rnn))]
-    if state.graph_dir is None and state.onnx_path is not None:
+    if state.onnx_path is not None and (state.graph_dir is None or
+                                        isinstance(state.tf_bridge, TFGraph)):
+        # An ONNX source, bridged or not yet: onnx2tf's SavedModel is the one route (the
+        # SavedModel routes would run its third-party graph in this process, under their name)
         return ["onnx2tf"]
     if state.graph_dir is not None:
         return ["savedmodel-signature", "concrete-function", "savedmodel-keras", "fixed-batch"]
@@ -136,9 +139,7 @@ def convert_tflite(state: ModelState, mode: str, route: str | None = None) -> by
 
 
 def _onnx2tf_route(state: ModelState, route: str | None) -> bool:
-    """Whether this conversion is from_saved_model on onnx2tf's SavedModel: the onnx2tf
-    route, or the plain SavedModel route once an ONNX source has been bridged."""
+    """Whether this conversion is from_saved_model on onnx2tf's SavedModel."""
     if route is None:
         route = (route_names(state) or [None])[0]
-    return route == "onnx2tf" or (route == "savedmodel-signature" and
-                                  isinstance(state.tf_bridge, TFGraph))
+    return route == "onnx2tf"

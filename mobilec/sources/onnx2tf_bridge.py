@@ -33,6 +33,7 @@ from mobilec.errors import ConversionError, UnsupportedError, first_line
 from mobilec.sources.batch import match_names
 from mobilec.sources.onnx2tf_rewrite import conv2d_as_conv1d
 from mobilec.sources.onnx2tf_saved import signature_name, write_saved_model  # noqa: F401 - re-exported (formats.coreml)
+from mobilec.sources.onnx_gelu import fuse_gelu
 from mobilec.sources.onnx_input import graph_inputs
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf
@@ -103,9 +104,8 @@ def to_tf_layout(state: ModelState, x: np.ndarray) -> np.ndarray:
 
 
 def convert(state: ModelState, onnx_path: Path | None = None) -> TFGraph:
-    """The model as exported first; if onnx2tf fails on it, again with the patterns it is
-    known to mishandle rewritten (mobilec.sources.onnx2tf_rewrite). Either result is verified
-    against onnxruntime downstream, like any artifact."""
+    """The model as exported (exact GELUs in the form onnx2tf fuses); if onnx2tf fails, again
+    with the patterns it mishandles rewritten (onnx2tf_rewrite). Verified downstream."""
     import time
 
     import onnx
@@ -114,6 +114,7 @@ def convert(state: ModelState, onnx_path: Path | None = None) -> TFGraph:
     work = state.work_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
     model = simplify(state, static_batch(onnx.load(str(onnx_path or state.onnx_path))))
+    fuse_gelu(model.graph)
     check_ops(model)
     try:
         graph = attempt(state, model, work)
@@ -251,7 +252,10 @@ def run_onnx2tf(copy: Path, out: Path, keep: list[str], verbose: bool,
                 input_onnx_file_path=str(copy), output_folder_path=str(out),
                 not_use_onnxsim=True, disable_model_save=True, non_verbose=not verbose,
                 verbosity="info" if verbose else "error",
-                keep_shape_absolutely_input_names=keep or None)
+                keep_shape_absolutely_input_names=keep or None,
+                # TFLite has no Erf builtin; onnx2tf's pseudo-Erf is plain ops (|error| < 1.5e-7)
+                replace_to_pseudo_operators=["erf"] if "Erf" in (op_types or {}).values()
+                else None)
     except SystemExit as exc:  # onnx2tf calls sys.exit(1) after printing an error
         raise ConversionError(f"onnx2tf stopped: {_log_error(log) or f'exit status {exc.code}'}"
                               ) from None
