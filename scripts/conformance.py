@@ -266,7 +266,7 @@ def main() -> int:
     # Two entries at a time: a compress is mostly single-threaded converter code and child
     # start-up (imports), so two overlap well on 2 cores.
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--timeout", type=int, default=600, help="seconds per corpus entry")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per corpus entry")
     ap.add_argument("--resume", action="store_true", help="keep the results of finished runs")
     ap.add_argument("--keep-artifacts", action="store_true")
     args = ap.parse_args()

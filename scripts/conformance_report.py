@@ -75,7 +75,9 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any],
              + (f"; this invocation reused {meta['resumed']} entries' results (--resume), "
                 f"the compress runs of all cells took {meta['compress_seconds'] / 60:.1f} min "
                 "one after another" if meta.get("resumed") else ""), "",
-             "Real architectures with random weights (logits, inputs in each architecture's range), "
+             "Real architectures with random weights (logits, inputs in each architecture's range; "
+             "keras.applications nets with BatchNorm statistics settled on their eval data and "
+             "the classifier layer fitted to random labels, a linear probe: see README), "
              "each saved the ways users save models, through every artifact mobilec makes. "
              "Written by `scripts/conformance.py` (`make conformance`) with conformance.json."
              + (f" Each model: {meta['samples']['eval']} eval samples (fidelity; mobilec "
