@@ -38,7 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP) models/demo/digits.keras
 	@for s in scripts/bench_*.py; do echo "== $$s"; $(BIN)/python $$s || exit 1; done
 
-# The conformance corpus (issue 15): 30+ architectures, every artifact; ~45 min on 2 cores.
+# The conformance corpus (issue 15): 30+ architectures, every artifact; ~30 min on 2 cores.
 # The corpus is built once (cached in conformance-corpus/); CONFORMANCE.md and conformance.json
 # land at the repository root.
 conformance: $(STAMP)
