@@ -28,6 +28,10 @@ class MobilecError(Exception):
             text += f"\n  hint: {self.hint}"
         return text
 
+    def one_line(self) -> str:
+        """The message with its hint, for a report row (a failed route, an artifact)."""
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
 
 class RecipeError(MobilecError):
     """The recipe (or a --set override) is invalid."""

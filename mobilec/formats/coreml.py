@@ -31,7 +31,7 @@ from mobilec.formats.coreml_compress import (
     compress_mlprogram,
     compress_neuralnetwork,
 )
-from mobilec.formats.coreml_source import register_missing_tf_ops, rolled_rnns, tf_source
+from mobilec.formats.coreml_source import register_missing_tf_ops, tf_source
 from mobilec.formats.coreml_structure import describe_io, structural_check
 from mobilec.formats.coreml_tools import coreml_config, feature_name, import_coremltools, quiet
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
@@ -40,6 +40,7 @@ from mobilec.policy.coreml import deployment_target
 from mobilec.policy.modes import format_modes
 from mobilec.recipe.schema import CoreMLConfig
 from mobilec.sources import onnx2tf_bridge
+from mobilec.sources.keras_rnn import rnn_layers
 from mobilec.state import Artifact, ModelState
 
 NOT_RUN_REASON = "Core ML runtime needs macOS"
@@ -206,16 +207,17 @@ def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str
     try:
         model = ct.convert([src.function], **kwargs)
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        if not rolled_rnns(state):
+        if not rnn_layers(state.keras_model):
             raise ConversionError(f"coremltools could not convert the model: "
                                   f"{first_line(exc, 400)}") from exc
         # RNN while loops (masked, bidirectional) trip coremltools: the same model unrolled
-        src = tf_source(state, unroll=True)
         try:
+            src = tf_source(state, unroll=True)
             model = ct.convert([src.function], **kwargs)
-        except Exception as exc2:  # noqa: BLE001
-            raise ConversionError(f"coremltools could not convert the model (nor with its "
-                                  f"RNNs unrolled): {first_line(exc, 300)}") from exc2
+        except Exception as exc2:  # noqa: BLE001 - the converter raises many types
+            raise ConversionError(f"coremltools could not convert the model: "
+                                  f"{first_line(exc, 300)}; with its recurrent layers "
+                                  f"unrolled: {first_line(exc2, 200)}") from exc2
     model = _rename_io(ct, state, model, order, dict(zip([n for n, _, _ in src.inputs],
                                                           src.features, strict=True)))
     state.memo[key] = model

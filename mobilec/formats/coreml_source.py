@@ -7,8 +7,6 @@ Also the TF ops coremltools 9 lacks but a Keras model can produce (registered on
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +16,7 @@ from mobilec.errors import UnsupportedError
 from mobilec.formats.coreml_inline import inlinable
 from mobilec.formats.coreml_tools import feature_name
 from mobilec.sources import onnx2tf_bridge
+from mobilec.sources.keras_rnn import unrolled_model
 from mobilec.state import ModelState, TensorSpec
 from mobilec.util.tfenv import import_tf
 
@@ -63,30 +62,10 @@ def register_missing_tf_ops() -> None:
     _REGISTERED.append("Erfc")
 
 
-def rolled_rnns(state: ModelState) -> list[Any]:
-    """The Keras model's recurrent layers that run as a while loop (not unrolled)."""
-    model = state.keras_model
-    if model is None:
-        return []
-    layers = model._flatten_layers() if hasattr(model, "_flatten_layers") else model.layers
-    return [layer for layer in layers if getattr(layer, "unroll", True) is False]
-
-
-@contextlib.contextmanager
-def _unrolled(layers: list[Any]) -> Iterator[None]:
-    for layer in layers:
-        layer.unroll = True
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.unroll = False
-
-
 def tf_source(state: ModelState, unroll: bool = False) -> TFSource:
     """The serving function of the model's TensorFlow form, with its inputs described.
-    unroll: trace the Keras model's RNNs unrolled (fixed sequence length): a masked
-    bidirectional RNN's while loop is one coremltools fails on."""
+    unroll: trace the Keras model with its recurrent layers unrolled (keras_rnn; a masked
+    bidirectional RNN's while loop is one coremltools fails on)."""
     if state.keras_model is None and state.graph_dir is None and state.onnx_path is not None:
         onnx2tf_bridge.ensure_graph(state)
     for spec in state.inputs:
@@ -98,19 +77,17 @@ def tf_source(state: ModelState, unroll: bool = False) -> TFSource:
                 hint="set model.input_shape, e.g. [1, 224, 224, 3]")
     key = ("coreml_tf_source", state.model_version, unroll)
     if key not in state.memo:  # once for every precision converted
-        with _unrolled(rolled_rnns(state) if unroll else []):
-            state.memo[key] = _keras_source(state) if state.keras_model is not None \
-                else _saved_model_source(state)
+        state.memo[key] = _saved_model_source(state) if state.keras_model is None else \
+            _keras_source(state, unrolled_model(state) if unroll else state.keras_model)
     return state.memo[key]
 
 
-def _keras_source(state: ModelState) -> TFSource:
+def _keras_source(state: ModelState, model: Any) -> TFSource:
     # Our own function around the model, returning a list: its outputs are Identity,
     # Identity_1, … in the model's output order (handing coremltools the Keras model lets
     # it pick an order of its own for several outputs). Each input is a placeholder named
     # as the Core ML feature will be, so coremltools can be told which is which.
     tf = import_tf()
-    model = state.keras_model
     specs = [(feature_name(t.name), [1, *t.shape[1:]], coreml_dtype(t.dtype))
              for t in state.inputs]
     signature = [tf.TensorSpec(shape, tf.as_dtype(_model_dtype(t)), name=name)

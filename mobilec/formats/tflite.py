@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.delegates.opcompat import tflite_compat
+from mobilec.delegates.opcompat import tflite_compat, tflite_ops
 from mobilec.delegates.snippets import kotlin_tflite
 from mobilec.formats.kept_float import kept_nodes, note_kept_float, route_builders, split_route
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
@@ -102,8 +102,7 @@ def read_io_quant(path: Path) -> dict[str, Any]:
 
 def list_ops(path: Path) -> list[str]:
     """The op name of every operator in a .tflite, in graph order (as LiteRT reads it)."""
-    it = interpreter(path)
-    return [d["op_name"] for d in it._get_ops_details()]  # noqa: SLF001 - the only op listing
+    return [op.name for op in tflite_ops(path)]
 
 
 class LiteRTRunner:

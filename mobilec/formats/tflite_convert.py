@@ -4,6 +4,7 @@ form the model has (a tf_keras model's serving SavedModel, a SavedModel, onnx2tf
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ def route_names(state: ModelState) -> list[str]:
     export whose first route drops weights), then the Keras model inside it, if any.
     An ONNX model: onnx2tf's SavedModel.
     Recurrent models (tflite_rnn): a Keras model with LSTM/GRU layers goes to the
-    fixed-batch and keras-unrolled routes first (the others fail on its list ops); a
+    keras-unrolled and fixed-batch routes first (the others fail on its list ops); a
     SavedModel tries fixed-batch last, its RNN layers being invisible from here.
     """
     if state.torch_program is not None:
@@ -99,9 +100,7 @@ def make_converter(state: ModelState, route: str | None = None) -> Any:
     if route == "keras-model":
         return tf.lite.TFLiteConverter.from_keras_model(state.keras_model)
     if route == "onnx2tf":
-        # onnx2tf's SavedModel, converted on first use (a PyTorch source: from its .onnx)
-        ensure_graph(state, torch_float32_onnx(state) if state.torch_program is not None
-                     else None)
+        onnx2tf_graph(state)
         route = "savedmodel-signature"
     if route == "savedmodel-signature":
         return tf.lite.TFLiteConverter.from_saved_model(str(state.graph_dir))
@@ -129,13 +128,18 @@ def convert_tflite(state: ModelState, mode: str, route: str | None = None) -> by
     if _onnx2tf_route(state, route):
         # onnx2tf's SavedModel is third-party output the converter has crashed on (SIGSEGV
         # calibrating a GRU): converted in a child process, a crash fails this route only.
-        saved = ensure_graph(state, torch_float32_onnx(state) if state.torch_program is not None
-                             else None)
-        return convert_isolated(saved, mode, state.work_dir, graph="onnx2tf's graph",
+        return convert_isolated(onnx2tf_graph(state), mode, state.work_dir, graph="onnx2tf's graph",
                                 calibration=lambda: calibration_arrays(state))
     conv = make_converter(state, route)
     configure(conv, mode, lambda: representative_dataset(state))
     return run_converter(conv, mode)
+
+
+def onnx2tf_graph(state: ModelState) -> Path:
+    """onnx2tf's SavedModel of the model, converted on first use (a PyTorch source: from
+    its float32 .onnx)."""
+    return ensure_graph(state, torch_float32_onnx(state) if state.torch_program is not None
+                        else None)
 
 
 def _onnx2tf_route(state: ModelState, route: str | None) -> bool:

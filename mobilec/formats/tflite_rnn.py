@@ -21,20 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mobilec.delegates.opcompat import tflite_ops
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.sources.keras_rnn import rnn_layers, unrolled_model
 from mobilec.state import ModelState
-from mobilec.util.tfenv import import_tf, import_tf_keras
-
-RNN_CLASSES = ("LSTM", "GRU", "SimpleRNN", "RNN", "LSTMV1", "GRUV1")
-
-
-def rnn_layers(model: Any) -> list[str]:
-    """Class names of the recurrent layers inside a tf_keras model (Bidirectional's too)."""
-    try:
-        base = import_tf_keras().layers.RNN
-        return [type(m).__name__ for m in model.submodules if isinstance(m, base)]
-    except Exception:  # noqa: BLE001 - a model we cannot walk is treated as non-recurrent
-        return []
+from mobilec.util.tfenv import import_tf
 
 
 def keras_rnn_routes(model: Any) -> list[str]:
@@ -75,37 +66,8 @@ def fixed_batch_converter(state: ModelState) -> Any:
 def unrolled_converter(state: ModelState) -> Any:
     """A converter for the Keras model rebuilt with every recurrent layer unrolled."""
     tf = import_tf()
-    key = ("keras_unrolled", state.model_version, id(state.keras_model))
-    if key not in state.memo:
-        state.memo[key] = _unrolled(state.keras_model)
-    model = state.memo[key]
+    model = unrolled_model(state)
     return tf.lite.TFLiteConverter.from_concrete_functions([_traced(model, batch=None)], model)
-
-
-def _unrolled(model: Any) -> Any:
-    if model is None or not rnn_layers(model):
-        raise UnsupportedError("the model has no recurrent layer to unroll")
-    config = model.get_config()
-    _set_unroll(config)
-    try:
-        rebuilt = type(model).from_config(config)
-        rebuilt.set_weights(model.get_weights())
-    except Exception as exc:  # noqa: BLE001 - custom layers, a sequence length of None, …
-        raise UnsupportedError(f"the recurrent layers could not be unrolled: "
-                               f"{str(exc).strip().splitlines()[0][:200]}") from exc
-    return rebuilt
-
-
-def _set_unroll(config: Any) -> None:
-    """Set unroll=True in every recurrent layer's config, nested ones included."""
-    if isinstance(config, dict):
-        if config.get("class_name") in RNN_CLASSES and isinstance(config.get("config"), dict):
-            config["config"]["unroll"] = True
-        for value in config.values():
-            _set_unroll(value)
-    elif isinstance(config, list):
-        for value in config:
-            _set_unroll(value)
 
 
 def _traced(model: Any, batch: int | None) -> Any:
@@ -179,8 +141,4 @@ class NoLoopCalibration:
 
 
 def op_names(model: bytes) -> set[str]:
-    """The op names of a .tflite's main graph, as LiteRT reads them."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=model)
-    return {d["op_name"] for d in it._get_ops_details()}  # noqa: SLF001 - the only op list
+    return {op.name for op in tflite_ops(model)}

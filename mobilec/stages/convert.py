@@ -196,7 +196,7 @@ def _try_build(state: ModelState, route: Route, work: Artifact, dest: Path) -> s
         route.build(work, dest)
     except MobilecError as exc:
         stop_if_interrupted(exc)  # the converter may wrap the signal's exception in its own
-        return exc.message
+        return exc.one_line()
     except OSError as exc:  # disk full or `ulimit -f` in the temp dir: an environment problem
         return f"cannot write {dest.name} in the temp dir: {os_error_reason(exc)}"
     except Exception as exc:  # noqa: BLE001 - a converter's bug must not stop other formats
@@ -213,7 +213,7 @@ def _try_verify(state: ModelState, fmt: Any, work: Artifact, x: Any) -> tuple[bo
         return verify(state, fmt, work, x)
     except MobilecError as exc:
         stop_if_interrupted(exc)
-        return False, exc.message
+        return False, exc.one_line()
     except Exception as exc:  # noqa: BLE001 - e.g. a runtime that rejects the file's graph
         stop_if_interrupted(exc)
         if state.options.get("verbose"):

@@ -19,6 +19,7 @@ from mobilec.sources.detect import (
     model_format,
 )
 from mobilec.sources.keras_bridge import keras3_to_tf_keras
+from mobilec.sources.keras_rnn import unroll_in_place
 from mobilec.sources.onnx_input import load_onnx
 from mobilec.sources.torch_load import load_module_source, load_pt2_source
 from mobilec.state import ModelState, SourceInfo, TensorSpec
@@ -99,14 +100,8 @@ def _load_keras(state: ModelState, path: Path) -> None:
 
 def _export_keras3(state: ModelState, model: Any) -> None:
     out = state.work_dir / "keras3-export"
-    # A recurrent layer exports as a while loop, which coremltools cannot convert (a masked
-    # bidirectional GRU: `list index out of range`) and TFLite's int8 calibrator crashes on;
-    # with every input dimension but the batch fixed, the unrolled graph computes the same
-    # values with plain ops. Only the loaded copy changes, never the user's file.
-    if all(d is not None for t in model.inputs for d in t.shape[1:]):
-        for layer in model._flatten_layers(include_self=False, recursive=True):
-            if getattr(layer, "unroll", None) is False:
-                layer.unroll = True
+    # exported as a graph, a recurrent layer's while loop stays one for every format
+    unroll_in_place(model)
     model.export(str(out), format="tf_saved_model", verbose=False)
     _load_graph(state, out)
     state.source.params = count_params(model)
