@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import UnsupportedError
-from mobilec.formats.coreml_inline import inlinable
 from mobilec.formats.coreml_tools import feature_name
+from mobilec.formats.tf_inline import inlinable
 from mobilec.sources import onnx2tf_bridge
 from mobilec.sources.keras_rnn import unrolled_model
 from mobilec.state import ModelState, TensorSpec

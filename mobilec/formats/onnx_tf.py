@@ -1,14 +1,11 @@
 """tf2onnx from a SavedModel's serving signature, with the nested functions inlined first.
 
 `tf2onnx.convert.from_function` freezes the function and lets grappler inline the calls it
-contains, but grappler never inlines a function marked `_noinline` or `_XlaMustCompile`.
-Keras 3 marks some layers so: on a machine without a GPU its TensorFlow backend runs a
-grouped convolution (ConvNeXt's depthwise 7x7, any Conv2D with groups > 1) in a
-`@tf.function(jit_compile=True)`. tf2onnx then copies the call through as an op named
-`StatefulPartitionedCall`, plus the variables it reads as stray graph inputs, and
-onnxruntime rejects the file. Freezing and dropping those two marks before grappler runs
-inlines the calls: the .onnx holds plain Conv nodes. (XLA is a TF runtime hint; the math
-of the function body is unchanged.)
+contains, but grappler never inlines a function marked `_noinline` or `_XlaMustCompile`
+(Keras' jit-compiled grouped convolution, see tf_inline): tf2onnx then copies the call
+through as an op named `StatefulPartitionedCall`, plus the variables it reads as stray
+graph inputs, and onnxruntime rejects the file. Frozen with the marks dropped first, the
+.onnx holds plain Conv nodes.
 """
 
 from __future__ import annotations
@@ -19,10 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mobilec.formats.tf_inline import allow_inlining, freeze
 from mobilec.util.tfenv import import_tf
-
-_NO_INLINE = ("_XlaMustCompile", "_noinline")
-_CALLS = ("StatefulPartitionedCall", "PartitionedCall")
 
 
 def signature_function(loaded: Any, sorted_names: bool = False) -> Any:
@@ -41,45 +36,22 @@ def signature_function(loaded: Any, sorted_names: bool = False) -> Any:
     return tf.function(call, input_signature=sig)
 
 
-def allow_inlining(graph_def: Any) -> int:
-    """Drop the marks that stop grappler inlining a function call; the count dropped."""
-    dropped = 0
-    for fdef in graph_def.library.function:
-        for key in _NO_INLINE:
-            if key in fdef.attr:
-                del fdef.attr[key]
-                dropped += 1
-    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
-    for node in nodes:
-        if node.op in _CALLS:
-            for key in _NO_INLINE:
-                if key in node.attr:
-                    del node.attr[key]
-                    dropped += 1
-    return dropped
-
-
 def function_to_onnx(function: Any, dest: Path, opset: int) -> None:
     """What `tf2onnx.convert.from_function(function, ...)` does, with nested calls inlined
     (see the module doc). Input and output names are the signature's, as tf2onnx gives."""
     tf = import_tf()
     import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
 
     concrete = function.get_concrete_function(*function.input_signature)
     # Freezing first: it also turns the variables read inside the nested functions into
     # constants, so none is left over as a graph input.
     try:
-        frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False,
-                                                   aggressive_inlining=True)
+        frozen, graph_def = freeze(concrete)
     except ValueError:
         # tf2onnx has its own repairs for graphs that TF cannot freeze: let it try.
         tf2onnx.convert.from_function(function, input_signature=function.input_signature,
                                       opset=opset, output_path=str(dest))
         return
-    graph_def = frozen.graph.as_graph_def(add_shapes=True)
     allow_inlining(graph_def)
     # The frozen function's inputs, not the traced one's: those include the captured tensors
     # (a Normalization layer's mean and variance), which freezing made constants; naming
