@@ -14,6 +14,7 @@ import numpy as np
 
 from mobilec.errors import UnsupportedError
 from mobilec.formats.coreml_tools import feature_name
+from mobilec.formats.runtime import loaded_saved_model
 from mobilec.formats.tf_inline import inlinable
 from mobilec.sources import onnx2tf_bridge
 from mobilec.sources.keras_rnn import unrolled_model
@@ -110,11 +111,7 @@ def _model_dtype(t: TensorSpec) -> str:
 
 
 def _saved_model_source(state: ModelState) -> TFSource:
-    tf = import_tf()
-    key = ("saved_model", str(state.graph_dir))
-    if key not in state.memo:
-        state.memo[key] = tf.saved_model.load(str(state.graph_dir))
-    fn = state.memo[key].signatures["serving_default"]
+    fn = loaded_saved_model(state).signatures["serving_default"]
     # A SavedModel holds many functions; coremltools wants exactly one: the serving one.
     # Its inputs are keyword arguments; the graph's placeholders carry the spec names.
     signature = fn.structured_input_signature[1]

@@ -15,6 +15,7 @@ from mobilec.formats.onnx_quant import quantize_onnx
 from mobilec.formats.onnx_repair import repair_onnx
 from mobilec.formats.onnx_tf import function_to_onnx, signature_function
 from mobilec.formats.runtime import (
+    loaded_saved_model,
     measure_latency,
     ort_feed,
     ort_feed_names,
@@ -119,10 +120,7 @@ def float32_onnx(state: ModelState, route: str | None = None) -> Path:
             tf2onnx.convert.from_keras(state.keras_model, input_signature=spec, opset=opset,
                                        output_path=str(out))
         elif route == "tf2onnx-signature":
-            loaded = state.memo.get(("saved_model", str(state.graph_dir)))
-            if loaded is None:
-                loaded = tf.saved_model.load(str(state.graph_dir))
-            function_to_onnx(signature_function(loaded), out, opset)
+            function_to_onnx(signature_function(loaded_saved_model(state)), out, opset)
         elif route == "tf2onnx-tflite":
             tfl = state.work_dir / f"float32-v{state.model_version}.tflite"
             tfl.write_bytes(float32_tflite(state))

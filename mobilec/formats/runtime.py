@@ -74,13 +74,18 @@ def source_runner(state: ModelState) -> Runner:
     raise RuntimeError("state holds no model")
 
 
-def _saved_model_runner(state: ModelState) -> Runner:
-    tf = import_tf()
+def loaded_saved_model(state: ModelState) -> Any:
+    """The model's SavedModel, loaded once per run (the source runner, tf2onnx, the TFLite
+    signature routes and Core ML all read its serving signature)."""
     key = ("saved_model", str(state.graph_dir))
     if key not in state.memo:
-        state.memo[key] = tf.saved_model.load(str(state.graph_dir))
-    loaded = state.memo[key]
-    fn = loaded.signatures["serving_default"]
+        state.memo[key] = import_tf().saved_model.load(str(state.graph_dir))
+    return state.memo[key]
+
+
+def _saved_model_runner(state: ModelState) -> Runner:
+    tf = import_tf()
+    fn = loaded_saved_model(state).signatures["serving_default"]
     in_names = [t.name for t in state.inputs]
     names = list(fn.structured_outputs.keys())
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import UnsupportedError
+from mobilec.formats.runtime import loaded_saved_model
 from mobilec.formats.tflite_child import (
     calibration_gen,
     configure,
@@ -105,7 +106,7 @@ def make_converter(state: ModelState, route: str | None = None) -> Any:
     if route == "savedmodel-signature":
         return tf.lite.TFLiteConverter.from_saved_model(str(state.graph_dir))
     if route == "concrete-function":
-        loaded = tf.saved_model.load(str(state.graph_dir))
+        loaded = loaded_saved_model(state)
         fn = loaded.signatures["serving_default"]
         return tf.lite.TFLiteConverter.from_concrete_functions([fn], loaded)
     if route == "savedmodel-keras":

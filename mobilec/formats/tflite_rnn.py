@@ -23,6 +23,7 @@ from typing import Any
 
 from mobilec.delegates.opcompat import tflite_ops
 from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.formats.runtime import loaded_saved_model
 from mobilec.sources.keras_rnn import rnn_layers, unrolled_model
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf
@@ -46,7 +47,7 @@ def fixed_batch_converter(state: ModelState) -> Any:
                  for n, t in zip(model.input_names, model.inputs, strict=True)]
         fn = _batch_one(lambda args: dynamic(*args), specs)
     elif state.graph_dir is not None:
-        trackable = tf.saved_model.load(str(state.graph_dir))
+        trackable = loaded_saved_model(state)
         signature = trackable.signatures["serving_default"]
         inputs = signature.structured_input_signature[1]
         names = sorted(inputs)
