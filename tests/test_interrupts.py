@@ -111,3 +111,26 @@ def test_ctrl_c_during_quantization_aware_training(demo_keras: Path, tmp_path: P
     assert "Traceback" not in stderr and "[mobilec] quantize: ok" not in stderr, stderr[-3000:]
     assert took < 30, f"took {took:.1f}s to stop after the signal"
     _assert_no_partial_files(out, tmpdir)
+
+
+def test_signal_inside_an_import_lands_after_it(tmp_path: Path) -> None:
+    """A native extension's init crashes if the handler raises inside it (jaxlib's, under
+    TensorFlow's import: SIGSEGV/SIGABRT, measured), so a signal that arrives inside an import
+    is delivered again once the import is done; the module imports whole."""
+    (tmp_path / "slowmod.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(0.5)\nDONE = True\n")
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from mobilec.cli import signals\n"
+        "from mobilec.errors import Interrupted\n"
+        "signals.install()\n"
+        "try:\n"
+        "    import slowmod\n"
+        "    time.sleep(5)\n"
+        "except Interrupted as exc:\n"
+        "    print('imported' if getattr(sys.modules.get('slowmod'), 'DONE', False) else 'cut',\n"
+        "          exc.exit_code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["imported", str(EXIT_SIGTERM)], done.stdout + done.stderr

@@ -7,7 +7,6 @@ must stay fast.
 from __future__ import annotations
 
 import functools
-import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 import click
 
 from mobilec._version import __version__
+from mobilec.cli import signals
 from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_STAGE, Interrupted, MobilecError
 
 
@@ -34,7 +34,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context().find_object(Ctx) or Ctx()
-        previous = _install_signal_handlers()
+        previous = signals.install()
         try:
             try:
                 return fn(*args, **kwargs)
@@ -65,35 +65,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                  "mobilec bug; rerun with -v for the traceback and report it.")
             sys.exit(EXIT_STAGE)
         finally:
-            _restore_signal_handlers(previous)  # an in-process caller gets its own back
+            signals.restore(previous)
 
     return wrapper
-
-
-def _install_signal_handlers() -> dict[int, Any]:
-    def on_term(signum: int, frame: Any) -> None:
-        Interrupted.received = signum
-        raise Interrupted(signum)
-
-    Interrupted.received = None
-    previous: dict[int, Any] = {}
-    try:
-        # SIGINT too, as Interrupted rather than KeyboardInterrupt: a KeyboardInterrupt that
-        # crosses a C-level PyRun_* call (inside TensorFlow's import) sets a CPython flag that
-        # makes the process kill itself with SIGINT at exit, whatever exit code we chose.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, on_term)
-    except ValueError:  # not the main thread (e.g. inside a test runner thread)
-        pass
-    return previous
-
-
-def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-    for signum, handler in previous.items():
-        try:
-            signal.signal(signum, handler)
-        except (ValueError, TypeError):  # not the main thread, or a handler set from C
-            pass
 
 
 def _flag(name: str) -> Callable[[click.Context, click.Parameter, bool], None]:
