@@ -26,41 +26,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    from mobilec.sources.data import digits_split
-
-    train, ev = digits_split()
-    return ((np.transpose(train.x, (0, 3, 1, 2)).copy(), train.y),
-            (np.transpose(ev.x, (0, 3, 1, 2)).copy(), ev.y))
+from torch_digits import cnn_layers, digits_nchw, train  # noqa: E402 - after the path
 
 
 def build_cnn() -> Any:
     import torch
 
     torch.manual_seed(0)  # the same initial weights every run
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(64 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
-def train(model: Any, x: np.ndarray, y: np.ndarray, epochs: int = 3) -> Any:
-    import torch
-
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    xs, ys = torch.tensor(x), torch.tensor(y)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(xs))
-        for i in range(0, len(xs), 32):
-            idx = order[i:i + 32]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx]).backward()
-            opt.step()
-    return model.eval()
+    return cnn_layers()
 
 
 def plain_executorch(model: Any, calib: np.ndarray, example: np.ndarray, dest: Path) -> None:
@@ -109,7 +82,7 @@ def mobilec_pte(model: Any, data: Any, dest: Path) -> Any:
 def main() -> None:
     from mobilec.formats.executorch import ExecuTorchFormat, run_isolated
 
-    data = digits()
+    data = digits_nchw()
     (xt, yt), (xe, ye) = data
     model = train(build_cnn(), xt, yt)
     # Import the toolchain before either clock starts: neither side pays for it.

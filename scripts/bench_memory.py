@@ -10,38 +10,25 @@ interleaved, ROUNDS rounds, median.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 from benchlib import (
-    BIN,
-    INT8_TFLITE_RECIPE,
-    ROOT,
     build_mobilenet,
-    check,
     ensure_demo_model,
     header,
     median,
-    run_measured,
+    plain_vs_mobilec,
 )
 
 GOAL = 1.3
 
+
 def measure(name: str, model: Path, calib: Path | None, data: str, work: Path, rounds: int
             ) -> tuple[float, float]:
-    recipe = work / f"{name}.yaml"
-    recipe.write_text(INT8_TFLITE_RECIPE.format(name=name, model=model, data=data))
     rss: dict[str, list[float]] = {"plain": [], "mobilec": []}
-    for i in range(rounds):
-        for who in (["plain", "mobilec"] if i % 2 == 0 else ["mobilec", "plain"]):
-            out = work / f"{name}-{who}-{i}"
-            if who == "plain":
-                cmd = [sys.executable, str(ROOT / "scripts" / "plain_convert.py"), str(model), str(out)]
-                cmd += ["--calibration", str(calib)] if calib else []
-            else:
-                cmd = [str(BIN / "mobilec"), "compress", str(recipe), "--no-eval", "--out", str(out)]
-            rss[who].append(check(run_measured(cmd), f"{name} {who}").peak_rss_mb)
+    for who, _, m in plain_vs_mobilec(name, model, calib, data, work, rounds):
+        rss[who].append(m.peak_rss_mb)
     return median(rss["plain"]), median(rss["mobilec"])
 
 

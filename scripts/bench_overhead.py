@@ -16,46 +16,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 from benchlib import (
-    BIN,
-    INT8_TFLITE_RECIPE,
-    ROOT,
     build_mobilenet,
-    check,
     ensure_demo_model,
     header,
     median,
-    run_measured,
+    plain_vs_mobilec,
 )
 
 GOAL = 1.3
 
+
 def measure(name: str, model: Path, calib: Path | None, data: str, work: Path, rounds: int
             ) -> float:
-    recipe = work / f"{name}.yaml"
-    recipe.write_text(INT8_TFLITE_RECIPE.format(name=name, model=model, data=data))
     wall: dict[str, list[float]] = {"plain": [], "mobilec": []}
     cpu: dict[str, list[float]] = {"plain": [], "mobilec": []}
     stages: list[dict[str, float]] = []
-    for i in range(rounds):
-        for who in (["plain", "mobilec"] if i % 2 == 0 else ["mobilec", "plain"]):
-            out = work / f"{name}-{who}-{i}"
-            if who == "plain":
-                cmd = [sys.executable, str(ROOT / "scripts" / "plain_convert.py"), str(model), str(out)]
-                cmd += ["--calibration", str(calib)] if calib else []
-            else:
-                cmd = [str(BIN / "mobilec"), "compress", str(recipe), "--no-eval", "--out", str(out)]
-            m = check(run_measured(cmd), f"{name} {who}")
-            wall[who].append(m.wall_s)
-            cpu[who].append(m.cpu_s)
-            if who == "mobilec":
-                report = json.loads((out / "report.json").read_text())
-                stages.append({s["name"]: s["seconds"] for s in report["stages"]})
-                assert {a["status"] for a in report["artifacts"]} == {"ok"}, report["artifacts"]
+    for who, out, m in plain_vs_mobilec(name, model, calib, data, work, rounds):
+        wall[who].append(m.wall_s)
+        cpu[who].append(m.cpu_s)
+        if who == "mobilec":
+            report = json.loads((out / "report.json").read_text())
+            stages.append({s["name"]: s["seconds"] for s in report["stages"]})
+            assert {a["status"] for a in report["artifacts"]} == {"ok"}, report["artifacts"]
     ratio = median(wall["mobilec"]) / median(wall["plain"])
     print(f"## {name}: {rounds} rounds, interleaved; median (fresh process, TF import included)")
     for who in ("plain", "mobilec"):

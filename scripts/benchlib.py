@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -97,6 +98,24 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | 
     # ru_maxrss is KiB on Linux, bytes on macOS.
     rss = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     return Measured(wall, usage.ru_utime + usage.ru_stime, rss, proc.returncode, err)
+
+
+def plain_vs_mobilec(name: str, model: Path, calib: Path | None, data: str, work: Path,
+                     rounds: int) -> Iterator[tuple[str, Path, Measured]]:
+    """The same float32 + int8 .tflite job done by scripts/plain_convert.py and by
+    `mobilec compress --no-eval`, each in a fresh process, in alternating order round by
+    round (neither always runs on a warm page cache); yields (who, out dir, measurement)."""
+    recipe = work / f"{name}.yaml"
+    recipe.write_text(INT8_TFLITE_RECIPE.format(name=name, model=model, data=data))
+    for i in range(rounds):
+        for who in (["plain", "mobilec"] if i % 2 == 0 else ["mobilec", "plain"]):
+            out = work / f"{name}-{who}-{i}"
+            if who == "plain":
+                cmd = [sys.executable, str(ROOT / "scripts" / "plain_convert.py"), str(model), str(out)]
+                cmd += ["--calibration", str(calib)] if calib else []
+            else:
+                cmd = [str(BIN / "mobilec"), "compress", str(recipe), "--no-eval", "--out", str(out)]
+            yield who, out, check(run_measured(cmd), f"{name} {who}")
 
 
 def check(m: Measured, what: str) -> Measured:

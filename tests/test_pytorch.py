@@ -18,29 +18,19 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("executorch")
 
+from torch_digits import cnn_layers, digits_nchw, train  # noqa: E402 - torch first
+
 POINT = 0.01
 
 
 # ---------------------------------------------------------------- models and data
-
-def digits_nchw() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    from mobilec.sources.data import digits_split
-
-    train, ev = digits_split()  # (N, 8, 8, 1): PyTorch wants channels first
-    return ((np.transpose(train.x, (0, 3, 1, 2)).copy(), train.y),
-            (np.transpose(ev.x, (0, 3, 1, 2)).copy(), ev.y))
-
 
 class DigitsCNN(torch.nn.Module):
     """Conv-BN-ReLU, conv, pool, two dense layers: 85,130 parameters."""
 
     def __init__(self) -> None:
         super().__init__()
-        nn = torch.nn
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(64 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+        self.features = cnn_layers()
 
     def forward(self, x: Any) -> Any:
         return self.features(x)
@@ -69,21 +59,6 @@ class RowLSTM(torch.nn.Module):
     def forward(self, x: Any) -> Any:
         seq, _ = self.lstm(x.reshape(x.shape[0], 8, 8))
         return self.head(seq[:, -1])
-
-
-def train(model: Any, x: np.ndarray, y: np.ndarray, epochs: int = 3, lr: float = 3e-3) -> Any:
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr)
-    xs, ys = torch.tensor(x), torch.tensor(y)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(xs))
-        for i in range(0, len(xs), 32):
-            idx = order[i:i + 32]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
