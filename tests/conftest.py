@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,34 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600,
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "mobilec.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def signal_at_stage(args: list[str], stage: str, delay: float, sig: int, *,
+                    cwd: Path | None = None, env: dict[str, str] | None = None
+                    ) -> tuple[int, str, float]:
+    """Run `mobilec <args>`; `delay` s after '[mobilec] <stage>: started' on stderr send
+    `sig`. Returns (exit code, stderr, seconds from the signal to the exit)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mobilec.cli", *args], cwd=cwd, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    sent_at = None
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if f"[mobilec] {stage}: started" in line:
+                time.sleep(delay)
+                sent_at = time.monotonic()
+                proc.send_signal(sig)
+                break
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = "".join(lines) + rest
+    assert sent_at is not None, f"stage {stage} never started:\n{stderr[-3000:]}"
+    return proc.returncode, stderr, time.monotonic() - sent_at
 
 
 def compress(recipe: Path, **kw: Any) -> dict[str, Any]:

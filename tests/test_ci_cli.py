@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, signal_at_stage
 
 from mobilec.ci.lockfile import LOCK_NAME
 from mobilec.delegates.manifest import MANIFEST_SUFFIX
@@ -266,33 +266,16 @@ def _interrupt(ws: Path, recipe: str, out: Path, stage: str, delay: float, sig: 
     """compress, and `sig` `delay` seconds after '[mobilec] <stage>: started'."""
     tmpdir = out.parent / f"tmp-{out.name}"
     tmpdir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "mobilec.cli", "compress", recipe, "--out",
-                             str(out)], cwd=ws, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env=user_env(TMPDIR=str(tmpdir)))
-    lines: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if f"[mobilec] {stage}: started" in line:
-                time.sleep(delay)
-                proc.send_signal(sig)
-                break
-        rest = proc.communicate(timeout=120)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    stderr = "".join(lines) + rest
-    assert f"[mobilec] {stage}: started" in stderr, stderr[-3000:]
+    code, stderr, _ = signal_at_stage(["compress", recipe, "--out", str(out)], stage, delay,
+                                      sig, cwd=ws, env=user_env(TMPDIR=str(tmpdir)))
     assert f"[mobilec] {stage}: ok" not in stderr, \
         f"the signal landed after {stage} had finished; give it more work:\n{stderr[-2000:]}"
     expected = EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM
-    assert proc.returncode == expected, stderr[-3000:]
+    assert code == expected, stderr[-3000:]
     assert "Traceback" not in stderr and "interrupted by" in stderr, stderr[-3000:]
     # Nothing may stay in $TMPDIR (work dir, run lock) but onnxruntime's session id, .ses
     assert [p.name for p in tmpdir.iterdir() if p.name != ".ses"] == []
-    return proc.returncode, stderr, tmpdir
+    return code, stderr, tmpdir
 
 
 SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM],

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_recipe
+from conftest import signal_at_stage, write_recipe
 
 from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM
 from mobilec.util.fs import TMP_PREFIX
@@ -40,29 +39,10 @@ def long_eval_recipe(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def _run_until(recipe: Path, out: Path, tmpdir: Path, stage: str, delay: float, sig: int
                ) -> tuple[int, str, float]:
-    """Start compress, wait for '[mobilec] <stage>: started' on stderr, then send `sig`."""
+    """compress, and `sig` `delay` s after '[mobilec] <stage>: started'."""
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mobilec.cli", "compress", str(recipe),
-                             "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env=env)
-    lines: list[str] = []
-    sent_at = None
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if f"[mobilec] {stage}: started" in line:
-                time.sleep(delay)
-                sent_at = time.monotonic()
-                proc.send_signal(sig)
-                break
-        rest = proc.communicate(timeout=120)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert sent_at is not None, f"stage {stage} never started:\n{''.join(lines)}"
-    return proc.returncode, "".join(lines) + rest, time.monotonic() - sent_at
+    return signal_at_stage(["compress", str(recipe), "--out", str(out)], stage, delay, sig,
+                           env=env)
 
 
 def _assert_no_partial_files(out: Path, tmpdir: Path) -> None:
