@@ -142,6 +142,24 @@ def test_no_module_past_400_lines() -> None:
     assert long == {}
 
 
+def test_no_private_name_crosses_a_module() -> None:
+    """`from mobilec.x import _name` (or `x._name`) makes _name a public interface in disguise."""
+    found = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        imported = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                    and (n.module or "").startswith("mobilec") for a in n.names}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mobilec"):
+                found += [f"{name}: {a.name}" for a in node.names if a.name.startswith("_")
+                          and not a.name.startswith("__")]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in imported and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                found.append(f"{name}: {node.value.id}.{node.attr}")
+    assert found == []
+
+
 RECIPE = """
 version: 1
 name: m

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from mobilec._version import __version__
 from mobilec.errors import EXIT_BUDGET, EXIT_OK, EXIT_STAGE
 from mobilec.report.html import CSS
 from mobilec.report.html import size_accuracy_svg as report_chart
+from mobilec.report.plot import AccuracyPlot, size_label
 from mobilec.report.table import fmt_bytes, pct
 from mobilec.util.fs import atomic_write_text
 
@@ -148,47 +148,19 @@ def zoo_chart(zoo: dict[str, Any]) -> str:
 
 def compact_scatter_svg(points: list[dict[str, Any]], width: int = 760, height: int = 380) -> str:
     """Scatter of size (log x) vs accuracy (y), one color per model, hover titles, no labels."""
-    left, right, top, bottom = 60, 170, 20, 40
-    pw, ph = width - left - right, height - top - bottom
-    lo, hi = math.log10(min(p["size"] for p in points)), math.log10(max(p["size"] for p in points))
-    if hi - lo < 0.1:
-        lo, hi = lo - 0.1, hi + 0.1
-    amin, amax = min(p["accuracy"] for p in points), max(p["accuracy"] for p in points)
-    if amax - amin < 0.01:
-        amin, amax = amin - 0.005, amax + 0.005
-
-    def x(size: float) -> float:
-        return left + (math.log10(size) - lo) / (hi - lo) * pw
-
-    def y(acc: float) -> float:
-        return top + (1 - (acc - amin) / (amax - amin)) * ph
-
+    plot = AccuracyPlot([p["size"] for p in points], [p["accuracy"] for p in points],
+                        width=width, height=height)
     models = list(dict.fromkeys(p["model"] for p in points))
     color = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'role="img" aria-label="size vs accuracy">',
-             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
-    for i in range(5):
-        acc = amin + (amax - amin) * i / 4
-        parts.append(f'<text x="{left - 6}" y="{y(acc) + 4:.1f}" text-anchor="end" '
-                     f'font-size="11">{acc * 100:.1f}%</text>')
-        size = 10 ** (lo + (hi - lo) * i / 4)
-        parts.append(f'<text x="{x(size):.1f}" y="{top + ph + 16}" text-anchor="middle" '
-                     f'font-size="11">{html.escape(fmt_bytes(int(size)))}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle" font-size="12">'
-                 'size (log scale)</text>')
-    parts.append(f'<text x="14" y="{top + ph / 2}" font-size="12" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {top + ph / 2})">accuracy</text>')
+    parts = plot.frame(x_title="size on disk", x_ticks=plot.cost_ticks(sizes=True), x_label=size_label,
+                       aria="size versus accuracy")
     for p in points:
         tip = html.escape(f"{p['model']} / {p['artifact']}: {fmt_bytes(p['size'])}, "
                           f"{p['accuracy'] * 100:.2f}%")
-        parts.append(f'<circle cx="{x(p["size"]):.1f}" cy="{y(p["accuracy"]):.1f}" r="5" '
-                     f'fill="{color[p["model"]]}" fill-opacity="0.8"><title>{tip}</title></circle>')
-    for i, m in enumerate(models[:20]):
-        ly = top + 10 + i * 16
-        parts.append(f'<circle cx="{left + pw + 14}" cy="{ly}" r="5" fill="{color[m]}"/>'
-                     f'<text x="{left + pw + 24}" y="{ly + 4}" font-size="11">'
-                     f'{html.escape(m[:22])}</text>')
+        parts.append(f'<circle cx="{plot.x(p["size"]):.1f}" cy="{plot.y(p["accuracy"]):.1f}" '
+                     f'r="5" fill="{color[p["model"]]}" fill-opacity="0.8"><title>{tip}</title>'
+                     "</circle>")
+    parts += [plot.legend_dot(i, color[m], m[:22]) for i, m in enumerate(models[:20])]
     parts.append("</svg>")
     return "".join(parts)
 

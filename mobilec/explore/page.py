@@ -8,22 +8,13 @@ grey; the best artifact within budget is ringed; the budget floor is a dashed re
 from __future__ import annotations
 
 import html
-import math
 from typing import Any
 
-from mobilec.report.html import (
-    CSS,
-    FORMAT_COLORS,
-    OTHER_COLOR,
-    _nice_ticks,
-    _size_ticks,
-    _tick_label,
-)
+from mobilec.report.html import CSS, FORMAT_COLORS, OTHER_COLOR
+from mobilec.report.plot import AccuracyPlot, size_label
 from mobilec.report.table import fmt_bytes
 
 GREY = "#c4c4c4"
-W, H = 760, 380
-LEFT, RIGHT, TOP, BOTTOM = 70, 170, 20, 50
 
 
 def _e(value: Any) -> str:
@@ -42,43 +33,14 @@ def scatter_svg(doc: dict[str, Any], key: str, flag: str, x_label: str) -> str |
     ref = doc.get("reference_accuracy")
     drop = (doc.get("budget") or {}).get("max_accuracy_drop")
     floor = ref - drop if ref is not None and drop is not None else None
-    costs = [c[key] for c in pts]
-    accs = [c["accuracy"] for c in pts] + [v for v in (ref, floor) if v is not None]
-    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
-    x_lo, x_hi = math.log10(min(costs) / 1.3), math.log10(max(costs) * 1.3)
-    pad = max((max(accs) - min(accs)) * 0.15, 0.005)
-    y_lo, y_hi = max(0.0, min(accs) - pad), min(1.0, max(accs) + pad)
-    if y_hi - y_lo < 0.01:
-        y_lo = max(0.0, y_hi - 0.01)
-        y_hi = y_lo + 0.01
-
-    def sx(v: float) -> float:
-        return LEFT + (math.log10(v) - x_lo) / (x_hi - x_lo) * pw
-
-    def sy(a: float) -> float:
-        return TOP + (y_hi - a) / (y_hi - y_lo) * ph
-
-    out = [f'<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
-           f'aria-label="{_e(x_label)} versus accuracy">',
-           f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#bbb"/>']
-    for t in _nice_ticks(y_lo, y_hi):
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" '
-                   f'stroke="#e6e6e6"/><text x="{LEFT - 6}" y="{sy(t) + 4:.1f}" font-size="11" '
-                   f'text-anchor="end">{t * 100:.1f}%</text>')
-    ticks = _size_ticks(10 ** x_lo, 10 ** x_hi) if key == "gzip_bytes" else _ms_ticks(
-        10 ** x_lo, 10 ** x_hi)
-    for t in ticks:
-        label = _tick_label(t) if key == "gzip_bytes" else f"{t:g} ms"
-        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{TOP}" y2="{TOP + ph}" '
-                   f'stroke="#e6e6e6"/><text x="{sx(t):.1f}" y="{TOP + ph + 16}" font-size="11" '
-                   f'text-anchor="middle">{_e(label)}</text>')
-    out.append(f'<text x="{LEFT + pw / 2}" y="{H - 8}" font-size="12" text-anchor="middle">'
-               f'{_e(x_label)} (log scale)</text><text x="16" y="{TOP + ph / 2}" font-size="12" '
-               f'text-anchor="middle" transform="rotate(-90 16 {TOP + ph / 2})">accuracy</text>')
-    if floor is not None and y_lo <= floor <= y_hi:
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{sy(floor):.1f}" y2="{sy(floor):.1f}" '
-                   f'stroke="#b3261e" stroke-dasharray="2 3"/><text x="{LEFT + 4}" '
-                   f'y="{sy(floor) + 13:.1f}" font-size="11" fill="#b3261e">budget floor</text>')
+    plot = AccuracyPlot([c[key] for c in pts],
+                        [c["accuracy"] for c in pts] + [v for v in (ref, floor) if v is not None])
+    sx, sy = plot.x, plot.y
+    by_size = key == "gzip_bytes"
+    out = plot.frame(x_title=x_label, x_ticks=plot.cost_ticks(sizes=by_size),
+                     x_label=size_label if by_size else (lambda t: f"{t:g} ms"),
+                     aria=f"{x_label} versus accuracy")
+    out += plot.floor(floor)
     front = sorted((c for c in pts if c.get(flag)), key=lambda c: c[key])
     if len(front) > 1:  # the frontier as a staircase: accuracy you can buy at each cost
         path = f"M{sx(front[0][key]):.1f},{sy(front[0]['accuracy']):.1f}"
@@ -105,22 +67,13 @@ def scatter_svg(doc: dict[str, Any], key: str, flag: str, x_label: str) -> str |
             placed.append((x, ly))
             out.append(f'<text x="{x + 8:.1f}" y="{ly:.1f}" font-size="11" fill="{color}">'
                        f'{_e(c["id"])}</text>')
-    lx, ly = LEFT + pw + 16, TOP + 10
     formats = sorted({c["format"] for c in pts if c.get(flag)})
     legend = [(FORMAT_COLORS.get(f, OTHER_COLOR), f".{f} (frontier)") for f in formats]
     legend += [(GREY, "dominated"), ("#fff", "float32 (square)")]
-    for i, (color, text) in enumerate(legend):
-        out.append(f'<circle cx="{lx + 6}" cy="{ly + i * 18}" r="6" fill="{color}" '
-                   f'stroke="#888"/><text x="{lx + 18}" y="{ly + i * 18 + 4}" '
-                   f'font-size="12">{_e(text)}</text>')
+    out += [plot.legend_dot(i, color, text, ' stroke="#888"')
+            for i, (color, text) in enumerate(legend)]
     out.append("</svg>")
     return "\n".join(out)
-
-
-def _ms_ticks(lo: float, hi: float) -> list[float]:
-    ticks = [m * 10 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-             for m in (1, 2, 5) if lo <= m * 10 ** e <= hi]
-    return ticks if len(ticks) >= 2 else [lo, hi]
 
 
 def _table(doc: dict[str, Any]) -> str:

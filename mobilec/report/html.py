@@ -9,11 +9,11 @@ section (e.g. a diagnose chart) is one function plus `register_section(fn)`;
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Callable
 from typing import Any
 
 from mobilec.diagnose.view import report_section
+from mobilec.report.plot import FLOOR_COLOR, AccuracyPlot, size_label
 from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells, fmt_bytes
 
 Section = Callable[[dict[str, Any]], str | None]
@@ -236,17 +236,6 @@ def _points(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     return list(points.values()), unplotted
 
 
-def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    span = hi - lo
-    if span <= 0:
-        return [lo]
-    raw = span / count
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
 def size_accuracy_svg(report: dict[str, Any], width: int = 760, height: int = 380
                       ) -> tuple[str | None, list[str]]:
     """Scatter of size (x, log scale) vs accuracy (y): artifacts, the original model and the
@@ -258,52 +247,17 @@ def size_accuracy_svg(report: dict[str, Any], width: int = 760, height: int = 38
         return None, unplotted
     limit = ((report.get("budget") or {}).get("limits") or {}).get("max_accuracy_drop")
     floor = ref_acc - limit if ref_acc is not None and limit is not None else None
-    sizes = [p["size"] for p in points] + ([ref_size] if ref_size else [])
-    accs = [p["accuracy"] for p in points] + [v for v in (ref_acc, floor) if v is not None]
-    left, right, top, bottom = 70, 170, 20, 50
-    pw, ph = width - left - right, height - top - bottom
-    x_lo, x_hi = math.log10(min(sizes) / 1.3), math.log10(max(sizes) * 1.3)
-    a_lo, a_hi = min(accs), max(accs)
-    pad = max((a_hi - a_lo) * 0.15, 0.005)
-    y_lo, y_hi = max(0.0, a_lo - pad), min(1.0, a_hi + pad)
-    if y_hi - y_lo < 0.01:  # all equal: show a 1-point window rather than a flat line
-        y_lo = max(0.0, y_hi - 0.01)
-        y_hi = y_lo + 0.01
-
-    def sx(size: float) -> float:
-        return left + (math.log10(size) - x_lo) / (x_hi - x_lo) * pw
-
-    def sy(acc: float) -> float:
-        return top + (y_hi - acc) / (y_hi - y_lo) * ph
-
-    parts = [f'<svg width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="size versus accuracy">',
-             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#bbb"/>']
-    for t in _nice_ticks(y_lo, y_hi):
-        y = sy(t)
-        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e6e6e6"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">'
-                     f"{t * 100:.1f}%</text>")
-    for t in _size_ticks(10 ** x_lo, 10 ** x_hi):
-        x = sx(t)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" stroke="#e6e6e6"/>'
-                     f'<text x="{x:.1f}" y="{top + ph + 16}" font-size="11" text-anchor="middle">'
-                     f"{_tick_label(t)}</text>")
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">'
-                 "size on disk (log scale)</text>"
-                 f'<text x="16" y="{top + ph / 2}" font-size="12" text-anchor="middle" '
-                 f'transform="rotate(-90 16 {top + ph / 2})">accuracy</text>')
-    if floor is not None and y_lo <= floor <= y_hi:
-        y = sy(floor)
-        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#b3261e" '
-                     f'stroke-dasharray="2 3"/><text x="{left + 4}" y="{y + 13:.1f}" font-size="11"'
-                     f' fill="#b3261e">budget floor</text>')
+    plot = AccuracyPlot([p["size"] for p in points] + ([ref_size] if ref_size else []),
+                        [p["accuracy"] for p in points]
+                        + [v for v in (ref_acc, floor) if v is not None],
+                        width=width, height=height)
+    parts = plot.frame(x_title="size on disk", x_ticks=plot.cost_ticks(sizes=True), x_label=size_label,
+                       aria="size versus accuracy")
+    parts += plot.floor(floor)
     if ref_acc is not None:
-        y = sy(ref_acc)
-        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#555" '
-                     f'stroke-dasharray="6 4"/>')
+        parts.append(plot.hline(ref_acc, "#555", "6 4"))
         if ref_size:
-            x = sx(ref_size)
+            x, y = plot.x(ref_size), plot.y(ref_acc)
             parts.append(f'<path d="M{x:.1f},{y - 7:.1f} L{x + 7:.1f},{y:.1f} L{x:.1f},{y + 7:.1f} '
                          f'L{x - 7:.1f},{y:.1f} Z" fill="#222"><title>original model: '
                          f'{_e(fmt_bytes(ref_size))}, {ref_acc * 100:.2f}%</title></path>'
@@ -311,7 +265,7 @@ def size_accuracy_svg(report: dict[str, Any], width: int = 760, height: int = 38
                          f'({_e(model.get("format") or "model")} file)</text>')
     placed: list[tuple[float, float]] = []
     for p in sorted(points, key=lambda p: p["size"]):
-        x, y = sx(p["size"]), sy(p["accuracy"])
+        x, y = plot.x(p["size"]), plot.y(p["accuracy"])
         color = FORMAT_COLORS.get(p["format"], OTHER_COLOR)
         ly = y - 8
         while any(abs(px - x) < 60 and abs(py - ly) < 12 for px, py in placed):
@@ -327,44 +281,15 @@ def size_accuracy_svg(report: dict[str, Any], width: int = 760, height: int = 38
                      f"<title>{_e(title)}</title></circle>"
                      f'<text x="{x + 8:.1f}" y="{ly:.1f}" font-size="11" fill="{color}">'
                      f"{_e(p['label'])}</text>")
-    # legend
-    lx, ly = left + pw + 16, top + 10
     formats = sorted({p["format"] for p in points})
-    for i, f in enumerate(formats):
-        parts.append(f'<circle cx="{lx + 6}" cy="{ly + i * 18}" r="6" '
-                     f'fill="{FORMAT_COLORS.get(f, OTHER_COLOR)}"/><text x="{lx + 18}" '
-                     f'y="{ly + i * 18 + 4}" font-size="12">.{_e(f)}</text>')
-    n = len(formats)
-    if ref_acc is not None:
-        parts.append(f'<line x1="{lx}" x2="{lx + 14}" y1="{ly + n * 18}" y2="{ly + n * 18}" '
-                     f'stroke="#555" stroke-dasharray="6 4"/><text x="{lx + 18}" y="{ly + n * 18 + 4}"'
-                     ' font-size="12">original accuracy</text>')
-        n += 1
-    if floor is not None:
-        parts.append(f'<line x1="{lx}" x2="{lx + 14}" y1="{ly + n * 18}" y2="{ly + n * 18}" '
-                     f'stroke="#b3261e" stroke-dasharray="2 3"/><text x="{lx + 18}" '
-                     f'y="{ly + n * 18 + 4}" font-size="12">budget floor</text>')
+    parts += [plot.legend_dot(i, FORMAT_COLORS.get(f, OTHER_COLOR), f".{f}")
+              for i, f in enumerate(formats)]
+    lines = ([("#555", "6 4", "original accuracy")] if ref_acc is not None else []) + \
+        ([(FLOOR_COLOR, "2 3", "budget floor")] if floor is not None else [])
+    parts += [plot.legend_line(len(formats) + i, color, dash, text)
+              for i, (color, dash, text) in enumerate(lines)]
     parts.append("</svg>")
     return "\n".join(parts), unplotted
-
-
-def _size_ticks(lo: float, hi: float) -> list[float]:
-    """1-2-5 steps per decade of KB (1024 bytes) inside [lo, hi] bytes, so labels are round."""
-    ticks = []
-    klo, khi = lo / 1024, hi / 1024
-    for exp in range(math.floor(math.log10(klo)), math.ceil(math.log10(khi)) + 1):
-        for m in (1, 2, 5):
-            t = m * 10 ** exp
-            if klo <= t <= khi:
-                ticks.append(t * 1024)
-    return ticks if len(ticks) >= 2 else [lo, hi]
-
-
-def _tick_label(size: float) -> str:
-    kb = size / 1024
-    if kb >= 1024:
-        return f"{kb / 1024:g} MB"
-    return f"{kb:g} KB" if kb >= 1 else f"{size:g} B"
 
 
 def bar_chart_svg(items: list[tuple[str, float]], *, unit: str = "", width: int = 760,

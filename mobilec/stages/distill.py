@@ -124,14 +124,12 @@ def _load_student(state: ModelState, path: Path) -> Any:
                              hint="check stages.distill.student (relative paths resolve against "
                                   "the recipe file's folder), or use {width: 0.5}")
     fmt = detect_format(path, "auto")
-    loaders = {"keras": load._load_keras, "h5": load._load_h5, "savedmodel": load._load_savedmodel}
-    if fmt not in loaders:
-        raise UnsupportedError(f"a distill student must be a Keras model to train; this is {fmt}",
-                               where=str(path), hint="give a .keras, .h5 or Keras SavedModel")
     scratch = ModelState(recipe=state.recipe, out_dir=state.out_dir,
                          work_dir=state.work_dir / "student", options=state.options)
     scratch.work_dir.mkdir(parents=True, exist_ok=True)
-    loaders[fmt](scratch, path)
+    if not load.load_keras_format(scratch, path, fmt):
+        raise UnsupportedError(f"a distill student must be a Keras model to train; this is {fmt}",
+                               where=str(path), hint="give a .keras, .h5 or Keras SavedModel")
     if scratch.keras_model is None:
         raise UnsupportedError("the distill student loaded only as a graph and cannot be trained",
                                where=str(path), hint="give the student as .keras or .h5")

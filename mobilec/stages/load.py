@@ -65,6 +65,17 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
             "outputs": [t.as_dict() for t in state.outputs]}
 
 
+def load_keras_format(state: ModelState, path: Path, fmt: str) -> bool:
+    """Load a .keras, .h5 or SavedModel file into `state` with the same checks (Lambda
+    refusal, input size) and Keras 3 -> tf_keras bridge as a recipe's model; False (nothing
+    loaded) for any other format. distill's student file comes in this way."""
+    loader = {"keras": _load_keras, "h5": _load_h5, "savedmodel": _load_savedmodel}.get(fmt)
+    if loader is None:
+        return False
+    loader(state, path)
+    return True
+
+
 def _refuse_lambdas(state: ModelState, names: list[str], path: Path) -> None:
     if names and not state.options.get("unsafe_deserialization"):
         raise ModelLoadError(f"model contains Lambda layer(s) {', '.join(names)}; refusing to "
