@@ -120,3 +120,75 @@ def test_two_input_onnx_converts_to_verified_tflite(tmp_path: Path) -> None:
         row = artifact(report, "tflite", quant)
         assert row["status"] == "ok", row
     assert artifact(report, "tflite", "float32")["verification"]["max_abs_err"] < 1e-4
+
+
+def _lstm_model(directory: Path) -> Path:
+    """Batch-first frames -> LSTM (no initial state: zeros, as PyTorch's export of `lstm(x)`
+    reads once onnxsim has removed its zero states) -> last hidden state -> Gemm."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    steps, feats, hidden = 12, 6, 16
+
+    def init(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array(rng.normal(0, 0.4, shape).astype("float32"), name)
+
+    nodes = [
+        helper.make_node("Transpose", ["frames"], ["seq"], perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["seq", "W", "R", "B"], ["", "h"], hidden_size=hidden),
+        helper.make_node("Squeeze", ["h", "axis0"], ["last"]),
+        helper.make_node("Gemm", ["last", "head_w", "head_b"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "lstm",
+        [helper.make_tensor_value_info("frames", TensorProto.FLOAT, [None, steps, feats])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 4])],
+        [init("W", 1, 4 * hidden, feats), init("R", 1, 4 * hidden, hidden),
+         init("B", 1, 8 * hidden), init("head_w", hidden, 4), init("head_b", 4),
+         numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model)
+    x = rng.normal(0, 1, (64, steps, feats)).astype("float32")
+    np.savez(directory / "lstm-eval.npz", frames=x)
+    path = directory / "lstm.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_lstm_states_made_explicit(tmp_path: Path) -> None:
+    """explicit_lstm_states alone: the stateless LSTM gets one all-zero Constant as its h and
+    c, laid out as onnx2tf reads a 3-D Constant (channels-last: [dirs, hidden, batch]); that
+    copy is onnx2tf's alone (onnxruntime would reject the layout), so its exactness is
+    measured where it counts, on the .tflite (next test)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from mobilec.sources.onnx2tf_bridge import static_batch
+    from mobilec.sources.onnx2tf_rewrite import explicit_lstm_states
+
+    path = _lstm_model(tmp_path)
+    model = onnx.shape_inference.infer_shapes(static_batch(onnx.load(str(path))))
+    assert explicit_lstm_states(model) == 1
+    assert explicit_lstm_states(model) == 0  # an LSTM that has a state keeps it
+    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    assert lstm.input[5] and lstm.input[5] == lstm.input[6]
+    const = next(n for n in model.graph.node if n.output[0] == lstm.input[5])
+    zeros = numpy_helper.to_array(const.attribute[0].t)
+    assert zeros.shape == (1, 16, 1) and not zeros.any()
+
+
+@pytest.mark.slow
+def test_onnx_lstm_without_initial_state_converts_to_verified_tflite(tmp_path: Path) -> None:
+    """onnx2tf 1.29 failed on it ("initial_state ... not compatible with cell.state_size")."""
+    path = _lstm_model(tmp_path)
+    recipe = write_recipe(tmp_path, path, name="lstm",
+                          data={"source": "npz", "eval": str(tmp_path / "lstm-eval.npz"),
+                                "calibration_samples": 32, "eval_samples": 64},
+                          stages=[{"quantize": {"mode": "float16"}},
+                                  {"convert": {"formats": ["tflite"]}}])
+    report = compress(recipe, evaluate=False)
+    for quant in ("float32", "float16"):
+        row = artifact(report, "tflite", quant)
+        assert row["status"] == "ok" and row["route"] == "onnx2tf", row
+    assert artifact(report, "tflite", "float32")["verification"]["max_abs_err"] < 1e-4

@@ -77,6 +77,11 @@ def test_crashing_converter_becomes_a_conversion_error(
     with pytest.raises(ConversionError, match=r"crashed \(SIGSEGV\) on a test SavedModel"):
         convert_isolated(small_savedmodel[0], "float32", tmp_path, graph="a test SavedModel",
                          calibration=lambda: (["x"], [X]))
+    # int8: the crash users meet (a recurrent loop under the calibrator) says what to ship
+    with pytest.raises(ConversionError) as raised:
+        convert_isolated(small_savedmodel[0], "int8", tmp_path, graph="a test SavedModel",
+                         calibration=lambda: (["x"], [X]))
+    assert "float16 or dynamic .tflite" in (raised.value.hint or "")
 
 
 def test_converter_error_in_the_child_comes_back_as_its_message(tmp_path: Path) -> None:

@@ -126,7 +126,12 @@ def convert_isolated(saved_model: Path, mode: str, work_dir: Path, *, graph: str
                          what=f"the TFLite converter ({mode}) on {graph}")
         crash = signal_name(proc.returncode)
         if crash is not None:
-            raise ConversionError(f"TFLite converter crashed ({crash}) on {graph} ({mode})")
+            raise ConversionError(
+                f"TFLite converter crashed ({crash}) on {graph} ({mode})",
+                hint="TFLite's calibrator is known to crash on recurrent (WHILE-loop) graphs "
+                     "(tensorflow#75140): ship the float16 or dynamic .tflite, or the int8 "
+                     ".onnx/.pte" if mode in CALIBRATED_MODES else
+                     "a crash inside TensorFlow's converter; rerun with -v for its log")
         error = Path(job["error"])
         if error.exists():
             raised = json.loads(error.read_text())

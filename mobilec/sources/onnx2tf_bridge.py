@@ -31,9 +31,8 @@ import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError, first_line
 from mobilec.sources.batch import match_names
-from mobilec.sources.onnx2tf_rewrite import conv2d_as_conv1d
+from mobilec.sources.onnx2tf_rewrite import conv2d_as_conv1d, prepare
 from mobilec.sources.onnx2tf_saved import signature_name, write_saved_model  # noqa: F401 - re-exported (formats.coreml)
-from mobilec.sources.onnx_gelu import fuse_gelu
 from mobilec.sources.onnx_input import graph_inputs
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf
@@ -104,8 +103,8 @@ def to_tf_layout(state: ModelState, x: np.ndarray) -> np.ndarray:
 
 
 def convert(state: ModelState, onnx_path: Path | None = None) -> TFGraph:
-    """The model as exported (exact GELUs in the form onnx2tf fuses); if onnx2tf fails, again
-    with the patterns it mishandles rewritten (onnx2tf_rewrite). Verified downstream."""
+    """The model as exported, with `prepare`'s exact rewrites; if onnx2tf fails, again with
+    the patterns it mishandles rewritten (onnx2tf_rewrite). Verified downstream."""
     import time
 
     import onnx
@@ -114,7 +113,7 @@ def convert(state: ModelState, onnx_path: Path | None = None) -> TFGraph:
     work = state.work_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
     model = simplify(state, static_batch(onnx.load(str(onnx_path or state.onnx_path))))
-    fuse_gelu(model.graph)
+    prepare(model)
     check_ops(model)
     try:
         graph = attempt(state, model, work)

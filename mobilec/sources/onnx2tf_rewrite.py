@@ -7,6 +7,9 @@ channels-last tensor should not be ([N, W, 1, C] instead of [N, 1, W, C]); the n
 then fails ("Can not squeeze dim[1], expected a dimension of 1"). Written as a real 1-D
 convolution (3-D input, [O, I, K] weight) the same model converts: onnx2tf handles NCW Conv
 natively. The rewrite is exact (same arithmetic) and the result is still verified.
+
+LSTM without an initial state (PyTorch's export of `lstm(x)` once onnxsim has removed its zero
+states): onnx2tf hands Keras an empty `initial_state` list and fails; explicit zeros convert.
 """
 
 from __future__ import annotations
@@ -15,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from mobilec.sources.onnx_gelu import fuse_gelu
+
 HEIGHT = 2  # the NCHW axis tf2onnx inserts for a Conv1D
+
+
+def prepare(model: Any) -> None:
+    """The exact rewrites every model gets before onnx2tf, in place: exact GELUs in the one
+    form onnx2tf fuses into TFLite's GELU, explicit zero states for LSTMs without one."""
+    fuse_gelu(model.graph)
+    explicit_lstm_states(model)
 
 
 def conv2d_as_conv1d(model: Any) -> int:
@@ -170,3 +182,46 @@ def _fresh(name: str, taken: dict[str, Any]) -> str:
         k += 1
         cand = f"{name}_{k}"
     return cand
+
+
+def explicit_lstm_states(model: Any) -> int:
+    """Give every LSTM without an initial state an explicit all-zero one (a Constant node), in
+    place; returns how many LSTMs got one. ONNX defines a missing state as zeros, so the model
+    is the same; onnx2tf (1.29) passes a missing state to Keras as an empty `initial_state`
+    list and fails ("not compatible with cell.state_size"). PyTorch's exporter writes zero
+    states for `lstm(x)` and onnxsim removes them, so every such export hits this."""
+    from onnx import helper, numpy_helper
+
+    shapes = _shapes(model)
+    taken = {t.name: t for t in model.graph.initializer}
+    taken.update({o: None for n in model.graph.node for o in n.output})
+    new_nodes: list[Any] = []
+    count = 0
+    for node in model.graph.node:
+        inputs = list(node.input)
+        if node.op_type == "LSTM" and not any(inputs[5:7]):
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            x_shape = shapes.get(inputs[0]) or []
+            batch = x_shape[0 if attrs.get("layout", 0) else 1] if len(x_shape) == 3 else None
+            if batch is not None:
+                dirs = 2 if attrs.get("direction", b"forward") == b"bidirectional" else 1
+                # onnx2tf turns every 3-D Constant channels-last ([a, b, c] -> [a, c, b]) and
+                # the LSTM takes it as it comes: written [dirs, hidden, batch], it arrives as
+                # the [dirs, batch, hidden] ONNX means (layout 0; layout 1 is batch-first).
+                hidden = attrs["hidden_size"]
+                dims = [batch, hidden, dirs] if attrs.get("layout", 0) else [dirs, hidden, batch]
+                zeros = np.zeros(dims, dtype=np.float32)
+                name = _fresh(f"{node.name or node.output[0]}_zero_state", taken)
+                taken[name] = None
+                new_nodes.append(helper.make_node(
+                    "Constant", [], [name], value=numpy_helper.from_array(zeros, name)))
+                inputs = inputs + [""] * (7 - len(inputs))
+                inputs[5] = inputs[6] = name
+                del node.input[:]
+                node.input.extend(inputs)
+                count += 1
+        new_nodes.append(node)
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(new_nodes)
+    return count
