@@ -190,9 +190,13 @@ def explicit_lstm_states(model: Any) -> int:
     is the same; onnx2tf (1.29) passes a missing state to Keras as an empty `initial_state`
     list and fails ("not compatible with cell.state_size"). PyTorch's exporter writes zero
     states for `lstm(x)` and onnxsim removes them, so every such export hits this."""
+    import onnx
     from onnx import helper, numpy_helper
 
-    shapes = _shapes(model)
+    if not any(n.op_type == "LSTM" and not any(n.input[5:7]) for n in model.graph.node):
+        return 0
+    # the batch size: inferred here, as onnxsim (which leaves shapes) may have been skipped
+    shapes = _shapes(onnx.shape_inference.infer_shapes(model))
     taken = {t.name: t for t in model.graph.initializer}
     taken.update({o: None for n in model.graph.node for o in n.output})
     new_nodes: list[Any] = []

@@ -48,8 +48,7 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
         path = Path(spec.path)
         state.source = SourceInfo(path=path, format=fmt, sha256=sha256_path(path),
                                   size_bytes=size_of(path))
-        loader = {"keras": _load_keras, "h5": _load_h5, "savedmodel": _load_savedmodel,
-                  "onnx": _load_onnx, "pt2": load_pt2_source}.get(fmt)
+        loader = LOADERS.get(fmt)
         if loader is None:
             raise ModelLoadError(f"'{fmt}' files are outputs, not inputs", where=str(path),
                                  hint="point model.path at the Keras, SavedModel, ONNX or "
@@ -69,7 +68,7 @@ def load_keras_format(state: ModelState, path: Path, fmt: str) -> bool:
     """Load a .keras, .h5 or SavedModel file into `state` with the same checks (Lambda
     refusal, input size) and Keras 3 -> tf_keras bridge as a recipe's model; False (nothing
     loaded) for any other format. distill's student file comes in this way."""
-    loader = {"keras": _load_keras, "h5": _load_h5, "savedmodel": _load_savedmodel}.get(fmt)
+    loader = KERAS_LOADERS.get(fmt)
     if loader is None:
         return False
     loader(state, path)
@@ -240,3 +239,8 @@ def _load_data(state: ModelState) -> None:
     state.reference = run_model(state.data.eval.x)
     if state.data.eval.y is not None:
         state.reference_accuracy = accuracy(state.reference[0], state.data.eval.y)
+
+
+# The formats a Keras model comes in (what a distill student may be), then every source.
+KERAS_LOADERS = {"keras": _load_keras, "h5": _load_h5, "savedmodel": _load_savedmodel}
+LOADERS = {**KERAS_LOADERS, "onnx": _load_onnx, "pt2": load_pt2_source}
