@@ -149,6 +149,13 @@ class ModelState:
         self.model_version += 1
         self.memo.clear()
 
+    def replace_torch_model(self, program: Any, module: Any) -> None:
+        """A training stage produced a new PyTorch model: its re-exported program and the
+        eager (or `ep.module()`) module it came from. Every format is rebuilt from it."""
+        self.torch_program = program
+        self.torch_module = module
+        self.replace_model(None)
+
     @property
     def convert_config(self) -> ConvertConfig:
         return self.recipe.stage("convert") or ConvertConfig()

@@ -1,0 +1,112 @@
+"""The trainable PyTorch model of a ModelState, and handing a trained one back.
+
+A `model.module` source is an eager `nn.Module`; a `.pt2` source is `ep.module()`, a
+GraphModule whose `train()`/`eval()` raise: its BatchNorm and dropout are switched by
+rewriting the graph (torchao's `move_exported_model_to_train/eval`). Training stages
+work on a deep copy (the loaded model stays the yardstick), then `commit` re-exports
+the trained module with torch.export so that every format is rebuilt from, and
+verified against, the trained model; accuracy drops stay measured against the
+outputs recorded at load.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from mobilec.errors import UnsupportedError, first_line
+from mobilec.sources.pytorch import count_params, export_program
+from mobilec.state import ModelState
+from mobilec.training.finetune import require_train_data
+
+
+def is_torch(state: ModelState) -> bool:
+    """True when the live model is PyTorch (the training stages dispatch on it)."""
+    return state.torch_module is not None
+
+
+def trainable_module(state: ModelState, what: str) -> Any:
+    """A trainable deep copy of the live PyTorch model, in train mode; exit-2 errors when
+    there is no data.train, no trainable parameter, or an exported graph that cannot train."""
+    require_train_data(state, f"{what} fine-tunes the model")
+    if state.torch_module is None:
+        raise UnsupportedError(f"{what} found no PyTorch module to train",
+                               where=str(state.recipe.model.path))
+    try:
+        module = copy.deepcopy(state.torch_module)
+    except Exception as exc:  # noqa: BLE001 - user modules can refuse deepcopy in many ways
+        raise UnsupportedError(
+            f"{what} trains a copy of the model and this module cannot be copied "
+            f"({type(exc).__name__}: {first_line(exc, 200)})", where=_where(state),
+            hint="make the module deep-copyable (no open files or locks as attributes), or "
+                 "export it to a .pt2 and point model.path at it") from None
+    for p in module.parameters():
+        p.requires_grad_(True)
+    if not any(p.is_floating_point() for p in module.parameters()):
+        raise UnsupportedError(
+            f"{what} fine-tunes the model's parameters and this model has no trainable "
+            "(floating-point) parameter", where=_where(state),
+            hint="export the model with its weights as parameters (not constants or buffers), "
+                 "or drop the stage and use post-training quantization")
+    set_mode(module, train=True)
+    return module
+
+
+def is_exported(module: Any) -> bool:
+    """An `ep.module()` GraphModule (its nodes carry export's `val` metadata)."""
+    import torch
+
+    return isinstance(module, torch.fx.GraphModule) and any(
+        "val" in n.meta for n in module.graph.nodes)
+
+
+def set_mode(module: Any, train: bool) -> Any:
+    """module.train(train), also for an exported GraphModule (graph rewrite of BatchNorm
+    and dropout, torchao's pt2e utilities)."""
+    if not is_exported(module):
+        return module.train(train)
+    from torchao.quantization.pt2e import (
+        move_exported_model_to_eval,
+        move_exported_model_to_train,
+    )
+
+    try:
+        return (move_exported_model_to_train if train else move_exported_model_to_eval)(module)
+    except Exception as exc:  # noqa: BLE001 - the pattern rewriter raises many types
+        raise UnsupportedError(
+            f"this exported program cannot be switched to {'training' if train else 'inference'}"
+            f" ({type(exc).__name__}: {first_line(exc, 200)})",
+            hint="load the model from its Python code instead (model.module: 'pkg.mod:factory' "
+                 "with --trust-code), or drop the training stage") from None
+
+
+def commit(state: ModelState, module: Any) -> Any:
+    """Hand a trained module back: eval mode, re-exported at the program's batch (dynamic
+    stays dynamic), and made the live model. Returns the new ExportedProgram."""
+    set_mode(module, train=False)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    batch = state.torch_batch
+    examples = tuple(_as_tuple(state.sample_inputs(batch or 2)))
+    try:
+        program = export_program(module, examples, dynamic_batch=batch is None)
+    except Exception as exc:  # noqa: BLE001 - ModelLoadError says "could not trace"
+        raise UnsupportedError(
+            f"the trained model could not be exported again: {getattr(exc, 'message', exc)}",
+            where=_where(state), hint="drop the training stage, or make forward() traceable"
+        ) from None
+    state.replace_torch_model(program, module)
+    return program
+
+
+def params(module: Any) -> int:
+    return count_params(module)
+
+
+def _as_tuple(x: Any) -> tuple[Any, ...]:
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
+
+
+def _where(state: ModelState) -> str:
+    model = state.recipe.model
+    return str(model.path) if model.path is not None else f"model.module {model.module!r}"

@@ -1,0 +1,133 @@
+"""Training stages on PyTorch sources: real training of real (tiny) models, no mocks.
+
+The digits CNN (scripts/torch_digits.py, trained here for one epoch) and the corpus'
+torch_resnet_bn and torch_mobilenet_v2_ir (scripts/conformance_torch.py, random
+weights, taught their own answers on random images) go through the trainable-model
+path: a `.pt2` (ep.module(), BatchNorm switched by graph rewrite) or an eager module,
+fine-tuned, re-exported, and every format rebuilt from the trained model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch_digits import cnn_layers, digits_nchw, train  # noqa: E402 - torch first
+
+
+@pytest.fixture(scope="module")
+def digits() -> Any:
+    return digits_nchw()
+
+
+@pytest.fixture(scope="module")
+def cnn(digits: Any) -> Any:
+    (xt, yt), _ = digits
+    torch.manual_seed(0)
+    return train(cnn_layers(), xt, yt, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def cnn_pt2(cnn: Any, digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, (xe, _) = digits
+    path = tmp_path_factory.mktemp("torch") / "cnn.pt2"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    ep = torch.export.export(cnn.eval(), (torch.tensor(xe[:2]),), dynamic_shapes=({0: batch},))
+    torch.export.save(ep, str(path))
+    return path
+
+
+def pt2_state(path: Path, digits: Any, tmp: Path, labels: bool = True) -> Any:
+    """A ModelState loaded from a .pt2 as the load stage does, with the digits data."""
+    from mobilec.recipe.schema import Recipe
+    from mobilec.sources.data import Dataset, Split
+    from mobilec.sources.torch_load import load_pt2_source
+    from mobilec.state import ModelState
+    from mobilec.util.metrics import accuracy
+
+    (xt, yt), (xe, ye) = digits
+    state = ModelState(recipe=Recipe.model_validate({"model": {"path": str(path)}}),
+                       out_dir=tmp / "out", work_dir=tmp / "work")
+    load_pt2_source(state, path)
+    state.data = Dataset(Split(xt, yt if labels else None), Split(xe, ye), Split(xt[:100]))
+    state.reference = eager(state.torch_module, xe)
+    state.reference_accuracy = accuracy(state.reference[0], ye)
+    return state
+
+
+def eager(module: Any, x: np.ndarray) -> list[np.ndarray]:
+    from mobilec.sources.pytorch import eager_runner
+
+    return eager_runner(module)(x)
+
+
+def acc(out: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(out.argmax(-1) == y))
+
+
+# ---------------------------------------------------------------- item 1: the trainable model
+
+def test_pt2_module_trains_with_batchnorm_and_is_reexported(tmp_path: Path, cnn_pt2: Path,
+                                                            digits: Any) -> None:
+    """ep.module() of a loaded .pt2 trains (BatchNorm statistics move in train mode, not in
+    eval), and the re-exported program computes exactly what the trained module does."""
+    from mobilec.training.torch_fit import fit
+    from mobilec.training.torch_model import commit, trainable_module
+
+    _, (xe, ye) = digits
+    state = pt2_state(cnn_pt2, digits, tmp_path)
+    loaded = state.torch_module
+    module = trainable_module(state, "prune")
+    stats = {n: b.clone() for n, b in module.named_buffers() if "running_mean" in n}
+    assert stats, "the digits CNN has a BatchNorm"
+    metrics = fit(state, module, epochs=1, batch_size=64, learning_rate=1e-3, what="prune")
+    assert metrics["loss"] == "cross-entropy (logits)" and metrics["final_loss"] < 0.5
+    moved = {n: b for n, b in module.named_buffers() if n in stats}
+    assert any(not torch.equal(stats[n], moved[n]) for n in stats), "BatchNorm never trained"
+    version = state.model_version
+    program = commit(state, module)
+    assert state.model_version == version + 1 and state.torch_program is program
+    frozen = {n: b.clone() for n, b in state.torch_module.named_buffers() if n in stats}
+    trained = eager(state.torch_module, xe)[0]
+    assert all(torch.equal(frozen[n], b) for n, b in state.torch_module.named_buffers()
+               if n in stats), "eval mode must not move BatchNorm statistics"
+    np.testing.assert_allclose(eager(program.module(), xe)[0], trained, atol=1e-4)
+    assert acc(trained, ye) >= state.reference_accuracy - 0.02
+    # The loaded module is the yardstick: untouched.
+    np.testing.assert_array_equal(eager(loaded, xe)[0], state.reference[0])
+    # A dynamic batch stays dynamic.
+    assert state.inputs[0].shape[0] is None and program.module()(torch.tensor(xe[:3])).shape[0] == 3
+
+
+def test_training_errors_are_exit_2(tmp_path: Path, cnn_pt2: Path, digits: Any) -> None:
+    from mobilec.errors import UnsupportedError
+    from mobilec.sources.data import Dataset
+    from mobilec.training.torch_model import trainable_module
+
+    state = pt2_state(cnn_pt2, digits, tmp_path)
+    state.data = Dataset(None, state.data.eval, None)
+    with pytest.raises(UnsupportedError, match="data.train") as err:
+        trainable_module(state, "prune")
+    assert err.value.exit_code == 2
+    state = pt2_state(cnn_pt2, digits, tmp_path)
+    state.torch_module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.ReLU())
+    with pytest.raises(UnsupportedError, match="no trainable") as err:
+        trainable_module(state, "prune")
+    assert err.value.exit_code == 2
+
+
+def test_unlabelled_train_data_self_distills(tmp_path: Path, cnn_pt2: Path, digits: Any) -> None:
+    from mobilec.training.torch_fit import training_targets
+    from mobilec.training.torch_model import trainable_module
+
+    state = pt2_state(cnn_pt2, digits, tmp_path, labels=False)
+    trainable_module(state, "prune")  # a training copy: the live model stays in eval mode
+    targets = training_targets(state)
+    assert targets.name.startswith("self-distillation")
+    np.testing.assert_allclose(targets.arrays[0][:8], eager(state.torch_module, digits[0][0][:8])[0],
+                               atol=1e-5)
