@@ -40,7 +40,7 @@ from mobilec.util.fs import (
     work_dir_prefix,
 )
 from mobilec.util.nativeio import native_quiet
-from mobilec.util.progress import Progress
+from mobilec.util.progress import Progress, active
 
 Plan = list[tuple[str, Any]]
 
@@ -145,7 +145,7 @@ def run_stage(state: ModelState, name: str, config: Any, progress: Progress) -> 
     start = time.perf_counter()
     detail = ""
     try:
-        with native_quiet(not state.options.get("verbose")):
+        with native_quiet(not state.options.get("verbose")), active(progress):
             result.metrics = get_stage(name)(state, config) or {}
         _stop_if_interrupted(result)  # the stage (or a library) swallowed the signal's exception
     except MobilecError as exc:

@@ -84,6 +84,7 @@ def test_cli_json_prints_only_the_report(demo_keras: Path, tmp_path: Path) -> No
     dyn = artifact(report, "tflite", "dynamic")
     assert dyn["size_ratio"] > 3.0
     assert report == read_report(tmp_path / "out")  # exactly report.json, nothing more
+    assert " via " not in res.stderr and "started" not in res.stderr  # --json: no progress
 
 
 def test_rerun_replaces_artifacts_atomically(demo_keras: Path, tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
     from mobilec.report.console import print_report
     from mobilec.util.progress import Progress
 
-    progress = Progress(quiet=obj.quiet)
+    progress = Progress(quiet=obj.quiet or obj.json)
     try:
         # Converters' C++ code prints to fd 1; with --json, stdout must hold only JSON.
         with stdout_to_stderr(obj.json):
@@ -101,7 +101,7 @@ def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
     from mobilec.diagnose.view import print_table
     from mobilec.util.progress import Progress
 
-    progress = Progress(quiet=obj.quiet)
+    progress = Progress(quiet=obj.quiet or obj.json)
     try:
         with stdout_to_stderr(obj.json):
             data = api.diagnose(recipe, overrides=list(overrides), out=out, backend=backend,

@@ -50,7 +50,7 @@ def explore_command(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str 
         sets.append(f"explore.max_candidates={max_candidates}")
     if max_minutes is not None:
         sets.append(f"explore.max_minutes={max_minutes}")
-    progress = Progress(quiet=obj.quiet)
+    progress = Progress(quiet=obj.quiet or obj.json)
     try:
         with stdout_to_stderr(obj.json):
             doc = explore(recipe, overrides=sets, out=out, progress=progress,

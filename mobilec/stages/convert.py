@@ -31,6 +31,7 @@ from mobilec.policy.targets import ArtifactSpec, plan_artifacts
 from mobilec.recipe.schema import ConvertConfig
 from mobilec.stages.verify import verification_inputs, verify
 from mobilec.state import Artifact, ModelState
+from mobilec.util import progress
 from mobilec.util.fs import atomic_place, gzip_size, os_error_reason, remove_artifact, size_of
 
 # What a build fills on its work-dir artifact and each placed copy inherits.
@@ -156,9 +157,12 @@ def build_artifact(state: ModelState, spec: ArtifactSpec) -> Artifact:
         dest.parent.mkdir(parents=True, exist_ok=True)
         work = Artifact(path=dest, format=spec.format, quantization=spec.quantization,
                         target=spec.target, delegate=spec.delegate)
+        label = f"{spec.format} {spec.quantization} via {route.name}"
+        progress.step(f"{label}: building")
         reason = _try_build(state, route, work, dest)
         if reason is None:
             ok, reason = _try_verify(state, fmt, work, x)
+            progress.step(f"{label}: {_verdict(work, ok, reason)}")
             if ok:
                 work.route = work.route or route.name
                 work.routes_failed = failed + work.routes_failed
@@ -173,6 +177,7 @@ def build_artifact(state: ModelState, spec: ArtifactSpec) -> Artifact:
                 fallback = work
                 fallback.route = route.name
         else:
+            progress.step(f"{label}: build failed: {reason[:160]}")
             entry = {"route": route.name, "reason": reason}
         failed.append(entry)
         if fallback is not work:
@@ -188,6 +193,15 @@ def build_artifact(state: ModelState, spec: ArtifactSpec) -> Artifact:
         return fallback
     base.status, base.error, base.routes_failed = "failed", summary, failed
     return base
+
+
+def _verdict(work: Artifact, ok: bool, reason: str) -> str:
+    """A progress line's end: built size and what verification found."""
+    size = size_of(work.path) if work.path.exists() else None
+    snr = (work.verification or {}).get("snr_db")
+    text = f"built {size / 1024:.1f} KB, " if size else "built, "
+    text += "verified" if ok else f"not verified ({reason[:160]})"
+    return text + (f" ({snr:.1f} dB)" if isinstance(snr, (int, float)) else "")
 
 
 def _try_build(state: ModelState, route: Route, work: Artifact, dest: Path) -> str | None:

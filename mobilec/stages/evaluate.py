@@ -20,6 +20,7 @@ from mobilec.formats import get_format
 from mobilec.policy.modes import is_quantized
 from mobilec.stages.verify import QUANT_FLOOR_DB
 from mobilec.state import Artifact, ModelState
+from mobilec.util import progress
 from mobilec.util.metrics import accuracy, below_floor, fidelity
 
 SLOWER_THAN_FLOAT = 1.10  # warn when >10% slower than the float32 sibling
@@ -34,6 +35,7 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
     for art in state.artifacts:
         stop_if_interrupted()  # between artifacts: a signal a runtime swallowed stops here
         if art.status in ("ok", "failed-verification") and art.path.exists():
+            progress.step(f"measuring {art.path.parent.name}/{art.path.name}")
             try:
                 evaluate_artifact(state, art)
             except MobilecError as exc:

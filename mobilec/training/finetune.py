@@ -15,6 +15,7 @@ import numpy as np
 
 from mobilec.errors import UnsupportedError
 from mobilec.state import ModelState
+from mobilec.util import progress
 from mobilec.util.tfenv import import_tf_keras, set_seed
 
 
@@ -91,10 +92,20 @@ def fit(state: ModelState, model: Any, *, epochs: int, batch_size: int, learning
     y, loss, loss_name = targets or training_targets(state, model)
     model.compile(optimizer=tfk.optimizers.Adam(learning_rate), loss=loss)
     history = model.fit(state.data.train.x, y, epochs=epochs, batch_size=batch_size, verbose=0,
-                        shuffle=True, callbacks=callbacks or [])
+                        shuffle=True, callbacks=[*(callbacks or []), _epoch_progress(tfk, epochs)])
     losses = history.history.get("loss") or [None]
     return {"epochs": epochs, "loss": loss_name,
             "final_loss": None if losses[-1] is None else round(float(losses[-1]), 5)}
+
+
+def _epoch_progress(tfk: Any, epochs: int) -> Any:
+    """A Keras callback reporting each epoch's loss on the progress display."""
+    class EpochProgress(tfk.callbacks.Callback):
+        def on_epoch_end(self, index: int, logs: dict[str, Any] | None = None) -> None:
+            loss = (logs or {}).get("loss")
+            progress.epoch("training", index + 1, epochs, None if loss is None else float(loss))
+
+    return EpochProgress()
 
 
 def steps_per_epoch(state: ModelState, batch_size: int) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 from mobilec.errors import DataError
 from mobilec.formats.runtime import batched
 from mobilec.training.surgery import clone_layer
+from mobilec.util import progress
 from mobilec.util.metrics import is_classifier
 from mobilec.util.tfenv import import_tf, import_tf_keras
 
@@ -163,7 +164,7 @@ def fit(head: Head, x: np.ndarray, teacher: np.ndarray, y: np.ndarray | None,
                         f"{teacher.shape[1:]}", hint="set alpha: 1 to distill without labels")
     rng = np.random.default_rng(schedule.seed)
     history: list[float] = []
-    for _ in range(schedule.epochs):
+    for n in range(schedule.epochs):
         order = rng.permutation(len(x))
         total, seen = 0.0, 0
         for i in range(0, len(x), schedule.batch_size):
@@ -172,6 +173,7 @@ def fit(head: Head, x: np.ndarray, teacher: np.ndarray, y: np.ndarray | None,
             total += float(loss) * len(idx)
             seen += len(idx)
         history.append(total / seen)
+        progress.epoch("training", n + 1, schedule.epochs, history[-1])
         if not np.isfinite(history[-1]):
             break
     head.finish()
