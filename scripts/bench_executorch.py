@@ -60,7 +60,7 @@ def plain_executorch(model: Any, calib: np.ndarray, example: np.ndarray, dest: P
     dest.write_bytes(edge.to_executorch().buffer)
 
 
-def mobilec_pte(model: Any, data: Any, dest: Path) -> Any:
+def mobilec_pte(model: Any, data: Any, dest: Path, mode: str = "int8") -> Any:
     from mobilec.formats.executorch import ExecuTorchFormat
     from mobilec.recipe.schema import Recipe
     from mobilec.sources.data import Dataset, Split
@@ -74,7 +74,7 @@ def mobilec_pte(model: Any, data: Any, dest: Path) -> Any:
     state.torch_program = export_program(model, (xe[:1],))
     state.inputs, state.outputs = describe_io(state.torch_program)
     state.data = Dataset(Split(xt, yt), Split(xe, ye), Split(xt[:200]))
-    art = Artifact(path=dest, format="executorch", quantization="int8")
+    art = Artifact(path=dest, format="executorch", quantization=mode)
     ExecuTorchFormat().build(state, art, dest)
     return state, art
 
@@ -118,6 +118,30 @@ def main() -> None:
               f"{wall:>7.1f}")
     print(f"mobilec route: {route}; delegation: {delegation['delegated']} delegated, "
           f"{delegation['non_delegated']} not ({delegation['backend']})")
+    modes_table(model, data, ref_acc)
+
+
+def modes_table(model: Any, data: Any, ref_acc: float) -> None:
+    """Every ExecuTorch mode mobilec builds, side by side against the float32 .pte
+    (issue 25's measures: int4 <= 0.35x and <= 1.5 pt; float16 <= 0.55x and <= 0.1 pt)."""
+    from mobilec.formats.executorch import ExecuTorchFormat, run_isolated
+
+    (_, _), (xe, ye) = data
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("float32", "float16", "dynamic", "int8", "int4"):
+            dest = Path(tmp) / f"digits-{mode}.pte"
+            state, art = mobilec_pte(model, data, dest, mode)
+            acc = float(np.mean(run_isolated(dest, xe)[0].argmax(-1) == ye))
+            lat = ExecuTorchFormat().latency(state, art, xe)
+            rows[mode] = (dest.stat().st_size, acc, lat["median"])
+    base_size, base_acc, base_lat = rows["float32"]
+    print(f"\n.pte modes (eager float32 accuracy {ref_acc:.4f})")
+    print(f"{'mode':9} {'size B':>9} {'x f32':>7} {'accuracy':>9} {'drop pt':>8} "
+          f"{'lat med ms':>11} {'x f32':>7}")
+    for mode, (size, acc, lat) in rows.items():
+        print(f"{mode:9} {size:>9} {size / base_size:>7.3f} {acc:>9.4f} "
+              f"{100 * (base_acc - acc):>8.2f} {lat:>11.4f} {lat / base_lat:>7.3f}")
 
 
 if __name__ == "__main__":

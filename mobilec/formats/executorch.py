@@ -26,6 +26,7 @@ import numpy as np
 
 from mobilec.delegates.snippets import kotlin_executorch, swift_executorch
 from mobilec.errors import ConversionError, MobilecError, UnsupportedError, stop_if_interrupted
+from mobilec.formats import executorch_quant
 from mobilec.formats.executorch_runtime import run_isolated
 from mobilec.sources.batch import (
     Inputs,
@@ -42,6 +43,7 @@ CALIBRATION_BATCH = 32
 PRECISION = {
     "float32": "float32 weights and compute",
     "int8": "int8 weights (per-channel) and activations, float32 I/O (PT2E, XNNPACKQuantizer)",
+    **executorch_quant.PRECISION,
 }
 
 
@@ -71,7 +73,7 @@ ROUTES = (
 class ExecuTorchFormat:
     name = "executorch"
     suffix = ".pte"
-    modes = frozenset({"int8"})
+    modes = frozenset({"int8", *executorch_quant.PRECISION})
 
     def precheck(self, state: ModelState) -> None:
         if state.torch_module is None and state.torch_program is None:
@@ -98,8 +100,8 @@ class ExecuTorchFormat:
         self.precheck(state)
         route = route or ROUTES[0]
         mode = artifact.quantization
-        if mode not in ("float32", "int8"):
-            raise UnsupportedError(f"ExecuTorch artifacts are float32 or int8, not {mode}",
+        if mode not in PRECISION:
+            raise UnsupportedError(f"ExecuTorch artifacts are {', '.join(PRECISION)}, not {mode}",
                                    where="stages.quantize.mode")
         calibration = _calibration(state)
         if mode == "int8" and calibration is None:
@@ -107,7 +109,8 @@ class ExecuTorchFormat:
                                    hint="add a data: section (train or eval), or ask for float32")
         example = state.sample_inputs(1)
         try:
-            buffer, delegation = lower(_eager_module(state), example, route, mode, calibration)
+            buffer, delegation = lower(_eager_module(state), example, route, mode, calibration,
+                                       notes=artifact.notes)
         except MobilecError:
             raise
         except Exception as exc:  # noqa: BLE001 - each route fails in its own way
@@ -177,6 +180,8 @@ def _record(artifact: Artifact, route: Route, delegation: dict[str, Any]) -> Non
         artifact.precision = "int8 conv/linear (per-tensor), other ops float32; float32 I/O"
     elif artifact.quantization == "int8":
         artifact.quantizer = "PT2E XNNPACKQuantizer, per-channel"
+    elif executorch_quant.QUANTIZER.get(artifact.quantization):
+        artifact.quantizer = executorch_quant.QUANTIZER[artifact.quantization]
     if not route.delegate:
         artifact.notes.append("no XNNPACK delegate in this .pte: every op runs on ExecuTorch's "
                               "portable kernels")
@@ -190,9 +195,11 @@ def _record(artifact: Artifact, route: Route, delegation: dict[str, Any]) -> Non
 
 
 def lower(module: Any, example: Inputs, route: Route, mode: str,
-          calibration: Inputs | None) -> tuple[bytes, dict[str, Any]]:
-    """Export `module` at batch 1, quantize (int8), lower along `route`; the .pte bytes and
-    the delegation counts."""
+          calibration: Inputs | None, notes: list[str] | None = None
+          ) -> tuple[bytes, dict[str, Any]]:
+    """Export `module` at batch 1, quantize (int8, or a mode of executorch_quant), lower
+    along `route`; the .pte bytes and the delegation counts. Notes on what the mode kept
+    float are appended to `notes`."""
     import torch
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
@@ -205,6 +212,10 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
             raise UnsupportedError("int8 needs calibration data and the recipe has none",
                                    hint="add a data: section, or ask for float32")
         module = quantize_pt2e(module, example, calibration, route.quantizer)
+    elif mode in executorch_quant.PRECISION:
+        module, mode_notes = executorch_quant.prepare(module, example, mode)
+        if notes is not None:
+            notes.extend(n for n in mode_notes if n not in notes)
     ep = export_program(module, tuple(to_tensor(a) for a in as_list(example)))
     if route.decompose:
         ep = ep.run_decompositions()
@@ -221,7 +232,7 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
         edge = to_edge_transform_and_lower(
             ep, partitioner=partitioners,
             # quantize/dequantize ops are not core ATen: the IR check would reject them
-            compile_config=EdgeCompileConfig(_check_ir_validity=mode != "int8"))
+            compile_config=EdgeCompileConfig(_check_ir_validity=mode in ("float32", "float16")))
         program = edge.to_executorch()
     return program.buffer, delegation_counts(edge, BACKENDS[route.backend] if route.delegate
                                              else None)

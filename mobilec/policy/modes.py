@@ -39,9 +39,11 @@ def _same(*formats: str) -> dict[str, str]:
 _ROWS = [
     Mode("float32", "no quantization: the baseline every size ratio is measured against",
          _ALL_FLOAT, recipe=False),
-    Mode("dynamic", "int8 weights, float activations (dynamic range)",
-         _same("tflite", "onnx", "coreml"), searchable=True),
-    Mode("float16", "float16 weights", _same("tflite", "onnx", "coreml"), searchable=True),
+    Mode("dynamic", "int8 weights, float activations (dynamic range; ExecuTorch: int8 "
+         "activations quantized at run time)",
+         _same("tflite", "onnx", "coreml", "executorch"), searchable=True),
+    Mode("float16", "float16 weights", _same("tflite", "onnx", "coreml", "executorch"),
+         searchable=True),
     Mode("int8", "full integer: int8 weights and activations, float I/O",
          _same("tflite", "onnx", "coreml", "executorch"), calibrates=True, searchable=True,
          int8_activations=True),
@@ -50,8 +52,9 @@ _ROWS = [
          int8_activations=True),
     Mode("int16x8", "int8 weights, int16 activations (TFLite)", _same("tflite"),
          calibrates=True, searchable=True),
-    Mode("int4", "4-bit weights (ai-edge-quantizer; Core ML blockwise)",
-         _same("tflite", "coreml"), searchable=True),
+    Mode("int4", "4-bit weights (ai-edge-quantizer; Core ML blockwise; ExecuTorch 8da4w: "
+         "int4 Linear weights, int8 dynamic activations)",
+         _same("tflite", "coreml", "executorch"), searchable=True),
     Mode("palettize", "k-means weight palettes (Core ML)", _same("coreml")),
     Mode("qat", "quantization-aware fine-tuning, then int8",
          {"tflite": "", "onnx": "", "coreml": "int8"},

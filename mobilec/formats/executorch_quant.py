@@ -1,0 +1,124 @@
+"""ExecuTorch's XNNPACK modes besides float32 and static int8: `float16`, `dynamic` (int8
+weights, int8 activations quantized at run time) and `int4` (ExecuTorch's 8da4w: int4
+weights in groups of 32, int8 dynamic activations, through torchao).
+
+Each function rewrites the eager module before it is exported and lowered
+(formats/executorch.py::lower); none needs calibration data.
+
+What XNNPACK (ExecuTorch 1.5.1) does with them, measured on the digits CNN:
+- float16: every op runs in fp16, but XNNPACK serializes Conv weights as fp32
+  (`op_conv2d.py`: `force_fp32=True`; it converts them when the graph is built), so a
+  Conv-heavy model shrinks less than 2x (Linear weights are stored in fp16).
+- int4 (8da4w): torchao quantizes Linear layers only (Conv stays float32), as
+  ExecuTorch's own 8da4w does; a Linear whose input width is not a multiple of the group
+  size stays float (named in the artifact's notes).
+- dynamic: XNNPACKQuantizer's dynamic per-channel config (Linear and Conv).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mobilec.errors import UnsupportedError
+from mobilec.sources.batch import Inputs, as_list
+from mobilec.sources.pytorch import export_program, to_tensor
+
+#: the modes this module prepares, and what each .pte holds
+PRECISION = {
+    "float16": "float16 weights and compute (XNNPACK; Conv weights stored fp32), float32 I/O",
+    "dynamic": "int8 weights (per-channel), int8 activations quantized at run time, "
+               "float32 I/O",
+    "int4": "8da4w: int4 Linear weights (groups of 32), int8 dynamic activations; "
+            "other layers float32; float32 I/O",
+}
+QUANTIZER = {
+    "float16": None,
+    "dynamic": "PT2E XNNPACKQuantizer, dynamic per-channel",
+    "int4": "torchao Int8DynamicActivationIntxWeightConfig (int4, PerGroup 32)",
+}
+INT4_GROUP = 32
+
+
+def prepare(module: Any, example: Inputs, mode: str) -> tuple[Any, list[str]]:
+    """`module` rewritten for `mode` (a copy: the source module is never changed) and the
+    notes to put on the artifact."""
+    import copy
+
+    if mode == "float16":
+        return _float16(copy.deepcopy(module).half()), []
+    if mode == "dynamic":
+        return _dynamic_int8(module, example), []
+    if mode == "int4":
+        return _int4_8da4w(copy.deepcopy(module))
+    raise UnsupportedError(f"ExecuTorch has no {mode} mode here",
+                           where="stages.quantize.mode", hint="use " + ", ".join(PRECISION))
+
+
+def _float16(inner: Any) -> Any:
+    import torch
+
+    class Float16(torch.nn.Module):
+        """fp16 inside, float32 I/O: the app feeds and reads float32 like every other .pte."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args: Any) -> Any:
+            out = self.inner(*(a.to(torch.float16) if a.is_floating_point() else a
+                               for a in args))
+            if isinstance(out, (tuple, list)):
+                return type(out)(o.to(torch.float32) for o in out)
+            return out.to(torch.float32)
+
+    return Float16(inner)
+
+
+def _dynamic_int8(module: Any, example: Inputs) -> Any:
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    args = tuple(to_tensor(a) for a in as_list(example))
+    prepared = prepare_pt2e(export_program(module, args).module(), quantizer)
+    with torch.no_grad():
+        prepared(*args)  # weight observers need one pass; activations are dynamic
+    return convert_pt2e(prepared)
+
+
+def _int4_8da4w(module: Any) -> tuple[Any, list[str]]:
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    skipped: list[str] = []
+    taken: list[str] = []
+
+    def linear_in_groups(m: Any, fqn: str) -> bool:
+        if not isinstance(m, torch.nn.Linear):
+            return False
+        if m.in_features % INT4_GROUP:
+            skipped.append(fqn)
+            return False
+        taken.append(fqn)
+        return True
+
+    quantize_(module, Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int4, weight_granularity=PerGroup(INT4_GROUP)),
+        filter_fn=linear_in_groups)
+    if not taken:
+        raise UnsupportedError(
+            "int4 (8da4w) quantizes Linear layers whose input width is a multiple of "
+            f"{INT4_GROUP}, and this model has none", where="stages.quantize.mode",
+            hint="use dynamic or int8 for the .pte")
+    notes = [f"int4 (8da4w): {len(taken)} Linear layers in int4; Conv and other layers "
+             "float32"]
+    if skipped:
+        notes.append(f"kept float (input width not a multiple of {INT4_GROUP}): "
+                     + ", ".join(skipped[:8]))
+    return module.eval(), notes
