@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[ray,test,dev,torch]"
 	# A plain `pip install onnx2tf` silently resolves to an older release; pin it without deps.
 	$(BIN)/python -m pip install -q --no-deps onnx2tf==1.29.24 onnx-graphsurgeon==0.6.1 sng4onnx==2.0.1 onnxsim==0.8.1 psutil
+	# onnx2torch asks for torchvision (a second multi-GB torch build) for two detection ops only.
+	$(BIN)/python -m pip install -q --no-deps onnx2torch==1.5.15
 	rm -f $(VENV)/.installed-*
 	touch $@
 
