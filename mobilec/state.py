@@ -13,6 +13,8 @@ from mobilec.formats import FORMATS
 from mobilec.recipe.schema import ConvertConfig, Recipe
 from mobilec.sources.batch import first_n, synthetic_inputs
 from mobilec.sources.data import Dataset
+from mobilec.sources.labels import LabelOutput
+from mobilec.util.metrics import accuracy
 
 
 @dataclass
@@ -112,6 +114,8 @@ class ModelState:
     # Outputs of the model as loaded, on the eval inputs: the yardstick for fidelity.
     reference: list[np.ndarray] | None = None
     reference_accuracy: float | None = None
+    # Which output the labels belong to (decided once, at load, on the source model).
+    label_output: LabelOutput | None = None
     plan: QuantPlan | None = None
     artifacts: list[Artifact] = field(default_factory=list)
     stages: list[StageResult] = field(default_factory=list)
@@ -132,6 +136,14 @@ class ModelState:
     @property
     def eval_y(self) -> np.ndarray | None:
         return None if self.data is None or self.data.eval is None else self.data.eval.y
+
+    def label_accuracy(self, outs: list[np.ndarray]) -> float | None:
+        """Accuracy of a model's outputs on the eval labels, read from the output the labels
+        belong to (every stage asks here; None without labels or a label output)."""
+        index = None if self.label_output is None else self.label_output.index
+        if index is None or self.eval_y is None:
+            return None
+        return accuracy(outs[index], self.eval_y)
 
     def sample_inputs(self, n: int) -> Any:
         """Up to n model inputs to run: eval data, else calibration data, else seeded

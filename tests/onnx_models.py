@@ -236,3 +236,56 @@ def custom_op_model(directory: Path) -> Path:
     x, y = _digits()
     _save_data(directory, "custom", x.reshape(len(x), 64), y, 1437)
     return path
+
+
+def _softmax_regression(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 300
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """A linear classifier fitted with plain gradient descent (numpy, well under a second)."""
+    w = np.zeros((x.shape[1], classes), "float32")
+    b = np.zeros(classes, "float32")
+    onehot = np.eye(classes, dtype="float32")[y]
+    for _ in range(steps):
+        z = x @ w + b
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - onehot) / len(x)
+        w -= 2.0 * x.T @ g
+        b -= 2.0 * g.sum(axis=0)
+    return w, b
+
+
+def heads_model(directory: Path, name: str, heads: list[tuple[str, int, bool]]) -> Path:
+    """Flattened digits [batch, 64] -> one Gemm head per (name, width, trained): a trained
+    head is a softmax digit classifier (width 10), an untrained one random numbers of its
+    width (a detector's boxes, landmarks, or a second classifier head that knows nothing).
+    Written with onnx.helper: no TensorFlow, built in a second."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x, y = _digits()
+    flat = x.reshape(len(x), 64).astype("float32")
+    rng = np.random.default_rng(6)
+    inits, nodes, outputs = [], [], []
+    for head, width, trained in heads:
+        if trained:
+            w, b = _softmax_regression(flat[:1437], y[:1437], width)
+        else:
+            w = (rng.standard_normal((64, width)) * 0.3).astype("float32")
+            b = np.zeros(width, "float32")
+        inits += [numpy_helper.from_array(w, f"{head}_w"), numpy_helper.from_array(b, f"{head}_b")]
+        gemm = f"{head}_logits" if trained else head
+        nodes.append(helper.make_node("Gemm", ["x", f"{head}_w", f"{head}_b"], [gemm]))
+        if trained:
+            nodes.append(helper.make_node("Softmax", [gemm], [head], axis=1))
+        outputs.append(helper.make_tensor_value_info(head, TensorProto.FLOAT, ["batch", width]))
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="mobilec-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = directory / f"{name}.onnx"
+    onnx.save(model, str(path))
+    _save_data(directory, name, flat, y, 1437)
+    return path

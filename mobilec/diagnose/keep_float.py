@@ -36,7 +36,6 @@ from mobilec.recipe.schema import QuantizeConfig
 from mobilec.sources.onnx2tf_bridge import tf_input_layout
 from mobilec.state import Artifact, ModelState
 from mobilec.util.fs import size_of
-from mobilec.util.metrics import accuracy
 
 SIZE_LIMIT_RATIO = 0.4  # a mixed model bigger than this has lost most of what int8 is for
 MAX_KEPT = 12  # auto never keeps more layers than this in float
@@ -197,7 +196,7 @@ class _Candidates:
         path = self.dir / f"{len(kept)}{'.tflite' if self.backend == 'tflite' else '.onnx'}"
         runner = self._build_tflite(path, kept) if self.backend == "tflite" else \
             self._build_onnx(path, kept)
-        acc = accuracy(runner(self.state.eval_x)[0], self.state.eval_y)
+        acc = self.state.label_accuracy(runner(self.state.eval_x))
         return size_of(path), float(acc or 0.0)
 
     def _build_tflite(self, path: Path, kept: list[str]) -> Any:

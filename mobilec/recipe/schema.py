@@ -41,6 +41,9 @@ class ModelSpec(Strict):
     input_shape: list[int] | None = Field(
         None, description="Fixes dynamic dimensions, batch first, e.g. [1, 8, 8, 1]; for a "
                           "PyTorch module, the example input's shape.")
+    inputs: dict[str, list[int]] | None = Field(
+        None, description="Per-input shapes, batch first, keyed by input name, e.g. {input: [1, "
+                          "512], state: [2, 1, 128]}; fixes those inputs' dynamic dims.")
     input_dtype: Literal["float32", "float16", "int64", "int32", "bool"] = Field(
         "float32", description="PyTorch module: the example input's dtype.")
     dynamic_batch: bool = Field(
@@ -61,14 +64,35 @@ class ModelSpec(Strict):
     @classmethod
     def _positive(cls, v: list[int] | None) -> list[int] | None:
         if v is not None:
-            if not v or any(d < 1 for d in v):
-                raise ValueError("every dimension must be a positive integer")
-            total = 1
-            for d in v:
-                total *= d
-            if total > MAX_INPUT_ELEMENTS:
-                raise ValueError(f"declares {total} elements per input; that is not a mobile model")
+            _check_shape(v)
         return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _positive_each(cls, v: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
+        for name, shape in (v or {}).items():
+            try:
+                _check_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"input '{name}': {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_shape_key(self) -> ModelSpec:
+        if self.inputs is not None and self.input_shape is not None:
+            raise ValueError("give model.input_shape (one input) or model.inputs (per input), "
+                             "not both")
+        return self
+
+
+def _check_shape(v: list[int]) -> None:
+    if not v or any(d < 1 for d in v):
+        raise ValueError("every dimension must be a positive integer")
+    total = 1
+    for d in v:
+        total *= d
+    if total > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"declares {total} elements per input; that is not a mobile model")
 
 
 class DataSpec(Strict):
@@ -83,6 +107,10 @@ class DataSpec(Strict):
     image_size: list[int] | None = Field(None, description="images source: [height, width].")
     python: str | None = Field(
         None, description="'module:function' returning (x, y); runs only because the recipe asks.")
+    label_output: str | int | None = Field(
+        None, description="The model output the labels y belong to (name or index); default: "
+                          "the one classifier-shaped output the labels fit, else the one the "
+                          "source model scores best on.")
 
     @model_validator(mode="after")
     def _needs_files(self) -> DataSpec:
@@ -282,6 +310,8 @@ class Recipe(Strict):
     # Not part of the schema: where the recipe came from.
     _source: str = "<recipe>"
     _sha256: str = ""
+    _lines: Any = None  # the LocatedYaml's line table, so later checks can name file:line
+
 
     @model_validator(mode="after")
     def _stage_order(self) -> Recipe:
@@ -310,6 +340,14 @@ class Recipe(Strict):
     @property
     def sha256(self) -> str:
         return self._sha256
+
+    def where(self, *loc: str | int) -> str:
+        """'recipe.yaml:12' for a key path checked after validation (e.g. against the model)."""
+        lines = self._lines or {}
+        while loc and loc not in lines:
+            loc = loc[:-1]
+        line = lines.get(loc) if loc else None
+        return f"{self._source}:{line}" if line else self._source
 
     def effective_json(self) -> str:
         """Canonical JSON of the validated recipe (used for caching and the report)."""

@@ -70,6 +70,7 @@ def build_report(state: ModelState) -> dict[str, Any]:
             "params": src.params if src else None,
             "size_bytes": src.size_bytes if src else None,
             "accuracy": state.reference_accuracy,
+            "label_output": state.label_output.as_dict() if state.label_output else None,
             "inputs": [t.as_dict() for t in state.inputs],
             "outputs": [t.as_dict() for t in state.outputs],
         },

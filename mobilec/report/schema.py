@@ -24,6 +24,17 @@ class Tensor(_Model):
     dtype: str = "float32"
 
 
+class LabelOutput(_Model):
+    name: str | None = Field(description="The output's name; null when none carries the labels.")
+    index: int | None
+    chosen_by: Literal["recipe", "only-fit", "source-accuracy", "none"] = Field(
+        description="data.label_output; the only class-score output the labels fit; the one "
+                    "of several the source model scores best on; none (accuracy is null).")
+    reason: str
+    candidates: list[dict[str, Any]] = Field(
+        default_factory=list, description="source-accuracy: each fitting output's accuracy.")
+
+
 class ModelInfo(_Model):
     path: str
     format: str | None
@@ -31,6 +42,8 @@ class ModelInfo(_Model):
     params: int | None
     size_bytes: int | None
     accuracy: float | None = Field(None, description="The source model on data.eval (labels).")
+    label_output: LabelOutput | None = Field(
+        None, description="The output accuracy is read from, and why (null without labels).")
     inputs: list[Tensor] = Field(default_factory=list)
     outputs: list[Tensor] = Field(default_factory=list)
 

@@ -24,7 +24,6 @@ from mobilec.training import kd
 from mobilec.training.finetune import require_train_data
 from mobilec.training.flops import model_cost
 from mobilec.training.surgery import Replacement, clone_layer, is_model, output_layers, rebuild
-from mobilec.util.metrics import accuracy
 from mobilec.util.tfenv import set_seed
 
 SEED = 0
@@ -161,7 +160,7 @@ def _cost(state: ModelState) -> tuple[int | None, int | None]:
 def _eval_accuracy(state: ModelState, runner: Any) -> float | None:
     if state.eval_x is None or state.eval_y is None:
         return None
-    acc = accuracy(runner(state.eval_x)[0], state.eval_y)
+    acc = state.label_accuracy(runner(state.eval_x))
     return None if acc is None else round(acc, 6)
 
 

@@ -21,7 +21,7 @@ from mobilec.policy.modes import is_quantized
 from mobilec.stages.verify import QUANT_FLOOR_DB
 from mobilec.state import Artifact, ModelState
 from mobilec.util import progress
-from mobilec.util.metrics import accuracy, below_floor, fidelity
+from mobilec.util.metrics import below_floor, fidelity
 
 SLOWER_THAN_FLOAT = 1.10  # warn when >10% slower than the float32 sibling
 MAX_DROP = 0.05  # the default floor: more than 5 points below the source is broken
@@ -74,7 +74,7 @@ def evaluate_artifact(state: ModelState, art: Artifact) -> None:
                                                names=[t.name for t in state.outputs],
                                                axis=state.recipe.verify.channel_axis)
         if state.eval_y is not None:
-            acc = accuracy(outs[0], state.eval_y)
+            acc = state.label_accuracy(outs)
             art.metrics["accuracy"] = acc
             if acc is not None and state.reference_accuracy is not None:
                 art.metrics["accuracy_drop"] = round(state.reference_accuracy - acc, 6)

@@ -48,7 +48,6 @@ from mobilec.training.surgery import (
     same_layer,
     unique_name,
 )
-from mobilec.util.metrics import accuracy
 from mobilec.util.tfenv import import_tf_keras, set_seed
 
 # Fine-tuning: soft targets at a mild temperature carry the model's own
@@ -294,12 +293,12 @@ def _finetune(state: ModelState, original: Any, new: Any, config: FactorizeConfi
 def _eval_accuracy(state: ModelState) -> float | None:
     if state.eval_x is None or state.eval_y is None:
         return None
-    acc = accuracy(source_runner(state)(state.eval_x)[0], state.eval_y)
+    acc = state.label_accuracy(source_runner(state)(state.eval_x))
     return None if acc is None else round(acc, 6)
 
 
 def _eval_accuracy_of(state: ModelState, model: Any) -> float | None:
     if state.eval_x is None or state.eval_y is None:
         return None
-    acc = accuracy(predict(model, state.eval_x), state.eval_y)
+    acc = state.label_accuracy(predict(model, state.eval_x))
     return None if acc is None else round(acc, 6)

@@ -122,7 +122,10 @@ class _Probe:
             raise UnsupportedError("factorize rank: auto measures each layer's sensitivity on "
                                    "data and the recipe has none", where=state.recipe.source,
                                    hint="add a data: section, or give a fixed rank (e.g. 0.5)")
-        self.ref = predict(model, self.x)
+        # the output the labels belong to (a detector's class scores, not its boxes)
+        label = state.label_output
+        self.output = label.index if label is not None and label.index is not None else 0
+        self.ref = predict(model, self.x)[self.output]
         classifier = self.ref.ndim == 2 and self.ref.shape[-1] >= 2
         self.y = y if classifier and y is not None else None
         self.metric = ("accuracy drop" if self.y is not None else
@@ -140,7 +143,7 @@ class _Probe:
         return DEFAULT_MAX_DROP
 
     def measure(self, trial: Any) -> dict[str, Any]:
-        got = predict(trial, self.x)
+        got = predict(trial, self.x)[self.output]
         snr = snr_db(self.ref, got)
         noise = 10.0 ** (-snr / 10.0) if math.isfinite(snr) else (0.0 if snr > 0 else 1.0)
         if self.y is not None:
@@ -153,10 +156,10 @@ class _Probe:
                 "snr_db": round(snr, 2) if math.isfinite(snr) else None}
 
 
-def predict(model: Any, x: np.ndarray) -> np.ndarray:
-    """Output 0 of a Keras model on x, in batches."""
+def predict(model: Any, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of a Keras model on x, in batches."""
     def run(batch: np.ndarray) -> list[np.ndarray]:
         out = model(batch, training=False)
-        return [np.asarray(out[0] if isinstance(out, (list, tuple)) else out)]
+        return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
 
-    return batched(run, x)[0]
+    return batched(run, x)

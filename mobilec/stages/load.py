@@ -9,7 +9,7 @@ import numpy as np
 
 from mobilec.errors import ModelLoadError, first_line
 from mobilec.formats.runtime import count_params, source_runner
-from mobilec.sources.batch import as_list, from_list, is_float
+from mobilec.sources.batch import as_list, first_n, from_list, is_float
 from mobilec.sources.data import adapt_layout, fit_to_input, load_dataset
 from mobilec.sources.detect import (
     check_input_size,
@@ -20,11 +20,11 @@ from mobilec.sources.detect import (
 )
 from mobilec.sources.keras_bridge import keras3_to_tf_keras
 from mobilec.sources.keras_rnn import unroll_in_place
+from mobilec.sources.labels import settle_labels
 from mobilec.sources.onnx_input import load_onnx
 from mobilec.sources.torch_load import load_module_source, load_pt2_source
 from mobilec.state import ModelState, SourceInfo, TensorSpec
 from mobilec.util.fs import sha256_path, size_of
-from mobilec.util.metrics import accuracy
 from mobilec.util.tfenv import import_keras3, import_tf, import_tf_keras
 
 UNSAFE_HINT = ("Lambda layers hold arbitrary Python code; pass --unsafe-deserialization only "
@@ -233,12 +233,32 @@ def _load_data(state: ModelState) -> None:
             parts.append(fit_to_input(x, spec.shape, f"{where} (input {spec.name})"
                                       if len(state.inputs) > 1 else where, spec.dtype))
         split.x = from_list(parts)
-    if state.data.eval is None:
-        return
     run_model = source_runner(state)
-    state.reference = run_model(state.data.eval.x)
-    if state.data.eval.y is not None:
-        state.reference_accuracy = accuracy(state.reference[0], state.data.eval.y)
+    if state.data.eval is not None:
+        state.reference = run_model(state.data.eval.x)
+    _settle_labels(state)
+
+
+LABEL_ROWS = 256  # without eval data, train labels are checked on the first rows' outputs
+
+
+def _settle_labels(state: ModelState) -> None:
+    """Which output carries the labels (on the source model), labels made class ids for it."""
+    data = state.data
+    if data.eval is not None and data.eval.y is not None:
+        outs = state.reference
+    elif data.eval is None and data.train is not None and data.train.y is not None:
+        outs = source_runner(state)(first_n(data.train.x, LABEL_ROWS))
+    else:
+        return
+    names = [t.name for t in state.outputs]
+    if len(names) != len(outs):
+        names = [f"output_{i}" for i in range(len(outs))]
+    state.label_output, notes = settle_labels(data, state.recipe.data, outs, names,
+                                              state.recipe.where("data", "label_output"))
+    for note in notes:
+        state.note(note)
+    state.reference_accuracy = state.label_accuracy(outs) if data.eval is not None else None
 
 
 # The formats a Keras model comes in (what a distill student may be), then every source.

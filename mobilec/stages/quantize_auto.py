@@ -15,7 +15,6 @@ from mobilec.formats import get_format
 from mobilec.policy.modes import SEARCHABLE
 from mobilec.state import Artifact, ModelState
 from mobilec.util.fs import size_of
-from mobilec.util.metrics import accuracy
 
 DEFAULT_CANDIDATES = ("int4", "int8", "int16x8", "float16")
 TOLERANCE = 1e-9  # accuracy is a ratio of counts: compare without float noise
@@ -73,7 +72,7 @@ def try_candidate(state: ModelState, mode: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - one failing candidate must not end the search
         row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
         return row
-    acc = accuracy(outs[0], state.eval_y)
+    acc = state.label_accuracy(outs)
     row["accuracy"] = acc
     if acc is not None:
         row["accuracy_drop"] = round(state.reference_accuracy - acc, 6)

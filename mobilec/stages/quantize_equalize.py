@@ -29,7 +29,6 @@ from mobilec.recipe.schema import QuantizeConfig
 from mobilec.sources.onnx_input import read_model, save_model
 from mobilec.state import Artifact, ModelState
 from mobilec.training.equalize import equalize_keras
-from mobilec.util.metrics import accuracy
 
 # Modes whose activations end up int8: the only ones equalization can help.
 APPLIES_TO = (*INT8_MODES, "qat", "auto")
@@ -171,4 +170,4 @@ def _int8_accuracy(state: ModelState, fmt: str) -> float | None:
     except MobilecError as exc:
         state.note(f"quantize equalize auto: int8 {fmt} trial failed ({exc.message})")
         return None
-    return accuracy(outs[0], state.eval_y)
+    return state.label_accuracy(outs)

@@ -19,7 +19,6 @@ from mobilec.formats.runtime import source_runner
 from mobilec.sources.onnx_input import read_model, save_model
 from mobilec.state import ModelState
 from mobilec.util.fs import sha256_path, size_of
-from mobilec.util.metrics import accuracy
 
 SUFFIX = {"keras": ".h5", "onnx": ".onnx", "savedmodel": ""}
 
@@ -57,7 +56,7 @@ def run(state: ModelState, config: dict[str, Any] | None) -> dict[str, Any]:
     tmp.replace(dest)
     acc = None
     if state.eval_x is not None and state.eval_y is not None:
-        acc = accuracy(source_runner(state)(state.eval_x)[0], state.eval_y)
+        acc = state.label_accuracy(source_runner(state)(state.eval_x))
     return {"path": str(dest), "format": kind, "sha256": sha256_path(dest),
             "size_bytes": size_of(dest), "accuracy": acc,
             "reference_accuracy": state.reference_accuracy}
