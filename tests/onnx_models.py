@@ -289,3 +289,40 @@ def heads_model(directory: Path, name: str, heads: list[tuple[str, int, bool]]) 
     onnx.save(model, str(path))
     _save_data(directory, name, flat, y, 1437)
     return path
+
+
+def streaming_model(directory: Path, sizes: tuple[int, int] = (16, 16)) -> Path:
+    """Two inputs as a streaming audio model has them: `input` [batch, sequence] with the
+    sequence dynamic, and `state` [batch, 8]; output `probs` [batch, 4]. The data
+    (`streaming-train.npz`, `streaming-eval.npz`) gives `input` sequences of `sizes`
+    (train, eval) samples: equal sizes fix the dynamic dim, different ones do not."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w = numpy_helper.from_array(rng.standard_normal((8, 4)).astype("float32"), "w")
+    v = numpy_helper.from_array(np.array([[2.0, -2.0, 1.0, -1.0]], "float32"), "v")
+    nodes = [helper.make_node("ReduceMean", ["input"], ["level"], axes=[1], keepdims=1),
+             helper.make_node("MatMul", ["level", "v"], ["from_input"]),
+             helper.make_node("MatMul", ["state", "w"], ["from_state"]),
+             helper.make_node("Add", ["from_input", "from_state"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "streaming",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "sequence"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 4])], [w, v])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="mobilec-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = directory / "streaming.onnx"
+    onnx.save(model, str(path))
+    for role, size, n in (("train", sizes[0], 96), ("eval", sizes[1], 64)):
+        x = rng.standard_normal((n, size)).astype("float32")
+        state = rng.standard_normal((n, 8)).astype("float32")
+        logits = x.mean(axis=1, keepdims=True) @ numpy_helper.to_array(v) + \
+            state @ numpy_helper.to_array(w)
+        np.savez(directory / f"streaming-{role}.npz", input=x, state=state,
+                 y=logits.argmax(axis=1))
+    return path

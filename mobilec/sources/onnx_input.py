@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.errors import ModelLoadError, first_line
+from mobilec.sources.input_shapes import data_shapes, recipe_shapes, resolve_dims
 from mobilec.state import ModelState, TensorSpec
 
 #: where the working copy lives inside state.work_dir
@@ -220,11 +221,19 @@ def load_onnx(state: ModelState, path: Path) -> int:
     ins = graph_inputs(model)
     if not ins:
         raise ModelLoadError("the model has no inputs", where=str(path))
-    # model.input_shape fixes the first input's open dims (the image, for most models);
-    # every other input must have static dims but the batch.
-    specs = [TensorSpec(v.name, fix_input_dims(v, state.recipe.model.input_shape if i == 0
-                                               else None, path), dtype_of(v))
-             for i, v in enumerate(ins)]
+    # Every dim but the batch made static: from the recipe (model.inputs / input_shape),
+    # else from the data; the working copy gets them, the user's file is never touched.
+    names = [v.name for v in ins]
+    wants = recipe_shapes(state.recipe, names)
+    seen = data_shapes(state.recipe, names)
+    specs = []
+    for v in ins:
+        fixed, notes = resolve_dims(state.recipe, v.name, dims_of(v), wants.get(v.name),
+                                    seen.get(v.name, []), str(path), single=len(ins) == 1)
+        _write_dims(v, fixed)
+        specs.append(TensorSpec(v.name, fixed, dtype_of(v)))
+        for note in notes:
+            state.note(note)
     shape = specs[0].shape
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
@@ -247,38 +256,6 @@ def _tensor(v: Any) -> dict[str, Any]:
     """{name, shape, dtype}: a symbolic dim keeps its name, an unnamed one is null."""
     return {"name": v.name, "shape": [d if isinstance(d, int) else (d or None) for d in dims_of(v)],
             "dtype": dtype_of(v)}
-
-
-def fix_input_dims(inp: Any, want: list[int] | None, path: Path) -> list[int | None]:
-    """Make every input dim but the batch static, from model.input_shape where the model leaves
-    one open; rewrites the (in-memory) model. Returns the shape with the batch as None if dynamic."""
-    dims = dims_of(inp)
-    if not dims:
-        if want is None:
-            raise ModelLoadError(f"input '{inp.name}' has no shape in the model", where=str(path),
-                                 hint="set model.input_shape in the recipe, e.g. [1, 3, 224, 224]")
-        dims = [None] * len(want)
-    if want is not None and len(want) != len(dims):
-        raise ModelLoadError(f"model.input_shape {want} has {len(want)} dims but input '{inp.name}' "
-                             f"has {len(dims)}: {_show_dims(dims)}", where=str(path))
-    fixed: list[int | None] = [dims[0] if isinstance(dims[0], int) else None]
-    for i, d in enumerate(dims[1:], start=1):
-        if isinstance(d, int):
-            if want is not None and want[i] != d:
-                raise ModelLoadError(f"model.input_shape {want} does not fit input '{inp.name}' "
-                                     f"{_show_dims(dims)}: dim {i} is {d}", where=str(path))
-            fixed.append(d)
-        elif want is not None:
-            fixed.append(int(want[i]))
-        else:
-            name = f"'{d}'" if d else "unnamed"
-            example = [1] + [x if isinstance(x, int) else "?" for x in dims[1:]]
-            raise ModelLoadError(
-                f"input '{inp.name}' {_show_dims(dims)} has a dynamic dim {i} ({name}); mobilec "
-                "needs every dim but the batch fixed", where=str(path),
-                hint=f"set model.input_shape in the recipe, e.g. {example} with the ?s filled in")
-    _write_dims(inp, fixed)
-    return fixed
 
 
 def _write_dims(inp: Any, fixed: list[int | None]) -> None:
@@ -311,7 +288,3 @@ def save_model(model: Any, dest: Path) -> None:
 
 def _numeric(dims: list[int | str | None]) -> list[int | None]:
     return [d if isinstance(d, int) else None for d in dims]
-
-
-def _show_dims(dims: list[int | str | None]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"

@@ -18,6 +18,7 @@ from mobilec.sources.detect import (
     keras_archive_config,
     model_format,
 )
+from mobilec.sources.input_shapes import recipe_shapes, resolve_dims
 from mobilec.sources.keras_bridge import keras3_to_tf_keras
 from mobilec.sources.keras_rnn import unroll_in_place
 from mobilec.sources.labels import settle_labels
@@ -200,16 +201,14 @@ def _set_keras(state: ModelState, model: Any) -> None:
 
 
 def _apply_input_shape(state: ModelState) -> None:
-    want = state.recipe.model.input_shape
-    shape = state.inputs[0].shape
-    if want is None:
-        return
-    if len(want) != len(shape) or any(d is not None and d != w for d, w in zip(shape[1:], want[1:],
-                                                                               strict=False)):
-        raise ModelLoadError(f"model.input_shape {want} does not fit the model's input "
-                             f"{['?' if d is None else d for d in shape]}",
-                             where=str(state.recipe.model.path))
-    state.inputs[0].shape = [None, *want[1:]]
+    """model.inputs / model.input_shape checked against a Keras or SavedModel's inputs (which
+    may keep their dynamic dims: the TensorFlow converters take them)."""
+    wants = recipe_shapes(state.recipe, [t.name for t in state.inputs])
+    for spec in state.inputs:
+        if spec.name in wants:
+            fixed, _ = resolve_dims(state.recipe, spec.name, spec.shape, wants[spec.name], [],
+                                    state.recipe.model.where, single=len(state.inputs) == 1)
+            spec.shape = [None, *fixed[1:]]
 
 
 def _load_data(state: ModelState) -> None:
