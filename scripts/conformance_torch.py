@@ -24,8 +24,12 @@ from conformance_archs import TORCH_MEAN, TORCH_STD, images
 class TorchArch:
     name: str
     build: Callable[[], Any]  # () -> torch.nn.Module
-    data: Callable[[np.random.Generator, int], np.ndarray]  # eval inputs, the model's layout
+    # eval inputs, the model's layout: one array, or {forward argument name: array}
+    data: Callable[[np.random.Generator, int], np.ndarray | dict[str, np.ndarray]]
     note: str = ""
+    # set: saved as an .onnx at this opset by the TorchScript exporter (what older tools and
+    # model zoos ship) instead of a .pt2
+    onnx_opset: int | None = None
 
 
 def _nchw(size: int) -> Callable[[np.random.Generator, int], np.ndarray]:
@@ -194,6 +198,118 @@ def text_cnn_torch() -> Any:
     return TextCNN()
 
 
+def yolo_split() -> Any:
+    """YOLOv8-style detector: conv stem, two C2f blocks (`chunk(2)`: an ONNX `Split` with
+    `num_outputs`), a 1x1 head `split` into boxes, objectness and 4 class scores per cell."""
+    import torch
+    from torch import nn
+
+    def conv(cin: int, cout: int, stride: int = 1) -> Any:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                             nn.BatchNorm2d(cout), nn.SiLU())
+
+    class C2f(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.cv1 = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.SiLU())
+            self.m = nn.Sequential(conv(c // 2, c // 2), conv(c // 2, c // 2))
+            self.cv2 = nn.Sequential(nn.Conv2d(c // 2 * 3, c, 1, bias=False), nn.BatchNorm2d(c),
+                                     nn.SiLU())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = list(self.cv1(x).chunk(2, 1))
+            y.append(self.m(y[-1]) + y[-1])
+            return self.cv2(torch.cat(y, 1))
+
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(conv(3, 16, 2), conv(16, 32, 2), C2f(32), conv(32, 64, 2),
+                                      C2f(64))
+            self.head = nn.Conv2d(64, 4 + 1 + 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.head(self.body(x)).flatten(2).transpose(1, 2)  # [N, cells, 9]
+            box, obj, cls = torch.split(y, [4, 1, 4], dim=-1)
+            return torch.cat([box, obj.sigmoid(), cls.sigmoid()], -1)
+
+    return Detector()
+
+
+def bert_two_input() -> Any:
+    """A small BERT: int64 `input_ids` and `attention_mask` (padding masked out of attention
+    and of the mean pool), two encoder layers, a 3-class head."""
+    import torch
+    from torch import nn
+
+    class Bert(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(1000, 32)
+            self.pos = nn.Parameter(torch.randn(1, 32, 32) * 0.1)
+            layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu",
+                                               batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            h = self.encoder(self.embed(input_ids) + self.pos,
+                             src_key_padding_mask=attention_mask == 0)
+            m = attention_mask.unsqueeze(-1).float()
+            return self.head((h * m).sum(1) / m.sum(1).clamp(min=1))
+
+    return Bert()
+
+
+def _bert_data(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    ids = _tokens(rng, n)
+    return {"input_ids": ids, "attention_mask": (ids != 0).astype("int64")}
+
+
+def face_multi_head() -> Any:
+    """A face detector's three heads on one backbone: boxes [N, 4], landmarks [N, 10] and
+    class logits [N, 2] — the class output last, not first."""
+    import torch
+    from torch import nn
+
+    class Face(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.boxes, self.landmarks, self.classes = (nn.Linear(32, 4), nn.Linear(32, 10),
+                                                        nn.Linear(32, 2))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            f = self.body(x)
+            return self.boxes(f), self.landmarks(f), self.classes(f)
+
+    return Face()
+
+
+def ocr_recognizer() -> Any:
+    """A CRNN-style text recognizer (conv features, width as time steps, per-step softmax over
+    11 symbols), as OCR model zoos ship it: an opset-11 .onnx from the TorchScript exporter."""
+    import torch
+    from torch import nn
+
+    class Ocr(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                nn.AdaptiveAvgPool2d((1, 16)))
+            self.fc = nn.Linear(32, 11)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.features(x).squeeze(2).transpose(1, 2)  # [N, 16 steps, 32]
+            return self.fc(f).softmax(-1)
+
+    return Ocr()
+
+
 TORCH_ARCHS: dict[str, TorchArch] = {a.name: a for a in [
     TorchArch("torch_resnet_bn", resnet_bn, _nchw(32), "ResNet basic blocks + BatchNorm, NCHW 32px"),
     TorchArch("torch_mobilenet_v2_ir", mobilenet_v2_ir, _nchw(32),
@@ -209,6 +325,15 @@ TORCH_ARCHS: dict[str, TorchArch] = {a.name: a for a in [
               "encoder-decoder, ConvTranspose2d, skip concat: per-pixel logits"),
     TorchArch("torch_text_cnn", text_cnn_torch, lambda r, n: _tokens(r, n),
               "int64 token ids + nn.Embedding"),
+    TorchArch("torch_yolo_split", yolo_split, _nchw(64),
+              "YOLOv8-style detector, C2f chunk + head split (ONNX Split), NCHW 64px"),
+    TorchArch("torch_bert_two_input", bert_two_input, _bert_data,
+              "small BERT: int64 input_ids + attention_mask"),
+    TorchArch("torch_face_multi_head", face_multi_head, _nchw(32),
+              "boxes, landmarks, class logits: the class output last"),
+    TorchArch("onnx11_ocr_recognizer", ocr_recognizer, _normal((1, 32, 64)),
+              "CRNN-style recognizer saved as opset-11 .onnx (TorchScript exporter)",
+              onnx_opset=11),
 ]}
 
 
@@ -225,25 +350,37 @@ def _randomize_batchnorm(module: Any, gen: Any) -> None:
 
 
 def build_torch(arch: TorchArch, root: Path, seed: int = 0, samples: int = 32) -> list[dict[str, Any]]:
-    """Build, export at batch 1, save `model.pt2` and `eval-pt2.npz` (`x`): one corpus entry."""
+    """Build, export at batch 1, save `model.pt2` and `eval-pt2.npz` (`x`, or one array per
+    forward argument): one corpus entry. With `onnx_opset`: `model.onnx` and `eval-onnx.npz`."""
     import torch
 
     d = root / arch.name
     d.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    entry: dict[str, Any] = {"model": arch.name, "source": "pt2", "path": f"{arch.name}/model.pt2",
-                             "note": arch.note, "primary": True, "framework": "torch"}
+    source = "onnx" if arch.onnx_opset else "pt2"
+    rel = f"{arch.name}/model.{source}"
+    entry: dict[str, Any] = {"model": arch.name, "source": source, "path": rel,
+                             "note": arch.note, "primary": True,
+                             "framework": "onnx" if arch.onnx_opset else "torch"}
     try:
         torch.manual_seed(seed)
         module = arch.build().eval()
         with torch.no_grad():
             _randomize_batchnorm(module, torch.Generator().manual_seed(seed))
-        x = arch.data(np.random.default_rng(seed), samples)
-        program = torch.export.export(module, (torch.from_numpy(x[:1]),))
-        torch.export.save(program, str(d / "model.pt2"))
-        np.savez(d / "eval-pt2.npz", x=x)
-        entry.update(eval=f"{arch.name}/eval-pt2.npz",
-                     inputs=[{"name": "x", "shape": [None, *x.shape[1:]], "dtype": str(x.dtype)}],
+        data = arch.data(np.random.default_rng(seed), samples)
+        arrays = data if isinstance(data, dict) else {"x": data}
+        example = tuple(torch.from_numpy(a[:1]) for a in arrays.values())
+        if arch.onnx_opset:
+            torch.onnx.export(module, example, str(root / rel), dynamo=False,
+                              opset_version=arch.onnx_opset, input_names=list(arrays),
+                              output_names=["probs"],
+                              dynamic_axes={k: {0: "batch"} for k in [*arrays, "probs"]})
+        else:
+            torch.export.save(torch.export.export(module, example), str(root / rel))
+        np.savez(d / f"eval-{source}.npz", **arrays)
+        entry.update(eval=f"{arch.name}/eval-{source}.npz",
+                     inputs=[{"name": k, "shape": [None, *a.shape[1:]], "dtype": str(a.dtype)}
+                             for k, a in arrays.items()],
                      params=int(sum(p.numel() for p in module.parameters())))
     except Exception as exc:  # noqa: BLE001 - a failed export is a corpus fact, not a crash
         entry.update(path=None, error=f"{type(exc).__name__}: {str(exc).strip()[:400]}",

@@ -51,13 +51,14 @@ def split_route(route: str | None) -> tuple[str | None, bool]:
     return route, False
 
 
-def route_builders(build: Any, state: ModelState, artifact: Artifact, names: list[str]
-                   ) -> list[tuple[str, Any]]:
+def route_builders(build: Any, state: ModelState, artifact: Artifact, names: list[str],
+                   float_base: str | None = None) -> list[tuple[str, Any]]:
     """(name, build) for each route name, plus, for full-integer int8, a last resort that
     keeps the output ops in float: an output mixing ranges (boxes in pixels and scores)
-    is then not forced onto one scale."""
+    is then not forced onto one scale. `float_base`: the route that retry starts from
+    (default: the first), for a format whose first route cannot keep ops in float."""
     if artifact.quantization in INT8_MODES and names:
-        names = [*names, f"{names[0]}{FLOAT_OUTPUTS}"]
+        names = [*names, f"{float_base or names[0]}{FLOAT_OUTPUTS}"]
 
     def along(route: str) -> Any:
         return lambda art, dest: build(state, art, dest, route)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError, first_line
+from mobilec.formats.onnx_opset import upgraded_for_qdq
 from mobilec.formats.runtime import ort_feed, ort_feed_names
 from mobilec.sources.batch import length, take
 from mobilec.state import ModelState
@@ -111,6 +112,8 @@ def _static(state: ModelState, float_path: Path, dest: Path, exclude: list[str],
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
 
+    # Below opset 13 per-channel QDQ is invalid: a verified upgraded copy is quantized.
+    float_path = upgraded_for_qdq(float_path, dest.with_name(dest.stem + ".opset.onnx"), samples)
     pre = dest.with_name(dest.stem + ".pre.onnx")
     source = float_path
     if preprocess:
@@ -125,3 +128,4 @@ def _static(state: ModelState, float_path: Path, dest: Path, exclude: list[str],
                     activation_type=QuantType.QInt8, nodes_to_exclude=exclude,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     pre.unlink(missing_ok=True)
+    dest.with_name(dest.stem + ".opset.onnx").unlink(missing_ok=True)

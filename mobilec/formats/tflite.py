@@ -35,7 +35,10 @@ class TFLiteFormat:
     suffix = ".tflite"
 
     def routes(self, state: ModelState, artifact: Artifact) -> list[tuple[str, Any]]:
-        return route_builders(self.build, state, artifact, route_names(state))
+        names = route_names(state)
+        # litert_torch cannot keep ops in float: the retry goes through onnx2tf's graph
+        return route_builders(self.build, state, artifact, names,
+                              "onnx2tf" if "onnx2tf" in names else None)
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path,
               route: str | None = None) -> None:
@@ -49,7 +52,10 @@ class TFLiteFormat:
             if float_outputs:
                 nodes += [d["name"] for d in interpreter_of(
                     convert_tflite(state, "float32", route)).get_output_details()]
-            dest.write_bytes(selective_int8(state, mode, nodes) if nodes
+            # keep_float's node names are the first route's; the float-outputs retry names
+            # its own route's outputs
+            dest.write_bytes(selective_int8(state, mode, nodes, route if float_outputs else None)
+                             if nodes
                              else convert_tflite(state, mode, route))
         artifact.precision = PRECISION.get(mode, mode)
         if mode != "int4":

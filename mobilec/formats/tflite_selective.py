@@ -9,19 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 from mobilec.errors import ConversionError, first_line
-from mobilec.formats.tflite_convert import make_converter, representative_dataset
+from mobilec.formats.tflite_convert import make_converter, representative_dataset, route_names
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf
 
 
-def quant_debugger(state: ModelState) -> Any:
-    """The calibrated QuantizationDebugger of the current model (one per model version)."""
-    key = ("quant_debugger", state.model_version)
+def quant_debugger(state: ModelState, route: str | None = None) -> Any:
+    """The calibrated QuantizationDebugger of the current model (one per model version and
+    converter route; default: the first route)."""
+    route = route or (route_names(state) or [None])[0]
+    key = ("quant_debugger", state.model_version, route)
     if key in state.memo:
         return state.memo[key]
 
     tf = import_tf()
-    converter = make_converter(state)
+    converter = make_converter(state, route)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset(state)
     try:
@@ -36,14 +38,15 @@ def quant_debugger(state: ModelState) -> Any:
     return debugger
 
 
-def selective_int8(state: ModelState, mode: str, denylisted_nodes: list[str]) -> bytes:
+def selective_int8(state: ModelState, mode: str, denylisted_nodes: list[str],
+                   route: str | None = None) -> bytes:
     """int8 with the named op outputs left in float (int8-io: integer I/O as well)."""
-    key = ("selective_int8", state.model_version, mode, tuple(denylisted_nodes))
+    key = ("selective_int8", state.model_version, mode, tuple(denylisted_nodes), route)
     if key in state.memo:
         return state.memo[key]
 
     tf = import_tf()
-    debugger = quant_debugger(state)
+    debugger = quant_debugger(state, route)
     debugger.options = tf.lite.experimental.QuantizationDebugOptions(
         denylisted_nodes=list(denylisted_nodes), fully_quantize=mode == "int8-io")
     try:

@@ -24,6 +24,10 @@ ONNX_SINGLE_FILE_LIMIT = 1_800_000_000
 LITERT_TORCH_MODES = ("float32", "dynamic", "int8-io")
 COREML_MODES = ("float32", "float16", "dynamic", "int8")
 CALIBRATION_LIMIT = 200
+# The dynamo exporter writes opset-18 ops (Split with num_outputs, Reduce* with axes inputs)
+# and only down-converts them on request, which leaves graphs onnxruntime rejects at 17
+# ("Unrecognized attribute: num_outputs for operator Split"): it never goes below 18.
+DYNAMO_MIN_OPSET = 18
 
 
 def torch_to_onnx(program_or_module: Any, example_inputs: tuple[Any, ...], dest: Path,
@@ -31,10 +35,10 @@ def torch_to_onnx(program_or_module: Any, example_inputs: tuple[Any, ...], dest:
     """torch.onnx.export(dynamo=True) into one self-contained `.onnx` (weights inside).
 
     An ExportedProgram keeps its dynamic dims; a module is exported with the example
-    shapes. The file is loaded in onnxruntime before it is returned.
+    shapes. The opset is at least DYNAMO_MIN_OPSET (a lower one, meant for tf2onnx, is
+    raised). The file is loaded in onnxruntime before it is returned.
     """
     import torch
-
 
     dest = Path(dest)
     args = tuple(to_tensor(a) for a in example_inputs)
@@ -43,6 +47,7 @@ def torch_to_onnx(program_or_module: Any, example_inputs: tuple[Any, ...], dest:
                           else model)
     # The exporter's default is a side file (<name>.onnx.data); ship one file where it fits.
     external = params * 4 > ONNX_SINGLE_FILE_LIMIT
+    opset = max(opset or DYNAMO_MIN_OPSET, DYNAMO_MIN_OPSET)
     try:
         with _quiet():
             torch.onnx.export(model, args, str(dest), dynamo=True, external_data=external,

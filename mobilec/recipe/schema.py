@@ -208,7 +208,7 @@ class CoreMLConfig(Strict):
 
 class ConvertConfig(Strict):
     formats: list[FormatName] | None = Field(None, description="Default: from targets.")
-    opset: int = Field(17, ge=13, le=21, description="ONNX opset for tf2onnx.")
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset for tf2onnx; the PyTorch (dynamo) exporter uses at least 18.")
     coreml: CoreMLConfig = Field(default_factory=CoreMLConfig)
 
 

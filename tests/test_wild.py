@@ -1,0 +1,184 @@
+"""Models from the wild (issue 24 §5): the faults popular architectures hit, each on a small
+equivalent built here — a YOLO-style detector whose C2f block splits a tensor (ONNX `Split`),
+an ONNX model exported at opset 11 — converted for real and checked against the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import write_recipe
+
+torch = pytest.importorskip("torch")
+
+
+def detector() -> Any:
+    """YOLOv8-style: conv backbone, a C2f block (`chunk(2)`: opset-18 `Split` with
+    `num_outputs`), a 1x1 head split into boxes, objectness and classes."""
+    from torch import nn
+
+    class C2f(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.cv1 = nn.Conv2d(c, c, 1)
+            self.m = nn.Sequential(nn.Conv2d(c // 2, c // 2, 3, 1, 1), nn.SiLU())
+            self.cv2 = nn.Conv2d(c // 2 * 3, c, 1)
+
+        def forward(self, x: Any) -> Any:
+            y = list(self.cv1(x).chunk(2, 1))
+            y.append(self.m(y[-1]))
+            return self.cv2(torch.cat(y, 1))
+
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.SiLU(), C2f(16))
+            self.head = nn.Conv2d(16, 8, 1)
+
+        def forward(self, x: Any) -> Any:
+            y = self.head(self.backbone(x)).flatten(2).transpose(1, 2)
+            box, obj, cls = torch.split(y, [4, 1, 3], dim=-1)
+            return torch.cat([box, obj.sigmoid(), cls.sigmoid()], -1)
+
+    torch.manual_seed(0)
+    return Detector().eval()
+
+
+@pytest.fixture(scope="module")
+def detector_pt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("detector")
+    x = np.random.default_rng(0).normal(0, 1, (32, 3, 16, 16)).astype("float32")
+    program = torch.export.export(detector(), (torch.from_numpy(x[:1]),))
+    torch.export.save(program, str(tmp / "det.pt2"))
+    np.savez(tmp / "det.npz", x=x)
+    return tmp / "det.pt2", tmp / "det.npz"
+
+
+def loaded_state(tmp: Path, model: Path, npz: Path) -> Any:
+    from mobilec.recipe.loader import load_recipe
+    from mobilec.stages import get_stage
+    from mobilec.state import ModelState
+
+    recipe = load_recipe(write_recipe(tmp, model, data={
+        "source": "npz", "eval": str(npz), "calibration_samples": 16, "eval_samples": 32}))
+    state = ModelState(recipe=recipe, out_dir=tmp / "out", work_dir=tmp / "work")
+    state.work_dir.mkdir(parents=True, exist_ok=True)
+    get_stage("load")(state, None)
+    return state
+
+
+def build(state: Any, fmt: str, mode: str) -> Any:
+    from mobilec.policy.targets import ArtifactSpec
+    from mobilec.stages.convert import build_artifact
+
+    return build_artifact(state, ArtifactSpec(fmt, mode, "cpu", None, None))
+
+
+@pytest.mark.slow
+def test_dynamo_export_at_the_tf2onnx_default_opset_loads_in_onnxruntime(
+        tmp_path: Path, detector_pt2: tuple[Path, Path]) -> None:
+    """convert.opset (17, tf2onnx's) once reached torch.onnx.export(dynamo=True), which then
+    wrote a Split with num_outputs that onnxruntime rejects: the detector got no .onnx."""
+    import onnx
+    import onnxruntime as ort
+
+    from mobilec.formats.torch_routes import torch_to_onnx
+
+    pt2, npz = detector_pt2
+    x = np.load(npz)["x"]
+    dest = torch_to_onnx(torch.export.load(str(pt2)), (x[:1],), tmp_path / "det.onnx", opset=17)
+    model = onnx.load(str(dest))
+    assert any(n.op_type == "Split" for n in model.graph.node)
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    sess = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x[:1]})[0]
+    want = detector()(torch.from_numpy(x[:1])).detach().numpy()
+    assert np.allclose(got, want, atol=1e-4)
+
+
+def opset11_model(directory: Path) -> tuple[Path, Path]:
+    """Conv-BN-Relu-pool-Gemm-Softmax at opset 11 (what older exporters wrote)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    arr = {"w1": rng.normal(0, 0.4, (8, 3, 3, 3)), "b1": rng.normal(0, 0.1, 8),
+           "w2": rng.normal(0, 0.5, (5, 8)), "b2": np.zeros(5)}
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "old", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(v.astype("float32"), k) for k, v in arr.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, str(directory / "old.onnx"))
+    np.savez(directory / "old.npz",
+             image=rng.normal(0, 1, (32, 3, 12, 12)).astype("float32"))
+    return directory / "old.onnx", directory / "old.npz"
+
+
+def test_an_opset_11_onnx_source_gets_a_verified_int8_onnx(tmp_path: Path) -> None:
+    """Per-channel QDQ below opset 13 was rejected by onnxruntime ("DequantizeLinear:
+    Unrecognized attribute: axis"); the working copy is upgraded and checked first."""
+    import onnx
+
+    model, npz = opset11_model(tmp_path)
+    before = model.read_bytes()
+    state = loaded_state(tmp_path, model, npz)
+    art = build(state, "onnx", "int8")
+    assert art.status == "ok", art.error or art.routes_failed
+    assert art.verification["snr_db"] > 20
+    shipped = onnx.load(str(art.path))
+    assert any(n.op_type == "DequantizeLinear" for n in shipped.graph.node)
+    assert next(o.version for o in shipped.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert model.read_bytes() == before  # the user's file is never touched
+
+
+def test_a_wrong_opset_upgrade_is_refused(tmp_path: Path) -> None:
+    """The upgraded copy is run against the original: one that differs is not quantized."""
+    import onnx
+
+    from mobilec.errors import ConversionError
+    from mobilec.formats.onnx_opset import upgraded_for_qdq
+
+    model, npz = opset11_model(tmp_path)
+    feeds = [{"image": np.load(npz)["image"][:1]}]
+    assert upgraded_for_qdq(model, tmp_path / "up.onnx", feeds) == tmp_path / "up.onnx"
+    wrong = onnx.load(str(model))
+    wrong.graph.node[1].op_type = "Sigmoid"  # what a broken upgrade could write
+    wrong_path = tmp_path / "wrong.onnx"
+    onnx.save(wrong, str(wrong_path))
+    from mobilec.formats import onnx_opset
+
+    with pytest.raises(ConversionError, match="upgrade"):
+        onnx_opset.check_same(model, wrong_path, feeds, 11)
+
+
+@pytest.mark.slow
+def test_float_outputs_retry_of_a_pytorch_tflite_reaches_onnx2tf(
+        tmp_path: Path, detector_pt2: tuple[Path, Path]) -> None:
+    """The int8 .tflite's last resort (output ops kept in float) started from litert_torch,
+    which has no TensorFlow graph: "no TensorFlow form of the model is available"."""
+    from mobilec.formats.tflite import TFLiteFormat, interpreter
+    from mobilec.stages.verify import verification_inputs, verify
+    from mobilec.state import Artifact
+
+    state = loaded_state(tmp_path, *detector_pt2)
+    art = Artifact(path=tmp_path / "det-int8.tflite", format="tflite", quantization="int8")
+    routes = dict(TFLiteFormat().routes(state, art))
+    assert "onnx2tf+float-outputs" in routes, list(routes)
+    routes["onnx2tf+float-outputs"](art, art.path)
+    outs = interpreter(art.path).get_output_details()
+    assert [np.dtype(d["dtype"]) for d in outs] == [np.float32]
+    ok, reason = verify(state, TFLiteFormat(), art, verification_inputs(state))
+    assert ok, reason
