@@ -71,6 +71,7 @@ class Artifact:
     delegation: dict[str, Any] | None = None  # ExecuTorch: delegated vs. portable ops
     not_run_reason: str | None = None  # why this host cannot execute the artifact
     op_compat: dict[str, Any] | None = None
+    inputs: list[dict[str, Any]] | None = None  # the file's own inputs: name, shape, dtype
     delegate_manifest: str | None = None  # path of <artifact>.delegate.json
     slower_than_float32: float | None = None
     manifest: dict[str, Any] | None = None  # the delegate manifest being assembled (not reported)
@@ -110,6 +111,9 @@ class ModelState:
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     input_layout: str = "NHWC"
+    # Input dims the model leaves dynamic that only the data fixed ({input: {dim: name}}):
+    # every conversion uses the data's size, formats that keep dynamic dims (.onnx) reopen them.
+    open_dims: dict[str, dict[int, str]] = field(default_factory=dict)
     data: Dataset | None = None
     # Outputs of the model as loaded, on the eval inputs: the yardstick for fidelity.
     reference: list[np.ndarray] | None = None

@@ -55,13 +55,15 @@ def prepare_for_placement(state: ModelState, art: Artifact, built: Path) -> Path
     for w in warnings["notes"]:
         if w not in art.notes:
             art.notes.append(w)
+    io = _io(built, art)
+    art.inputs = io.get("inputs") or None  # the report lists what each file takes
     manifest = {
         "mobilec_manifest": MANIFEST_VERSION, "mobilec_version": __version__,
         "artifact": art.path.name, "format": art.format, "target": art.target,
         "role": art.role, "quantization": art.quantization, "precision": art.precision,
         "delegate": art.delegate, "fallback": art.fallback,
         "options": _options(state, art), "input_layout": art.input_layout,
-        **_io(built, art), "op_compatibility": compat,
+        **io, "op_compatibility": compat,
         "warnings": warnings["all"], "docs": _docs(art),
     }
     if art.io_quant is not None:

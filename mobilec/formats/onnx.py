@@ -25,6 +25,7 @@ from mobilec.formats.runtime import (
 from mobilec.formats.tflite_int4 import float32_tflite
 from mobilec.formats.torch_onnx import torch_float32_onnx
 from mobilec.sources.batch import first_n
+from mobilec.sources.onnx_input import reopened
 from mobilec.state import Artifact, ModelState
 from mobilec.util.tfenv import import_tf
 
@@ -47,6 +48,8 @@ class OnnxFormat:
               route: str | None = None) -> None:
         route, float_outputs = split_route(route)
         float_path = float32_onnx(state, route)
+        if route == "onnx-source":
+            float_path = reopened(state, float_path)  # dims only the data fixed stay open
         mode = artifact.quantization
         if mode == "float32":
             shutil.copyfile(float_path, dest)

@@ -44,7 +44,7 @@ def artifact_row(state: ModelState, a: Artifact) -> dict[str, Any]:
         "status": a.status, "error": a.error, "note": "; ".join(a.notes) or None,
     }
     for key in ("route", "verification", "delegate_manifest", "slower_than_float32", "kept_float",
-                "quantizer", "coreml", "delegation"):
+                "quantizer", "coreml", "delegation", "inputs"):
         if getattr(a, key) is not None:
             row[key] = getattr(a, key)
     row["routes_failed"] = a.routes_failed

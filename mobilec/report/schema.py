@@ -90,6 +90,9 @@ class ArtifactRow(_Model):
     latency_ms: Latency | None = None
     op_compat: dict[str, Any] | None = None
     input_layout: str | None = None
+    inputs: list[dict[str, Any]] | None = Field(
+        None, description="The file's own inputs (name, shape, dtype): a dim an .onnx or .pte "
+                          "keeps dynamic is null or its symbolic name.")
     io_quant: dict[str, Any] | None = None
     route: str | None = Field(None, description="The conversion route that made this file.")
     routes_failed: list[dict[str, Any]] = Field(

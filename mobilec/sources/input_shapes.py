@@ -77,9 +77,10 @@ def _npz_shapes(path: Path) -> dict[str, list[int]]:
 
 def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
                  seen: list[tuple[str, list[int]]], model_where: str, single: bool = False
-                 ) -> tuple[list[int | None], list[str]]:
+                 ) -> tuple[list[int | None], list[str], dict[int, str]]:
     """Every dim of input `name` but the batch made static. Returns the dims (the batch None
-    when dynamic) and notes for the report (a dim fixed from the data)."""
+    when dynamic), notes for the report (a dim fixed from the data), and the dims only the
+    data fixed ({index: symbolic name}): formats that keep dynamic dims leave them open."""
     key = "model.inputs" if recipe.model.inputs is not None or recipe.model.input_shape is None \
         else "model.input_shape"
     key_where = recipe.where(*key.split("."), *([name] if key == "model.inputs" else []))
@@ -95,6 +96,7 @@ def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
                              f"set model.inputs.{name} in the recipe")
     fixed: list[int | None] = [dims[0] if isinstance(dims[0], int) else None]
     notes = []
+    opened: dict[int, str] = {}
     for i, d in enumerate(dims[1:], start=1):
         if isinstance(d, int):
             if want is not None and want[i] != d:
@@ -109,6 +111,7 @@ def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
             if seen and len(sizes) == 1 and all(len(s) == len(dims) - 1 for _, s in seen):
                 size = sizes.pop()
                 fixed.append(int(size))
+                opened[i] = d or f"{name}_dim{i}"
                 files = ", ".join(Path(f).name for f, _ in seen)
                 notes.append(f"input '{name}' dim {i} ({label}) fixed to {size} from the data "
                              f"({files}); set {_key('model.inputs', name)} to choose")
@@ -126,7 +129,7 @@ def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
                 f"input '{name}' {shown} has a dynamic dim {i} ({label}){why}; mobilec needs "
                 "every dim but the batch fixed", where=model_where,
                 hint=f"set {which} in the recipe, with the ?s filled in")
-    return fixed, notes
+    return fixed, notes, opened
 
 
 def _key(key: str, name: str) -> str:

@@ -228,8 +228,10 @@ def load_onnx(state: ModelState, path: Path) -> int:
     seen = data_shapes(state.recipe, names)
     specs = []
     for v in ins:
-        fixed, notes = resolve_dims(state.recipe, v.name, dims_of(v), wants.get(v.name),
-                                    seen.get(v.name, []), str(path), single=len(ins) == 1)
+        fixed, notes, opened = resolve_dims(state.recipe, v.name, dims_of(v), wants.get(v.name),
+                                            seen.get(v.name, []), str(path), single=len(ins) == 1)
+        if opened:
+            state.open_dims[v.name] = opened
         _write_dims(v, fixed)
         specs.append(TensorSpec(v.name, fixed, dtype_of(v)))
         for note in notes:
@@ -269,6 +271,27 @@ def _write_dims(inp: Any, fixed: list[int | None]) -> None:
         else:
             dim.Clear()
             dim.dim_value = value
+
+
+def reopened(state: ModelState, path: Path) -> Path:
+    """`path` (the current model) with the input dims that only the data fixed made dynamic
+    again, as the user's model had them: an .onnx artifact keeps its dynamic dims unless the
+    recipe fixes them. Inferred inner shapes are dropped (they hold the data's sizes)."""
+    if not state.open_dims:
+        return path
+    key = ("onnx_reopened", str(path))
+    if key not in state.memo:
+        model = read_model(path)
+        for v in graph_inputs(model):
+            for i, name in state.open_dims.get(v.name, {}).items():
+                dim = v.type.tensor_type.shape.dim[i]
+                dim.Clear()
+                dim.dim_param = name
+        del model.graph.value_info[:]
+        dest = state.work_dir / f"reopened-v{state.model_version}-{Path(path).name}"
+        save_model(model, dest)
+        state.memo[key] = dest
+    return state.memo[key]
 
 
 def save_model(model: Any, dest: Path) -> None:

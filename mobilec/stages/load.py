@@ -206,7 +206,7 @@ def _apply_input_shape(state: ModelState) -> None:
     wants = recipe_shapes(state.recipe, [t.name for t in state.inputs])
     for spec in state.inputs:
         if spec.name in wants:
-            fixed, _ = resolve_dims(state.recipe, spec.name, spec.shape, wants[spec.name], [],
+            fixed, _, _ = resolve_dims(state.recipe, spec.name, spec.shape, wants[spec.name], [],
                                     state.recipe.model.where, single=len(state.inputs) == 1)
             spec.shape = [None, *fixed[1:]]
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from mobilec.errors import DataError
 from mobilec.formats.runtime import batched
+from mobilec.sources.labels import label_ids
 from mobilec.training.surgery import clone_layer
 from mobilec.util import progress
 from mobilec.util.metrics import is_classifier
@@ -82,21 +83,11 @@ def keras_logits(model: Any, x: np.ndarray) -> np.ndarray:
 
 
 def hard_labels(y: np.ndarray | None, out_shape: tuple[int, ...], where: str) -> np.ndarray | None:
-    """Integer class labels for a classifier (one-hot is accepted), or None."""
+    """Integer class labels for a classifier (one-hot is accepted), or None. The same check
+    as every split's labels at load (mobilec.sources.labels), for the teacher's output."""
     if y is None or len(out_shape) != 2:
         return None
-    classes = out_shape[-1]
-    if y.ndim == 2 and y.shape[-1] == classes:
-        y = y.argmax(axis=-1)
-    y = y.reshape(-1)
-    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
-        raise DataError(f"data.train y holds non-integer values for a {classes}-class model",
-                        where=where, hint="give class indices (or one-hot rows) as y")
-    y = y.astype("int64")
-    if y.min() < 0 or y.max() >= classes:
-        raise DataError(f"data.train y has labels in [{y.min()}, {y.max()}] but the model has "
-                        f"{classes} classes", where=where, hint="labels must be 0..classes-1")
-    return y
+    return label_ids(y, out_shape[-1], where)[0]
 
 
 @dataclass
