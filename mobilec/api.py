@@ -18,12 +18,13 @@ from typing import Any
 
 from mobilec.ci.lockfile import build_lock, check_locked, recipe_inputs
 from mobilec.errors import MobilecError, RecipeError
-from mobilec.policy.plancheck import check_plan
+from mobilec.policy.plancheck import check_diagnose, check_plan, code_keys
 from mobilec.policy.targets import describe
 from mobilec.recipe.loader import json_schema, load_recipe
 from mobilec.recipe.schema import Recipe
 from mobilec.report.explore_schema import ExploreReport
 from mobilec.report.schema import Report
+from mobilec.sources.data_validate import check_data  # numpy, no TensorFlow
 from mobilec.sources.detect import model_format
 from mobilec.util.progress import Progress
 from mobilec.util.tfenv import SEEDS
@@ -62,9 +63,11 @@ def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     from mobilec import pipeline  # the runner: only the commands that run one
 
     r = _recipe(recipe, overrides)
+    if diagnose:
+        check_diagnose(r)
     # A missing input is the load stage's to report, with its own hint.
     inputs = {k: v for k, v in recipe_inputs(r).items() if Path(v).exists()}
-    pin = build_lock(r.source, r.sha256, inputs, seeds=SEEDS)
+    pin = build_lock(r.source, r.sha256, inputs, seeds=SEEDS, overrides=list(overrides or []))
     if locked is not None:
         check_locked(locked, pin)
     result = _run(r, pipeline.compress_plan(r, evaluate, diagnose), progress, quiet, out=out,
@@ -87,6 +90,7 @@ def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     from mobilec import pipeline  # the runner: only the commands that run one
 
     r = _recipe(recipe, overrides)
+    check_diagnose(r)
     result = _run(r, pipeline.diagnose_plan(r, backend), progress, quiet, out=out,
                   report=False, unsafe_deserialization=unsafe_deserialization,
                   trust_code=trust_code, verbose=verbose)
@@ -118,7 +122,10 @@ def transform(recipe: str | Path | Recipe, dest: str | Path, *,
 
 
 def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Schema, paths and the plan check, without importing TensorFlow."""
+    """Schema, paths, the plan check and the data's contents, without importing TensorFlow.
+
+    `data`: what was checked in the data files and what could not be without TensorFlow;
+    `needs_trust_code`: the recipe keys that run code (compress needs --trust-code)."""
     import json
 
     r = _recipe(recipe, overrides)
@@ -131,10 +138,12 @@ def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None)
             raise RecipeError(f"{key}: file not found", where=str(p),
                               hint="relative paths resolve against the recipe file's folder")
     check_plan(r, fmt)
+    data = check_data(r, fmt)
     return {"valid": True, "name": r.name, "model_format": fmt,
             "stages": ["load", *[e.name for e in r.stages if e.name != "convert"], "convert",
                        "evaluate"],
-            "targets": list(r.targets), "recipe": json.loads(r.effective_json())}
+            "targets": list(r.targets), "needs_trust_code": code_keys(r), "data": data,
+            "recipe": json.loads(r.effective_json())}
 
 
 def inspect(model: str | Path, *, unsafe_deserialization: bool = False) -> dict[str, Any]:

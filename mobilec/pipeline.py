@@ -24,7 +24,7 @@ from mobilec.errors import (
     StageError,
     stop_if_interrupted,
 )
-from mobilec.policy.plancheck import check_plan
+from mobilec.policy.plancheck import check_plan, check_trust
 from mobilec.recipe.schema import Recipe
 from mobilec.report.build import build_report
 from mobilec.report.write import write_reports
@@ -105,6 +105,7 @@ def run(recipe: Recipe, plan: Plan, *, out: str | Path | None = None,
     """
     progress = progress or Progress(quiet=True)
     check_plan(recipe, model_format(recipe.model))
+    check_trust(recipe, bool(options.get("trust_code")))
     out_dir = output_dir(recipe, out)
     check_can_write(out_dir)  # before a long load or fine-tune, not after
     check_not_locked(out_dir)  # another run is writing there: say so now, not after load

@@ -64,7 +64,8 @@ def test_report_has_the_contract_fields(demo_reports: dict) -> None:
     assert {"params", "size_bytes", "sha256", "accuracy", "format", "path"} <= set(report["model"])
     assert report["model"]["params"] == 85066
     assert [s["name"] for s in report["stages"]] == ["load", "convert", "evaluate"]
-    assert report["budget"] == {"passed": True, "violations": [], "limits": {}}
+    assert report["budget"] == {"passed": True, "violations": [], "limits": {},
+                                "not_measured": []}
     md = (out_dir / "report.md").read_text()
     assert "digits-keras-float32.tflite" in md
 

@@ -135,7 +135,14 @@ def print_summary(zoo: dict[str, Any]) -> None:
     for m in zoo["models"]:
         if m.get("error"):
             console.print(f"  [red]{m['name']}[/]: {m['error']}", highlight=False)
+    console.print(totals_line(zoo), highlight=False)
+
+
+def totals_line(zoo: dict[str, Any]) -> str:
+    """The batch in one line (also what -q prints)."""
     t = zoo["totals"]
-    console.print(f"{t['models']} models: {t['ok']} ok, {t['budget']} over budget, {t['failed']} "
-                  f"failed, {t['cached']} cached in {t['wall_seconds']:.1f}s; "
-                  f"report: {zoo['out_dir']}/zoo-report.md", highlight=False)
+    failed = [m["name"] for m in zoo["models"] if m["status"] == "failed"]
+    return (f"{t['models']} models: {t['ok']} ok, {t['budget']} over budget, {t['failed']} "
+            f"failed" + (f" ({', '.join(failed[:5])})" if failed else "") +
+            f", {t['cached']} cached in {t['wall_seconds']:.1f}s; "
+            f"report: {zoo['out_dir']}/zoo-report.md")

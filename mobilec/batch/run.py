@@ -33,7 +33,7 @@ from mobilec.batch.report import build_zoo_report, write_zoo_reports
 from mobilec.batch.task import input_paths, unpack
 from mobilec.batch.zoo import Job, Zoo, load_zoo, plan_jobs, zoo_from_models
 from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, MobilecError
-from mobilec.policy.plancheck import check_plan
+from mobilec.policy.plancheck import check_plan, check_trust
 from mobilec.sources.detect import detect_format
 from mobilec.util.fs import TMP_PREFIX, atomic_write_text, clean_temp, output_lock, sha256_path
 
@@ -68,9 +68,12 @@ def run_batch(zoo_file: str | Path | None = None, *, recipe: str | Path | None =
     timeout = timeout or zoo.timeout
     address = address or zoo.address
     out_dir = Path(out).resolve() if out else zoo.out or (Path.cwd() / "mobilec-out" / zoo.name)
+    jobs = plan_jobs(zoo, out_dir, list(overrides))
+    for job in jobs:  # once, before the output dir or any worker: not one failure per model
+        if job.recipe is not None:
+            check_trust(job.recipe, trust_code, where=f"{zoo.source} (model {job.name})")
     with output_lock(out_dir):
         clean_temp(out_dir)  # staging folders of an interrupted earlier run
-        jobs = plan_jobs(zoo, out_dir, list(overrides))
         progress = BatchProgress([j.name for j in jobs], quiet=quiet, stream=stream,
                                  title=f"mobilec batch: {zoo.name}")
         runner = _Runner(jobs, out_dir, progress, evaluate=evaluate, force=force,

@@ -60,11 +60,15 @@ def _shown(path: Path, base: Path | None) -> str:
 
 
 def build_lock(recipe_path: str | Path, recipe_sha256: str, input_files: dict[str, Path],
-               seeds: dict[str, Any], tools: list[str] | tuple[str, ...] = KNOWN_TOOLS) -> dict[str, Any]:
+               seeds: dict[str, Any], tools: list[str] | tuple[str, ...] = KNOWN_TOOLS,
+               overrides: list[str] | None = None) -> dict[str, Any]:
     """The lock of a run. `input_files` maps a role ("model", "data.train", "data.eval") to a
     file or directory (a directory is hashed over its sorted files, names and bytes); paths
-    are stored relative to the recipe's folder when inside it."""
+    are stored relative to the recipe's folder when inside it. `recipe_sha256` is the
+    effective recipe's (after `overrides`, the --set keys); the file's own hash is kept
+    beside it, so a difference can say which of the two changed."""
     recipe_path = Path(recipe_path)
+    file_sha = sha256_path(recipe_path) if recipe_path.is_file() else None
     base = recipe_path.parent
     inputs: dict[str, dict[str, Any]] = {}
     for key, path in sorted(input_files.items()):
@@ -78,7 +82,8 @@ def build_lock(recipe_path: str | Path, recipe_sha256: str, input_files: dict[st
         "lock_version": LOCK_VERSION,
         "mobilec": __version__,
         "tools": tool_versions(tools),
-        "recipe": {"path": _shown(recipe_path, Path.cwd()), "sha256": recipe_sha256},
+        "recipe": {"path": _shown(recipe_path, Path.cwd()), "sha256": recipe_sha256,
+                   "file_sha256": file_sha, "overrides": list(overrides or [])},
         "inputs": inputs,
         "seeds": dict(seeds),
         "host": {"platform": platform.platform(), "python": platform.python_version(),
@@ -133,6 +138,11 @@ def read_lock(lock_path: str | Path) -> dict[str, Any]:
     return lock
 
 
+def _overrides(recipe: dict[str, Any]) -> str:
+    sets = recipe.get("overrides") or []
+    return " ".join(f"--set {o}" for o in sets) if sets else "no --set"
+
+
 def _short(digest: Any) -> str:
     text = str(digest)
     return text[:12] + "…" if len(text) > 12 else text
@@ -156,8 +166,14 @@ def differences(locked: dict[str, Any], current: dict[str, Any]) -> list[str]:
             out.append(f"{name} {a} in the lock, {b} now")
     lr, cr = locked.get("recipe") or {}, current.get("recipe") or {}
     if lr.get("sha256") != cr.get("sha256"):
-        out.append(f"recipe {cr.get('path') or lr.get('path')} changed: sha256 "
-                   f"{_short(lr.get('sha256'))} in the lock, {_short(cr.get('sha256'))} now")
+        name = cr.get("path") or lr.get("path")
+        if lr.get("file_sha256") and lr.get("file_sha256") == cr.get("file_sha256"):
+            # The file is the same: the --set keys made the difference.
+            out.append(f"recipe {name} is unchanged, but --set gives other settings: "
+                       f"{_overrides(lr)} in the lock, {_overrides(cr)} now")
+        else:
+            out.append(f"recipe {name} changed: sha256 {_short(lr.get('sha256'))} in the "
+                       f"lock, {_short(cr.get('sha256'))} now")
     li, ci = locked.get("inputs") or {}, current.get("inputs") or {}
     for key in sorted(set(li) | set(ci)):
         a, b = li.get(key), ci.get(key)

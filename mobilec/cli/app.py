@@ -29,6 +29,19 @@ def _err(text: str) -> None:
     click.echo(text, err=True)
 
 
+def _fail(ctx: Ctx, code: int, text: str, message: str, where: str | None = None,
+          hint: str | None = None) -> None:
+    """Print the error (stderr always; under --json also a JSON object on stdout, so CI
+    parses a failure like a result) and exit with its code."""
+    _err(f"error: {text}")
+    if ctx.json:
+        import json
+
+        click.echo(json.dumps({"error": {"code": code, "message": message, "where": where,
+                                         "hint": hint}}, indent=2))
+    sys.exit(code)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """User mistakes print one paragraph and exit 2/3; bugs say so, -v shows the traceback."""
     @functools.wraps(fn)
@@ -48,22 +61,20 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except MobilecError as exc:
             if ctx.verbose:
                 traceback.print_exc()
-            _err(f"error: {exc.render()}")
-            sys.exit(exc.exit_code)
+            _fail(ctx, exc.exit_code, exc.render(), exc.message, exc.where, exc.hint)
         except Interrupted as exc:  # SIGINT/SIGTERM (a BaseException: no stage swallowed it)
-            _err(f"error: {exc.render()}")
-            sys.exit(exc.exit_code)
+            _fail(ctx, exc.exit_code, exc.render(), exc.message)
         except KeyboardInterrupt:
-            _err("error: interrupted by SIGINT; no partial artifact was kept")
-            sys.exit(EXIT_SIGINT)
+            message = "interrupted by SIGINT; no partial artifact was kept"
+            _fail(ctx, EXIT_SIGINT, message, message)
         except click.exceptions.Exit:
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if ctx.verbose:
                 traceback.print_exc()
-            _err(f"error: internal error ({type(exc).__name__}: {str(exc)[:300]}). This is a "
-                 "mobilec bug; rerun with -v for the traceback and report it.")
-            sys.exit(EXIT_STAGE)
+            message = (f"internal error ({type(exc).__name__}: {str(exc)[:300]}). This is a "
+                       "mobilec bug; rerun with -v for the traceback and report it.")
+            _fail(ctx, EXIT_STAGE, message, message)
         finally:
             signals.restore(previous)
 

@@ -50,7 +50,7 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
              locked: str | None = None) -> None:
     """Run RECIPE: load, prune, quantize, convert, evaluate, report."""
     from mobilec import api
-    from mobilec.report.console import print_report
+    from mobilec.report.console import print_report, verdict
     from mobilec.util.progress import Progress
 
     progress = Progress(quiet=obj.quiet or obj.json)
@@ -72,6 +72,8 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
         _echo_json(report)
     elif not obj.quiet:
         print_report(report, wide=wide)
+    else:
+        click.echo(verdict(report))  # -q drops the table and progress, never the outcome
     sys.exit(report["exit_code"])
 
 
@@ -133,6 +135,18 @@ def validate(obj: Ctx, recipe: str, overrides: tuple[str, ...]) -> None:
     else:
         click.echo(f"{recipe}: valid ({result['model_format']} model; "
                    f"{' -> '.join(result['stages'])}; targets {', '.join(result['targets'])})")
+        if obj.quiet:
+            return
+        for role, split in result["data"]["splits"].items():
+            arrays = ", ".join(f"{n} {tuple(shape)}" for n, shape in split["arrays"].items())
+            click.echo(f"  data.{role}: {split['samples']} samples ({arrays})")
+        for line in result["data"]["checked"]:
+            click.echo(f"  checked: {line}")
+        for line in result["data"]["not_checked"]:
+            click.echo(f"  not checked: {line}")
+        if result["needs_trust_code"]:
+            click.echo(f"  needs --trust-code: {', '.join(result['needs_trust_code'])} "
+                       "run(s) Python code")
 
 
 @main.command()
@@ -201,8 +215,10 @@ def init(path: str) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--runs", default=100, show_default=True, help="Timed runs after warm-up.")
-@click.option("--threads", default=1, show_default=True, help="CPU threads for the runtime.")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs after warm-up.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="CPU threads for the runtime.")
 @common_flags
 @click.pass_obj
 @handle_errors
@@ -282,7 +298,7 @@ def batch(obj: Ctx, inputs: tuple[str, ...], base_recipe: str | None, overrides:
     stops the others; writes zoo-report.{json,md,html}. Exit 3 if any model failed,
     1 if any broke its budget.
     """
-    from mobilec.batch.progress import print_summary
+    from mobilec.batch.progress import print_summary, totals_line
     from mobilec.batch.run import run_batch
 
     if base_recipe is None and len(inputs) != 1:
@@ -300,4 +316,6 @@ def batch(obj: Ctx, inputs: tuple[str, ...], base_recipe: str | None, overrides:
         _echo_json(zoo)
     elif not obj.quiet:
         print_summary(zoo)
+    else:
+        click.echo(totals_line(zoo))  # -q: the outcome in one line
     sys.exit(zoo["totals"]["exit_code"])

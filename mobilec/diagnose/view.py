@@ -48,17 +48,30 @@ def causes(diag: dict[str, Any]) -> list[str]:
             if r.get("cause")]
 
 
-def print_table(diag: dict[str, Any], limit: int | None = CHART_ROWS, file: Any = None) -> None:
+def print_table(diag: dict[str, Any], limit: int | None = CHART_ROWS, file: Any = None,
+                width: int | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     out = file or sys.stdout
-    console = Console(file=out, width=None if getattr(out, "isatty", lambda: False)() else 160)
-    table = Table(*headers(diag), title=f"int8 error per op ({diag['backend']}, "
+    if width is None and not getattr(out, "isatty", lambda: False)():
+        width = 160
+    console = Console(file=out, width=width)
+    table = Table(title=f"int8 error per op ({diag['backend']}, "
                   f"{diag['samples']} calibration samples), worst first")
+    for head in headers(diag):
+        # Layer and op names are what keep_float takes: wrap them onto more lines, never cut.
+        table.add_column(head, overflow="fold" if head in ("layer", "op") else "ellipsis",
+                         min_width=16 if head == "layer" else None)
     for cells in table_rows(diag, limit):
         table.add_row(*cells)
     console.print(table)
+    worst = [r["name"] for r in (diag.get("rows") or [])[:3]]
+    if worst:
+        # One unwrapped line to paste into the recipe, whatever the terminal's width.
+        names = ", ".join(repr(n) for n in worst)
+        console.print(f"to keep the worst in float: quantize: {{keep_float: [{names}]}}",
+                      markup=False, highlight=False, soft_wrap=True)
     shown = min(len(diag["rows"]), limit or len(diag["rows"]))
     console.print(f"{shown} of {diag['ops']} ops shown; ranked by {diag['ranked_by']}. "
                   "RMSE/scale ~0.29 is plain rounding; far above it, int8 does not fit the op. "

@@ -2,13 +2,15 @@
 and explore-best.yaml, the recipe of the smallest artifact within the budget.
 
 explore-best.yaml is the explored recipe with the best candidate's stages (and its one
-format), every path absolute and the explore section dropped: `mobilec compress
+format), its paths relative to itself, an output dir of its own and the explore section
+dropped: `mobilec compress
 explore-best.yaml` rebuilds that artifact, so CI can commit it and run it plainly.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +42,45 @@ def describe(row: dict[str, Any], ref: dict[str, Any] | None = None) -> str:
             f"{row['status']}{' (cached)' if row.get('cached') else ''}")
 
 
-def best_recipe_text(base: Recipe, row: dict[str, Any]) -> str:
+BEST_OUTPUT = "best"  # explore-best.yaml's output dir, beside it
+
+
+def best_recipe_text(base: Recipe, row: dict[str, Any], out_dir: Path) -> str:
+    """The best candidate's recipe, to be written in `out_dir`: its paths relative to that
+    folder (a recipe's relative paths resolve against its own folder), and an output dir
+    of its own, so the file can be committed and run from any checkout."""
     recipe = derive(base, {**row["overrides"], "explore": None})
     data = recipe.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     data = {"version": 1, **data, "stages": row["overrides"]["stages"]}  # stages as explored
     data.pop("explore", None)
-    head = (f"# Written by `mobilec explore` from {base.source}: the smallest artifact within "
+    _relative_paths(data, out_dir)
+    data["output"] = {**data.get("output", {}), "dir": BEST_OUTPUT}
+    source = os.path.relpath(base.source, out_dir) if os.path.isabs(base.source) else base.source
+    head = (f"# Written by `mobilec explore` from {source}: the smallest artifact within "
             f"budget.max_accuracy_drop\n# ({row['id']}: {row['gzip_bytes']} bytes gzip, "
             f"accuracy {row['accuracy']}, drop {row['accuracy_drop']}).\n"
-            "# Rebuild it with: mobilec compress explore-best.yaml\n")
+            "# Paths are relative to this file. Rebuild it with: "
+            "mobilec compress explore-best.yaml\n")
     return head + yaml.safe_dump(data, sort_keys=False)
+
+
+def _relative_paths(data: dict[str, Any], folder: Path) -> None:
+    """Every file the recipe names (model, data, a distill student), relative to `folder`."""
+    def rel(value: Any) -> Any:
+        if isinstance(value, str) and os.path.isabs(value):
+            return os.path.relpath(value, folder)
+        return value
+
+    for section, keys in (("model", ("path",)), ("data", ("train", "eval"))):
+        part = data.get(section)
+        if isinstance(part, dict):
+            for key in keys:
+                if key in part:
+                    part[key] = rel(part[key])
+    for entry in data.get("stages") or []:
+        distill = entry.get("distill") if isinstance(entry, dict) else None
+        if isinstance(distill, dict) and isinstance(distill.get("student"), str):
+            distill["student"] = rel(distill["student"])
 
 
 def write_outputs(doc: dict[str, Any], base: Recipe, out_dir: Path) -> dict[str, Any]:
@@ -57,7 +88,7 @@ def write_outputs(doc: dict[str, Any], base: Recipe, out_dir: Path) -> dict[str,
     best = best_of(doc["candidates"])
     best_path = out_dir / BEST_NAME
     if best is not None:
-        atomic_write_text(best_path, best_recipe_text(base, best))
+        atomic_write_text(best_path, best_recipe_text(base, best, out_dir))
     elif best_path.exists():
         best_path.unlink()  # a stale best from an earlier search would mislead CI
     full = validated({"mobilec_version": __version__, **doc,

@@ -19,6 +19,36 @@ TORCH_FORMATS = ("pt2", "torch-module")
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
 
 
+def code_keys(recipe: Recipe) -> list[str]:
+    """The recipe keys that run Python code (they need --trust-code)."""
+    keys = ["model.module"] if recipe.model.module is not None else []
+    if recipe.data is not None and recipe.data.python:
+        keys.append("data.python")
+    return keys
+
+
+def check_trust(recipe: Recipe, trust_code: bool, where: str | None = None) -> None:
+    """Exit 2 up front when the recipe runs code and the run does not trust it (rather than
+    after a model load, or in every worker of a batch)."""
+    keys = code_keys(recipe)
+    if keys and not trust_code:
+        raise UnsupportedError(f"{' and '.join(keys)} run{'s' if len(keys) == 1 else ''} Python "
+                               "code named in the recipe, and this run does not trust it",
+                               where=where or recipe.source,
+                               hint="review the code, then pass --trust-code "
+                                    "(api: trust_code=True) to run it")
+
+
+def check_diagnose(recipe: Recipe) -> None:
+    """diagnose runs each op on calibration data: without data it cannot start (exit 2, up
+    front, not a failed stage after the model has loaded)."""
+    if recipe.data is None:
+        raise UnsupportedError("diagnose measures each op's int8 error on calibration data, and "
+                               "the recipe has no data", where=recipe.source,
+                               hint="add data: {source: npz, train: train.npz} (a few hundred "
+                                    "representative samples)")
+
+
 def check_plan(recipe: Recipe, model_format: str | None) -> None:
     if model_format == "tflite":
         raise ModelLoadError(".tflite is an output of mobilec, not an input it can compress",

@@ -132,7 +132,10 @@ def plan_artifacts(targets: list[str], plan_mode: str | None, formats: list[str]
             else:
                 variants.append(mode)
             for v in variants:
-                add(ArtifactSpec(fmt, v, name, prof.delegate_for(fmt), prof.fallback))
+                # A target that always ships float32 beside the recipe's mode (cpu) ships it as
+                # the baseline: budgets judge what the recipe asked for, not the reference.
+                role = "baseline" if v == "float32" and mode != "float32" else "artifact"
+                add(ArtifactSpec(fmt, v, name, prof.delegate_for(fmt), prof.fallback, role=role))
     # formats named in `convert.formats` that no target produces
     for fmt in formats or []:
         if not any(s.format == fmt for s in specs):

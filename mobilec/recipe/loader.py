@@ -161,11 +161,14 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any],
+                    applied: dict[tuple[Any, ...], str] | None = None) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides to raw recipe data (values are YAML-typed).
 
     A path may start with a stage name (`quantize.mode=float16`): it then addresses
-    that stage, adding it in canonical order when the recipe lacks it.
+    that stage, adding it in canonical order when the recipe lacks it. `applied`, when
+    given, gets each key's location in the data (list indices as ints) -> its --set name,
+    so errors about it point at the command line, not at the recipe file.
     """
     data = copy.deepcopy(data) if data is not None else {}
     items = overrides.items() if isinstance(overrides, dict) else (
@@ -186,11 +189,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
                 stages.insert(index, {parts[0]: {}})
             parts = ["stages", str(index), *parts]
         node: Any = data
+        loc: list[Any] = []
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             if isinstance(node, list):
                 if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
                     raise RecipeError(f"--set {label}: '{part}' is not an index of a list of {len(node)}")
+                loc.append(int(part) % len(node))
+            else:
+                loc.append(part)
+            if isinstance(node, list):
                 if last:
                     node[int(part)] = value
                 else:
@@ -206,6 +214,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
                     node = node[part]
             else:
                 raise RecipeError(f"--set {label}: cannot set '{part}' inside a {type(node).__name__}")
+        if applied is not None:
+            applied[tuple(loc)] = label
     return data
 
 
@@ -246,7 +256,9 @@ def recipe_from_doc(doc: LocatedYaml, *, base_dir: Path, default_name: str,
         raise RecipeError(f"expected a mapping of keys (version, model, stages, …), got "
                           f"{type(data).__name__}", where=doc.where(()))
     if overrides:
-        data = apply_overrides(data, overrides)
+        applied: dict[tuple[Any, ...], str] = {}
+        data = apply_overrides(data, overrides, applied)
+        doc = LocatedYaml(data, doc.lines, doc.filename, overridden=applied)
     _check_stage_shapes(data, doc)
     try:
         recipe = Recipe.model_validate(data)

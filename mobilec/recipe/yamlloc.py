@@ -33,10 +33,21 @@ def format_loc(loc: Loc) -> str:
 
 class LocatedYaml:
     """A parsed YAML document plus the line of every key and item in it."""
-    def __init__(self, data: Any, lines: dict[Loc, int], filename: str):
+    def __init__(self, data: Any, lines: dict[Loc, int], filename: str,
+                 overridden: dict[Loc, str] | None = None):
         self.data = data
         self.lines = lines
         self.filename = filename
+        # Keys set by --set (location -> the key as typed): they have no line in the file.
+        self.overridden = overridden or {}
+
+    def set_by(self, loc: Loc) -> str | None:
+        """The --set key that gave `loc` (or one of its parents) its value, if any."""
+        loc = tuple(loc)
+        for depth in range(len(loc), 0, -1):
+            if loc[:depth] in self.overridden:
+                return self.overridden[loc[:depth]]
+        return None
 
     def line_of(self, loc: Loc) -> int | None:
         loc = tuple(loc)
@@ -47,6 +58,9 @@ class LocatedYaml:
         return self.lines.get(())
 
     def where(self, loc: Loc) -> str:
+        key = self.set_by(loc)
+        if key is not None:
+            return f"--set {key}"
         line = self.line_of(loc)
         return f"{self.filename}:{line}" if line else self.filename
 

@@ -79,7 +79,8 @@ def build_report(state: ModelState) -> dict[str, Any]:
                     "metrics": s.metrics, **({"error": s.error} if s.error else {})}
                    for s in state.stages],
         "artifacts": artifacts,
-        "budget": check_budget(artifacts, recipe.budget),
+        "budget": check_budget(artifacts, recipe.budget,
+                               evaluated=any(s.name == "evaluate" for s in state.stages)),
         "notes": state.notes,
         "host": {"platform": platform.platform(), "python": platform.python_version(),
                  "machine": platform.machine()},

@@ -31,7 +31,33 @@ def print_report(report: dict[str, Any], wide: bool = False) -> None:
         console.print("[red]budget violated:[/]")
         for v in b["violations"]:
             console.print(f"  - {v}")
+    if b.get("not_measured"):
+        console.print("[yellow]budget not measured[/] (neither passed nor failed):")
+        for v in b["not_measured"]:
+            console.print(f"  - {v}", markup=False)
     console.print(f"outputs: {report['output_dir']}")
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """The run in one line, for -q (which drops the table, never the outcome)."""
+    name, code = report["name"], report["exit_code"]
+    arts = [a for a in report["artifacts"] if a["status"] != "skipped"]
+    failed_stage = next((s for s in report["stages"] if s["status"] == "failed"), None)
+    bad = [a for a in arts if a["status"] in ("failed", "failed-verification")]
+    if failed_stage is not None:
+        text = f"failed: stage {failed_stage['name']} failed"
+    elif bad:
+        text = (f"failed: {len(bad)} of {len(arts)} artifacts failed ({bad[0]['path']}: "
+                f"{(bad[0].get('error') or bad[0]['status'])[:200]})")
+    elif code == 1 and report["budget"]["violations"]:
+        v = report["budget"]["violations"]
+        text = f"budget violated: {v[0]}" + (f" (+{len(v) - 1} more)" if len(v) > 1 else "")
+    elif code == 1:
+        low = [a["path"] for a in arts if a["status"] == "degraded"]
+        text = f"degraded: {', '.join(low)} below the quality floor"
+    else:
+        text = f"ok: {len(arts)} artifacts verified"
+    return f"{name}: {text} (exit {code}); outputs: {report['output_dir']}"
 
 
 def print_targets(rows: list[dict[str, Any]], wide: bool = False) -> None:

@@ -159,6 +159,9 @@ def budget_section(report: dict[str, Any]) -> str | None:
     else:
         body = (f'<p class="bad">violated</p><p class="meta">limits: {_e(limits)}</p><ul class="notes">'
                 + "".join(f"<li>{_e(v)}</li>" for v in b.get("violations") or []) + "</ul>")
+    if b.get("not_measured"):
+        body += ('<p class="meta">not measured (neither passed nor failed):</p><ul class="notes">'
+                 + "".join(f"<li>{_e(v)}</li>" for v in b["not_measured"]) + "</ul>")
     return "<h2>Budget</h2>\n" + body
 
 

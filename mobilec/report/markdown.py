@@ -44,6 +44,9 @@ def render_markdown(report: dict[str, Any], sections: list[str] | None = None) -
     b = report["budget"]
     lines += ["", "## Budget", "", "passed" if b["passed"] else "**violated**:"]
     lines += [f"- {v}" for v in b["violations"]]
+    if b.get("not_measured"):
+        lines += ["", "not measured (neither passed nor failed):"]
+        lines += [f"- {v}" for v in b["not_measured"]]
     for section in sections or []:
         lines += ["", section]
     return "\n".join(lines) + "\n"

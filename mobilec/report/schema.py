@@ -113,6 +113,10 @@ class Budget(_Model):
     passed: bool
     violations: list[str] = Field(default_factory=list)
     limits: dict[str, Any] = Field(default_factory=dict)
+    not_measured: list[str] = Field(default_factory=list,
+                                    description="rules an artifact could not be judged by "
+                                                "(--no-eval, no labels, no runtime): neither "
+                                                "passed nor failed")
 
 
 class Host(_Model):

@@ -23,6 +23,7 @@ import numpy as np
 from mobilec.errors import DataError
 from mobilec.recipe.schema import DataSpec
 from mobilec.sources.batch import as_list, from_list, match_names, take
+from mobilec.sources.datacheck import arrays_of, check_finite
 from mobilec.util.tfenv import import_tf
 from mobilec.util.usercode import load_callable
 
@@ -64,7 +65,7 @@ def digits_split() -> tuple[Split, Split]:
     return Split(x[:DIGITS_TRAIN], y[:DIGITS_TRAIN]), Split(x[DIGITS_TRAIN:], y[DIGITS_TRAIN:])
 
 
-def _load_npz(path: Path, role: str) -> Split:
+def load_npz(path: Path, role: str) -> Split:
     if not path.exists():
         raise DataError(f"data.{role} file not found", where=str(path))
     try:
@@ -153,16 +154,17 @@ def load_dataset(spec: DataSpec | None, base_dir: Path, inputs: list[Any] | None
     elif spec.source == "digits":
         train, ev = digits_split()
     elif spec.source == "npz":
-        train = _load_npz(spec.train, "train") if spec.train else None
-        ev = _load_npz(spec.eval, "eval") if spec.eval else None
+        train = load_npz(spec.train, "train") if spec.train else None
+        ev = load_npz(spec.eval, "eval") if spec.eval else None
     else:
         train = _load_images(spec.train, spec) if spec.train else None
         ev = _load_images(spec.eval, spec) if spec.eval else None
     for split, role in ((train, "train"), (ev, "eval")):
         if split is None:
             continue
+        where = data_where(spec, role)
+        check_finite(arrays_of(split.x, split.y), where, role)  # before anything runs on it
         if inputs is not None:
-            where = str(getattr(spec, role, None) or spec.python or spec.source)
             split.x = bind_inputs(split.x, inputs, where)
         elif isinstance(split.x, dict):  # no model to bind to: `x`, else every array in order
             split.x = split.x["x"] if "x" in split.x else from_list(list(split.x.values()))
@@ -181,6 +183,11 @@ def load_dataset(spec: DataSpec | None, base_dir: Path, inputs: list[Any] | None
     if ev is None and train is not None:
         notes.append("no eval data: accuracy and fidelity are not measured")
     return Dataset(train, ev, calibration, notes)
+
+
+def data_where(spec: DataSpec, role: str) -> str:
+    """How errors name a split's data: its file, else the hook or the built-in source."""
+    return str(getattr(spec, role, None) or spec.python or spec.source)
 
 
 def bind_inputs(x: Any, inputs: list[Any], where: str) -> Any:

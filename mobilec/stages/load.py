@@ -10,7 +10,7 @@ import numpy as np
 from mobilec.errors import ModelLoadError, first_line
 from mobilec.formats.runtime import count_params, source_runner
 from mobilec.sources.batch import as_list, first_n, from_list, is_float
-from mobilec.sources.data import adapt_layout, fit_to_input, load_dataset
+from mobilec.sources.data import adapt_layout, data_where, fit_to_input, load_dataset
 from mobilec.sources.detect import (
     check_input_size,
     declared_shapes,
@@ -218,11 +218,14 @@ def _load_data(state: ModelState) -> None:
                               trust_code=bool(state.options.get("trust_code")))
     for note in state.data.notes:
         state.note(note)
-    where = str(recipe.data.train or recipe.data.eval or "data") if recipe.data else "data"
     layout = recipe.data.layout if recipe.data else "auto"
-    for split in (state.data.train, state.data.eval, state.data.calibration):
+    # Calibration samples come from train, else from eval: each split is named by its own file.
+    calib_role = "train" if state.data.train is not None else "eval"
+    for split, role in ((state.data.train, "train"), (state.data.eval, "eval"),
+                        (state.data.calibration, calib_role)):
         if split is None:
             continue
+        where = data_where(recipe.data, role) if recipe.data else "data"
         parts = []
         for spec, x in zip(state.inputs, as_list(split.x), strict=True):
             if is_float(x) and np.dtype(spec.dtype).kind == "f":

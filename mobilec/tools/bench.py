@@ -7,16 +7,20 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import UnsupportedError
+from mobilec.errors import MobilecError, UnsupportedError
 from mobilec.formats.runtime import measure_latency, source_runner
 from mobilec.recipe.schema import ModelSpec, Recipe
-from mobilec.sources.detect import detect_format
+from mobilec.sources.detect import check_input_size, detect_format
 from mobilec.stages import load
 from mobilec.state import ModelState
 from mobilec.util.fs import size_of
 
 
 def bench_model(path: Path, runs: int = 100, threads: int = 1) -> dict[str, Any]:
+    for name, value in (("--runs", runs), ("--threads", threads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise MobilecError(f"{name} must be a whole number of at least 1, got {value!r}",
+                               hint="e.g. mobilec bench model.tflite --runs 100 --threads 1")
     fmt = detect_format(path)
     result: dict[str, Any] = {"path": str(path), "format": fmt, "size_bytes": size_of(path),
                               "threads": threads}
@@ -26,6 +30,7 @@ def bench_model(path: Path, runs: int = 100, threads: int = 1) -> dict[str, Any]
         it = Interpreter(model_path=str(path), num_threads=threads)
         d = it.get_input_details()[0]
         shape = [1 if s < 1 else int(s) for s in d["shape"]]
+        check_input_size(shape, str(path))  # compress's refusal, before anything allocates
         it.resize_tensor_input(d["index"], shape)
         it.allocate_tensors()
         it.set_tensor(d["index"], _sample(shape, np.dtype(d["dtype"])))
@@ -39,6 +44,7 @@ def bench_model(path: Path, runs: int = 100, threads: int = 1) -> dict[str, Any]
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inp = sess.get_inputs()[0]
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        check_input_size(shape, str(path))  # compress's refusal, before the sample is allocated
         dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         feed = {inp.name: _sample(shape, np.dtype(dtype))}
         result["input"] = {"name": inp.name, "shape": shape, "dtype": np.dtype(dtype).name}
