@@ -69,7 +69,7 @@ def test_bad_data_is_refused_naming_its_own_file_before_conversion(
     ("names", ("eval.npz", "no array 'x'",)),
     ("count", ("eval.npz", "'x' has 20 samples but 'y' has 19")),
     ("shape", ("eval.npz", "(7, 7, 1)", "(8, 8, 1)")),
-    ("labels", ("eval.npz", "range 100 .. 109", "0 .. 9")),
+    ("labels", ("eval.npz, array 'y'", "labels range over 100..109", "10 classes")),
     ("fraction", ("eval.npz", "fractional")),
 ])
 def test_validate_checks_the_data_contents(case: str, needles: tuple[str, ...],
