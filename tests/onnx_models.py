@@ -27,6 +27,19 @@ def data_paths(onnx_path: Path) -> dict[str, str]:
             "calibration_samples": 64, "eval_samples": 200}
 
 
+def _save_helper_model(graph, path: Path) -> Path:
+    """An onnx.helper graph as a checked model file (default opset, IR 8 for onnxruntime)."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="mobilec-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from mobilec.sources.data import digits_split
 
@@ -175,7 +188,6 @@ def helper_image_model(directory: Path) -> Path:
     dynamic (model.input_shape must fix them), two outputs: class probabilities and an NCHW
     feature map (onnx2tf computes it NHWC; mobilec must hand it back NCHW). A fixed batch of
     1 and 3 channels is exactly when onnx2tf would download sample images."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(5)
@@ -198,12 +210,7 @@ def helper_image_model(directory: Path) -> Path:
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 5]),
          helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 4, "height", "width"])],
         [w1, b1, w2, b2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="mobilec-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = directory / "helper.onnx"
-    onnx.save(model, str(path))
+    path = _save_helper_model(graph, directory / "helper.onnx")
     _image_data(directory, "helper", (3, 16, 16))
     return path
 
@@ -259,7 +266,6 @@ def heads_model(directory: Path, name: str, heads: list[tuple[str, int, bool]]) 
     head is a softmax digit classifier (width 10), an untrained one random numbers of its
     width (a detector's boxes, landmarks, or a second classifier head that knows nothing).
     Written with onnx.helper: no TensorFlow, built in a second."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     x, y = _digits()
@@ -281,12 +287,7 @@ def heads_model(directory: Path, name: str, heads: list[tuple[str, int, bool]]) 
     graph = helper.make_graph(
         nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
         outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="mobilec-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = directory / f"{name}.onnx"
-    onnx.save(model, str(path))
+    path = _save_helper_model(graph, directory / f"{name}.onnx")
     _save_data(directory, name, flat, y, 1437)
     return path
 
@@ -296,7 +297,6 @@ def streaming_model(directory: Path, sizes: tuple[int, int] = (16, 16)) -> Path:
     sequence dynamic, and `state` [batch, 8]; output `probs` [batch, 4]. The data
     (`streaming-train.npz`, `streaming-eval.npz`) gives `input` sequences of `sizes`
     (train, eval) samples: equal sizes fix the dynamic dim, different ones do not."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(7)
@@ -312,12 +312,7 @@ def streaming_model(directory: Path, sizes: tuple[int, int] = (16, 16)) -> Path:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "sequence"]),
          helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 4])], [w, v])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="mobilec-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = directory / "streaming.onnx"
-    onnx.save(model, str(path))
+    path = _save_helper_model(graph, directory / "streaming.onnx")
     for role, size, n in (("train", sizes[0], 96), ("eval", sizes[1], 64)):
         x = rng.standard_normal((n, size)).astype("float32")
         state = rng.standard_normal((n, 8)).astype("float32")
