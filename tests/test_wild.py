@@ -182,3 +182,44 @@ def test_float_outputs_retry_of_a_pytorch_tflite_reaches_onnx2tf(
     assert [np.dtype(d["dtype"]) for d in outs] == [np.float32]
     ok, reason = verify(state, TFLiteFormat(), art, verification_inputs(state))
     assert ok, reason
+
+
+def two_input_encoder() -> Any:
+    """A BERT-like encoder: int64 `input_ids` and `attention_mask` (padding masked out)."""
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(50, 16)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            m = attention_mask.unsqueeze(-1).float()
+            return self.head((self.embed(input_ids) * m).sum(1) / m.sum(1).clamp(min=1))
+
+    torch.manual_seed(0)
+    return Encoder().eval()
+
+
+@pytest.mark.slow
+def test_litert_torch_tflite_takes_the_source_input_names_and_dtypes(tmp_path: Path) -> None:
+    """litert_torch named a two-input model's inputs args_0/args_1 (int32) while the onnx2tf
+    route's .tflite of the same model takes input_ids/attention_mask (int64): an app would
+    need different feeding code per artifact."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from mobilec.formats.torch_routes import torch_to_tflite
+
+    ids = np.random.default_rng(0).integers(1, 50, (4, 8)).astype("int64")
+    mask = np.ones_like(ids)
+    mask[:, 5:] = 0
+    model = two_input_encoder()
+    path = torch_to_tflite(model, (ids[:1], mask[:1]), tmp_path / "enc.tflite", "float32",
+                           input_names=["input_ids", "attention_mask"])
+    it = Interpreter(model_path=str(path))
+    assert it.get_signature_list()["serving_default"]["inputs"] == ["attention_mask", "input_ids"]
+    assert {np.dtype(d["dtype"]) for d in it.get_input_details()} == {np.dtype("int64")}
+    got = next(iter(it.get_signature_runner()(input_ids=ids[:1], attention_mask=mask[:1]).values()))
+    want = model(torch.from_numpy(ids[:1]), torch.from_numpy(mask[:1])).detach().numpy()
+    assert np.allclose(got, want, atol=1e-5)

@@ -71,12 +71,17 @@ def onnx_files(dest: Path) -> list[Path]:
 
 
 def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mode: str,
-                    calibration: Inputs | None = None) -> Path:
+                    calibration: Inputs | None = None,
+                    input_names: list[str] | None = None) -> Path:
     """litert_torch.convert; `dynamic` and `int8-io` through its PT2E quantizer.
 
     What litert-torch 0.10 gives: float32; dynamic (int8 weights, float I/O); static
     int8 always with int8 I/O (so `int8` with float I/O is not a litert_torch mode:
     the ONNX bridge covers it). No float16 option.
+
+    `input_names` (the forward arguments'): the inputs go in as keyword arguments, so the
+    signature takes them by the source's names, and int64 stays int64 — as the onnx2tf
+    route's artifacts take them (litert_torch's own default: args_0, args_1 as int32).
     """
 
     if mode not in LITERT_TORCH_MODES:
@@ -84,21 +89,39 @@ def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mo
             f"litert_torch cannot produce {mode} .tflite (it does {', '.join(LITERT_TORCH_MODES)})",
             hint="the ONNX bridge route (onnx2tf + TFLite converter) covers the other modes")
     import litert_torch
+    import torch
 
     module = eval_mode(module)
     args = tuple(to_tensor(a) for a in example_inputs)
     quant_config = None
+    named = _keyword_inputs(module, args, input_names)
+    x64 = any(a.dtype in (torch.int64, torch.float64) for a in args)
     try:
         with _quiet():
             if mode != "float32":
                 module, quant_config = _litert_pt2e(module, args, mode, calibration)
-            edge = litert_torch.convert(module, args, quant_config=quant_config)
+            edge = litert_torch.convert(module, () if named else args, named,
+                                        quant_config=quant_config, enable_x64=x64)
             edge.export(str(dest))
     except UnsupportedError:
         raise
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
         raise ConversionError(f"litert_torch.convert ({mode}) failed: {first_line(exc, 400)}") from exc
     return Path(dest)
+
+
+def _keyword_inputs(module: Any, args: tuple[Any, ...], names: list[str] | None
+                    ) -> dict[str, Any] | None:
+    """{name: example} when `names` are the module's forward parameters, in that order."""
+    import inspect
+
+    if not names or len(names) != len(args) or len(set(names)) != len(names):
+        return None
+    try:
+        params = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    return dict(zip(names, args, strict=True)) if params[: len(names)] == names else None
 
 
 def _litert_pt2e(module: Any, args: tuple[Any, ...], mode: str,
