@@ -193,7 +193,9 @@ def transform_stages(base: Recipe, point: Point) -> list[dict[str, Any]]:
     if point.sparsity:
         cfg = (base.explore.prune if base.explore and base.explore.prune else None) or \
             base.stage("prune") or PruneConfig(**PRUNE_DEFAULTS)
-        stages.append({"prune": {**cfg.model_dump(mode="json"), "sparsity": point.sparsity}})
+        # explore searches magnitude sparsity: a channels recipe's training keys carry over
+        stages.append({"prune": {**cfg.model_dump(mode="json"), "structure": "unstructured",
+                                 "ratio": None, "sparsity": point.sparsity}})
     return stages
 
 

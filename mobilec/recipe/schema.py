@@ -170,11 +170,33 @@ class FactorizeConfig(Strict):
 
 
 class PruneConfig(Strict):
-    sparsity: float = Field(0.5, gt=0, lt=1, description="Target fraction of zero weights.")
-    schedule: Literal["constant", "polynomial"] = "constant"
+    structure: Literal["unstructured", "channels"] = Field(
+        "unstructured", description="unstructured: magnitude sparsity (zeros; smaller gzip). "
+        "channels: whole channels/filters (and attention heads) removed with their dependents "
+        "(a smaller, faster model).")
+    sparsity: float | None = Field(None, gt=0, lt=1, description=(
+        "unstructured: target fraction of zero weights (default 0.5)."))
+    ratio: float | None = Field(None, gt=0, lt=1, description=(
+        "channels: fraction of the channels of each prunable layer removed (default 0.5)."))
+    schedule: Literal["constant", "polynomial"] = Field(
+        "constant", description="unstructured only (channels are removed once, then fine-tuned).")
     epochs: int = Field(2, ge=1, le=1000)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _keys_of_structure(self) -> PruneConfig:
+        if self.structure == "channels":
+            if self.sparsity is not None:
+                raise ValueError("'sparsity' is for structure: unstructured; structure: channels "
+                                 "takes 'ratio' (the fraction of channels removed)")
+            self.__dict__["ratio"] = 0.5 if self.ratio is None else self.ratio
+        else:
+            if self.ratio is not None:
+                raise ValueError("'ratio' is for structure: channels; unstructured pruning takes "
+                                 "'sparsity' (the fraction of zero weights)")
+            self.__dict__["sparsity"] = 0.5 if self.sparsity is None else self.sparsity
+        return self
 
 
 class QuantizeConfig(Strict):

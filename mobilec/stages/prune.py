@@ -1,4 +1,5 @@
 """prune: magnitude pruning with tfmot, fine-tuned on data.train, then stripped.
+Channel pruning (structure: channels) is stages/prune_channels.py.
 
 Layers are wrapped one at a time (a clone_function) rather than handing the whole
 model to `prune_low_magnitude`, so a layer tfmot cannot prune is named in the
@@ -14,6 +15,7 @@ import numpy as np
 
 from mobilec.errors import UnsupportedError
 from mobilec.recipe.schema import PruneConfig
+from mobilec.stages import prune_channels
 from mobilec.state import ModelState
 from mobilec.training.finetune import fit, require_trainable, steps_per_epoch, training_targets
 from mobilec.util.tfenv import import_tf_keras
@@ -21,6 +23,8 @@ from mobilec.util.tfenv import import_tf_keras
 
 def run(state: ModelState, config: PruneConfig) -> dict[str, Any]:
     cfg = config or PruneConfig()
+    if cfg.structure == "channels":
+        return prune_channels.run(state, cfg)
     model = require_trainable(state, "prune")
     tfmot = import_tfmot()
     targets = training_targets(state, model)  # before wrapping: self-distillation needs the original

@@ -1,0 +1,106 @@
+"""prune {structure: channels}: whole channels removed with their dependents, for Keras
+(narrower layers rebuilt) and PyTorch (torch-pruning), then fine-tuned and measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import compress, run_cli, write_recipe
+
+POINT = 0.01
+
+
+def _stage(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in report["stages"] if s["name"] == name)
+
+
+def _tfk() -> Any:
+    from mobilec.util.tfenv import import_tf_keras
+
+    return import_tf_keras()
+
+
+def _digits_like(tfk: Any) -> Any:
+    L = tfk.layers  # noqa: N806
+    return tfk.Sequential([tfk.Input((8, 8, 1)), L.Conv2D(8, 3, padding="same", activation="relu"),
+                           L.Conv2D(16, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+                           L.Flatten(), L.Dense(12, activation="relu"), L.Dense(10)])
+
+
+def test_removed_channels_are_exactly_the_silent_ones() -> None:
+    """Channels whose filters are zero (after ReLU: silent) are the ones removed, and the
+    narrower model computes exactly what the wide one did (Flatten -> Dense rows included)."""
+    from mobilec.training.channels_keras import prune_channels
+
+    tfk = _tfk()
+    model = _digits_like(tfk)
+    rng = np.random.default_rng(0)
+    for layer in model.layers[:2] + model.layers[4:5]:  # conv, conv, dense: zero half the outputs
+        kernel, bias = layer.get_weights()
+        dead = rng.permutation(kernel.shape[-1])[: kernel.shape[-1] // 2]
+        kernel[..., dead], bias[dead] = 0.0, 0.0
+        layer.set_weights([kernel, bias])
+    narrow, info = prune_channels(model, 0.5)
+    x = rng.random((16, 8, 8, 1), dtype=np.float32)
+    assert np.allclose(narrow(x).numpy(), model(x).numpy(), atol=1e-5)
+    assert [layer.get_weights()[0].shape[-1] for layer in narrow.layers if layer.weights] == \
+        [4, 8, 6, 10]  # the output layer keeps its 10 units
+    assert info["pruned_groups"] == 3 and info["kept_whole"] == []
+
+
+def test_residual_channels_are_pruned_together_and_concat_is_kept_whole() -> None:
+    tfk = _tfk()
+    L = tfk.layers  # noqa: N806
+    from mobilec.training.channels_keras import prune_channels
+
+    i = tfk.Input((8, 8, 3))
+    a = L.ReLU()(L.BatchNormalization()(L.Conv2D(16, 3, padding="same")(i)))
+    b = L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same")(a))
+    b = L.BatchNormalization()(L.Conv2D(16, 1)(b))
+    c = L.Add()([a, b])
+    e = L.Conv2D(12, 1)(c)
+    d = L.Concatenate()([e, L.Conv2D(8, 1)(e)])
+    out = L.Dense(5)(L.GlobalAveragePooling2D()(L.Conv2D(24, 3, padding="same")(d)))
+    model = tfk.Model(i, out)
+    narrow, info = prune_channels(model, 0.5)
+    # the Add couples the two 16-channel producers (8 + 8 kept, so the Add still adds);
+    # the concat's inputs (12, 8) are kept whole; the 24 -> 12; the output layer keeps 5
+    widths = [layer.get_weights()[0].shape[-1] for layer in narrow.layers
+              if type(layer).__name__ in ("Conv2D", "Dense")]
+    assert sorted(widths) == [5, 8, 8, 8, 12, 12]
+    assert any("Concatenate" in k for k in info["kept_whole"])
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    assert narrow(x).shape == (2, 5)
+
+
+def test_channels_keys_are_validated_with_their_line(tmp_path: Path) -> None:
+    model = tmp_path / "m.keras"
+    model.touch()
+    recipe = write_recipe(tmp_path, model, stages=[
+        {"prune": {"structure": "channels", "sparsity": 0.5}}])
+    proc = run_cli("validate", str(recipe))
+    assert proc.returncode == 2
+    assert "'sparsity' is for structure: unstructured" in proc.stderr
+    assert f"{recipe.name}:" in proc.stderr and "stages[0].prune" in proc.stderr
+    recipe = write_recipe(tmp_path, model, stages=[{"prune": {"ratio": 0.5}}])
+    proc = run_cli("validate", str(recipe))
+    assert proc.returncode == 2 and "'ratio' is for structure: channels" in proc.stderr
+
+
+@pytest.mark.slow
+def test_keras_digits_half_the_channels(tmp_path: Path, demo_keras: Path) -> None:
+    report = compress(write_recipe(tmp_path, demo_keras, targets=["android-nnapi"], stages=[
+        {"prune": {"structure": "channels", "ratio": 0.5, "epochs": 3,
+                   "learning_rate": 1e-3}}, {"quantize": {"mode": "float16"}}]))
+    m = _stage(report, "prune")["metrics"]
+    assert m["params_after"] <= 0.55 * m["params_before"]
+    assert m["flops_after"] <= 0.55 * m["flops_before"]
+    assert m["weights_bytes_after"] < m["weights_bytes_before"] and m["host_latency_ms_after"] > 0
+    f32 = next(a for a in report["artifacts"] if a["quantization"] == "float32")
+    assert f32["accuracy_drop"] <= 1.5 * POINT
+    assert f32["size_bytes"] <= 0.3 * m["weights_bytes_before"]
+    json.dumps(report)  # every metric is plain JSON
