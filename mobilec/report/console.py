@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from mobilec.report.table import label_source
 from mobilec.report.terminal import artifact_table, targets_table
 
 
@@ -16,10 +17,8 @@ def print_report(report: dict[str, Any], wide: bool = False) -> None:
     acc = "-" if m.get("accuracy") is None else f"{m['accuracy'] * 100:.2f}%"
     console.print(f"[bold]{report['name']}[/]: {m['format']} model, {m['params']} params, "
                   f"accuracy {acc}")
-    label = m.get("label_output")
-    if label and label["index"] is not None and len(m.get("outputs") or []) > 1:
-        console.print(f"  accuracy read from output '{label['name']}' (index {label['index']}): "
-                      f"{label['reason']}")
+    if label_source(m):
+        console.print(f"  {label_source(m)}")
     console.print(artifact_table(report, console.width, wide))
     for a in report["artifacts"]:
         for text in filter(None, (a.get("error"), a.get("note"))):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells, fmt_bytes, pct
+from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells, fmt_bytes, label_source, pct
 
 
 def render_markdown(report: dict[str, Any], sections: list[str] | None = None) -> str:
@@ -12,6 +12,7 @@ def render_markdown(report: dict[str, Any], sections: list[str] | None = None) -
     lines = [f"# mobilec report: {report['name']}", "",
              f"- model: `{m['path']}` ({m['format']}, {m['params']} params, "
              f"{fmt_bytes(m['size_bytes'])}), accuracy {pct(m['accuracy'])}",
+             *([f"- {label_source(m)}"] if label_source(m) else []),
              f"- recipe: `{report['recipe']}` (sha256 {report['recipe_sha256'][:12]})",
              f"- mobilec {report['mobilec_version']} on {report['host']['platform']}", "",
              "## Stages", "", "| stage | status | seconds | metrics |", "|---|---|---|---|"]

@@ -19,6 +19,14 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:.2f}%"
 
 
+def label_source(model: dict[str, Any]) -> str | None:
+    """Which output the accuracy figures read, for a model with several outputs."""
+    label = model.get("label_output")
+    if not label or label["index"] is None or len(model.get("outputs") or []) < 2:
+        return None
+    return f"accuracy read from output '{label['name']}' (index {label['index']}): {label['reason']}"
+
+
 def artifact_cells(a: dict[str, Any]) -> list[str]:
     fid = a.get("fidelity") or {}
     lat = a.get("latency_ms") or {}

@@ -159,6 +159,7 @@ def settle_labels(data: Any, spec: Any, outs: list[np.ndarray], names: list[str]
     it (in place). `data` is the Dataset, `spec` the recipe's DataSpec. Returns the decision
     and the notes to report."""
     labelled = data.eval if data.eval is not None and data.eval.y is not None else data.train
+    # (`outs` are the model's outputs on `labelled`'s first rows)
     y = labelled.y[: len(outs[0])]
     choice = choose_label_output(outs, names, y, spec.label_output, key_where,
                                  split_where(spec, labelled is data.eval))

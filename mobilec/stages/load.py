@@ -249,7 +249,7 @@ def _settle_labels(state: ModelState) -> None:
     data = state.data
     if data.eval is not None and data.eval.y is not None:
         outs = state.reference
-    elif data.eval is None and data.train is not None and data.train.y is not None:
+    elif data.train is not None and data.train.y is not None:  # train labels only
         outs = source_runner(state)(first_n(data.train.x, LABEL_ROWS))
     else:
         return
@@ -260,7 +260,7 @@ def _settle_labels(state: ModelState) -> None:
                                               state.recipe.where("data", "label_output"))
     for note in notes:
         state.note(note)
-    state.reference_accuracy = state.label_accuracy(outs) if data.eval is not None else None
+    state.reference_accuracy = state.label_accuracy(outs) if outs is state.reference else None
 
 
 # The formats a Keras model comes in (what a distill student may be), then every source.
