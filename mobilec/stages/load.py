@@ -55,6 +55,7 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
                                  hint="point model.path at the Keras, SavedModel, ONNX or "
                                       "PyTorch .pt2 source model")
         loader(state, path)
+    recipe_shapes(state.recipe, [t.name for t in state.inputs])  # every model.inputs name exists
     for spec in state.inputs:  # SavedModel/ONNX: known only after load
         check_input_size(spec.shape, str(path))
     if state.keras_model is not None:
