@@ -26,6 +26,7 @@ from mobilec.report.explore_schema import ExploreReport
 from mobilec.report.schema import Report
 from mobilec.sources.data_validate import check_data  # numpy, no TensorFlow
 from mobilec.sources.detect import model_format
+from mobilec.util.fs import check_regular
 from mobilec.util.progress import Progress
 from mobilec.util.tfenv import SEEDS
 
@@ -54,11 +55,13 @@ def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
              out: str | Path | None = None, evaluate: bool = True, quiet: bool = True,
              progress: Progress | None = None, diagnose: bool = False,
              locked: str | Path | None = None, unsafe_deserialization: bool = False,
-             trust_code: bool = False, verbose: bool = False) -> dict[str, Any]:
+             trust_code: bool = False, verbose: bool = False, force: bool = False
+             ) -> dict[str, Any]:
     """Run a recipe end to end; returns exactly what report.json holds.
 
-    Writes mobilec.lock.json beside report.json (tool versions, input hashes, seeds);
-    `locked`: a lockfile this run must match, else it refuses before loading (exit 2).
+    Writes mobilec.lock.json beside report.json (tool versions, input hashes, seeds, the
+    files the run wrote); `locked`: a lockfile this run must match, else it refuses before
+    loading (exit 2). `force`: overwrite files in the output dir mobilec did not write.
     """
     from mobilec import pipeline  # the runner: only the commands that run one
 
@@ -71,7 +74,7 @@ def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     if locked is not None:
         check_locked(locked, pin)
     result = _run(r, pipeline.compress_plan(r, evaluate, diagnose), progress, quiet, out=out,
-                  pin=pin, unsafe_deserialization=unsafe_deserialization,
+                  pin=pin, force=force, unsafe_deserialization=unsafe_deserialization,
                   trust_code=trust_code, verbose=verbose)
     assert result.report is not None
     return result.report
@@ -80,7 +83,8 @@ def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
 def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
              out: str | Path | None = None, backend: str | None = None, quiet: bool = True,
              progress: Progress | None = None, unsafe_deserialization: bool = False,
-             trust_code: bool = False, verbose: bool = False) -> dict[str, Any]:
+             trust_code: bool = False, verbose: bool = False, force: bool = False
+             ) -> dict[str, Any]:
     """Per-op int8 error, worst first; returns diagnose.json's content plus its `path`.
 
     Runs the same pipeline as compress (lock, work dir, sweep), planned up to quantize.
@@ -92,7 +96,7 @@ def diagnose(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
     r = _recipe(recipe, overrides)
     check_diagnose(r)
     result = _run(r, pipeline.diagnose_plan(r, backend), progress, quiet, out=out,
-                  report=False, unsafe_deserialization=unsafe_deserialization,
+                  report=False, force=force, unsafe_deserialization=unsafe_deserialization,
                   trust_code=trust_code, verbose=verbose)
     path = result.out_dir / result.state.stages[-1].metrics["json"]
     return {**json.loads(path.read_text()), "path": str(path)}
@@ -137,6 +141,8 @@ def validate(recipe: str | Path | Recipe, *, overrides: list[str] | None = None)
         if p is not None and not Path(p).exists():
             raise RecipeError(f"{key}: file not found", where=str(p),
                               hint="relative paths resolve against the recipe file's folder")
+        if p is not None:
+            check_regular(Path(p), key, RecipeError)
     check_plan(r, fmt)
     data = check_data(r, fmt)
     return {"valid": True, "name": r.name, "model_format": fmt,

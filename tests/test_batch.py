@@ -345,10 +345,12 @@ def test_crash_and_hang_are_isolated_interrupt_resumes(tmp_path: Path, demo_kera
         {"path": str(demo_keras), "name": "aborts", "set": {"data.python": "hooks.py:crash"}},
         {"path": str(demo_keras), "name": "hangs", "set": {"data.python": "hooks.py:hang"}},
     ], workers=1)
-    out = tmp_path / "out"
+    out, tmpdir = tmp_path / "out", tmp_path / "tmp"
+    tmpdir.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "mobilec.cli", "batch", str(zoo), "--out",
                              str(out), "--trust-code"],  # the hooks are the recipe's own code
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmpdir)})
     try:
         deadline = time.monotonic() + 150
         # wait until the hanging model has started (one worker: the others are then finished)
@@ -369,6 +371,9 @@ def test_crash_and_hang_are_isolated_interrupt_resumes(tmp_path: Path, demo_kera
     assert "aborts: FAILED" in stderr and "worker process aborted (SIGABRT)" in stderr, stderr
     assert not list(out.glob(TMP_PREFIX + "*")), "an interrupted run must leave no partial output"
     assert not (out / "hangs").exists() and not (out / "aborts").exists(), list(out.iterdir())
+    # The busy worker was stopped with SIGTERM: its work dir and its run lock went with it
+    # (SIGKILLed, it left both). onnxruntime keeps its session id, .ses, there.
+    assert sorted(p.name for p in tmpdir.iterdir() if p.name != ".ses") == []
     _no_orphans()
 
     # generous for the model that aborts during load on a busy machine; the hang is stopped

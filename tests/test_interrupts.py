@@ -102,7 +102,7 @@ def test_signal_inside_an_import_lands_after_it(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
-        "from mobilec.cli import signals\n"
+        "from mobilec.util import signals\n"
         "from mobilec.errors import Interrupted\n"
         "signals.install()\n"
         "try:\n"

@@ -29,10 +29,14 @@ from typing import Any
 
 import mobilec.stages.convert  # noqa: F401 - warm the stage and format modules too
 from mobilec.batch.task import configure_worker, run_job
+from mobilec.errors import Interrupted
+from mobilec.util import signals
+from mobilec.util.fs import drop_stale_lock, sweep_stale_work_dirs
 from mobilec.util.progress import Progress
 
 STARTUP_GRACE_S = 300.0  # a worker that takes longer to start than this is stuck
 MAX_START_FAILURES = 3   # consecutive workers dying before their first model: stop trying
+STOP_GRACE_S = 10.0      # a worker stopped with SIGTERM has this long to clean up
 Event = Callable[..., None]
 
 
@@ -81,7 +85,17 @@ def worker_main(conn: Connection, log_path: str) -> None:
     _redirect_output(log_path)
 
     configure_worker()  # TensorFlow once per worker, before the first model
+    # SIGTERM (the driver stopping a busy worker) unwinds the job like a CLI run, so its
+    # work dir, staging dir and output-dir lock are removed on the way out.
+    signals.install()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _serve(conn)
+    except Interrupted:
+        return
 
+
+def _serve(conn: Connection) -> None:
     while True:
         try:
             msg = conn.recv()
@@ -221,6 +235,7 @@ class LocalPool:
         if s.proc.exitcode is not None or not s.proc.is_alive():
             s.proc.join(1)
             s.dead = True
+            _leftovers(s)
             if s.key is not None:
                 key, s.key = s.key, None
                 reason = _crash_reason(s.proc.exitcode, s.log)
@@ -240,10 +255,15 @@ class LocalPool:
                                seconds=self.timeout or 0.0)
 
     def _kill(self, s: _Slot) -> None:
+        """SIGTERM first (the job cleans up its temp files and lock), SIGKILL if it hangs."""
         with contextlib.suppress(Exception):
-            s.proc.kill()
-            s.proc.join(5)
+            s.proc.terminate()
+            s.proc.join(STOP_GRACE_S)
+            if s.proc.is_alive():
+                s.proc.kill()
+                s.proc.join(5)
         s.dead = True
+        _leftovers(s)
 
     def close(self) -> None:
         """Stop every worker: politely when idle, by force when busy (an interrupt)."""
@@ -254,16 +274,27 @@ class LocalPool:
                 with contextlib.suppress(Exception):
                     s.conn.send(None)
             else:
-                self._kill(s)
+                with contextlib.suppress(Exception):
+                    s.proc.terminate()  # busy: stop it now; it removes its temp files
         for s in self.slots:
             with contextlib.suppress(Exception):
                 s.proc.join(10)
                 if s.proc.is_alive():
                     s.proc.kill()
                     s.proc.join(5)
+            _leftovers(s)
             with contextlib.suppress(Exception):
                 s.conn.close()
         self.slots = []
+
+
+def _leftovers(s: _Slot) -> None:
+    """A worker that died without unwinding (SIGKILL, abort, a native crash) left its work
+    dir and its job's run-lock file in the temp dir: its driver removes them."""
+    with contextlib.suppress(Exception):
+        sweep_stale_work_dirs(pid=s.proc.pid)
+        if s.task is not None:
+            drop_stale_lock(Path(s.task[2]))
 
 
 def _failed(reason: str, seconds: float = 0.0) -> dict[str, Any]:

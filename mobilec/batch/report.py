@@ -54,8 +54,11 @@ def build_zoo_report(models: list[dict[str, Any]], *, zoo: str, out_dir: Path, e
             "executor": executor, "workers": workers, "models": models, "totals": totals}
 
 
+ZOO_REPORTS = ("zoo-report.json", "zoo-report.md", "zoo-report.html")
+
+
 def write_zoo_reports(zoo: dict[str, Any], out_dir: Path) -> list[Path]:
-    paths = [out_dir / "zoo-report.json", out_dir / "zoo-report.md", out_dir / "zoo-report.html"]
+    paths = [out_dir / name for name in ZOO_REPORTS]
     atomic_write_text(paths[0], json.dumps(zoo, indent=2) + "\n")
     atomic_write_text(paths[1], render_markdown(zoo))
     atomic_write_text(paths[2], render_html(zoo))

@@ -29,13 +29,15 @@ from mobilec.batch.cache import ENTRY_FILE, cache_key, changed, key_parts, looku
 from mobilec.batch.local import LocalPool, default_workers
 from mobilec.batch.progress import BatchProgress
 from mobilec.batch.ray_exec import RayPool
-from mobilec.batch.report import build_zoo_report, write_zoo_reports
+from mobilec.batch.report import ZOO_REPORTS, build_zoo_report, write_zoo_reports
 from mobilec.batch.task import input_paths, unpack
 from mobilec.batch.zoo import Job, Zoo, load_zoo, plan_jobs, zoo_from_models
+from mobilec.ci.lockfile import run_inputs
 from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, MobilecError
 from mobilec.policy.plancheck import check_plan, check_trust
 from mobilec.sources.detect import detect_format
 from mobilec.util.fs import TMP_PREFIX, atomic_write_text, clean_temp, output_lock, sha256_path
+from mobilec.util.outguard import check_no_overlap, check_out_dir
 
 LOG_DIR = ".mobilec-logs"
 
@@ -68,10 +70,12 @@ def run_batch(zoo_file: str | Path | None = None, *, recipe: str | Path | None =
     timeout = timeout or zoo.timeout
     address = address or zoo.address
     out_dir = Path(out).resolve() if out else zoo.out or (Path.cwd() / "mobilec-out" / zoo.name)
+    check_out_dir(out_dir)
     jobs = plan_jobs(zoo, out_dir, list(overrides))
     for job in jobs:  # once, before the output dir or any worker: not one failure per model
         if job.recipe is not None:
             check_trust(job.recipe, trust_code, where=f"{zoo.source} (model {job.name})")
+    _check_overlap(zoo, jobs, out_dir)
     with output_lock(out_dir):
         clean_temp(out_dir)  # staging folders of an interrupted earlier run
         progress = BatchProgress([j.name for j in jobs], quiet=quiet, stream=stream,
@@ -94,6 +98,20 @@ def run_batch(zoo_file: str | Path | None = None, *, recipe: str | Path | None =
                                       workers=used or None, wall_s=time.perf_counter() - start)
         write_zoo_reports(zoo_report, out_dir)
     return zoo_report
+
+
+def _check_overlap(zoo: Zoo, jobs: list[Job], out_dir: Path) -> None:
+    """No zoo report and no model's output folder (replaced whole when its job commits) may
+    be, or hold, an input: the zoo file, a model, its data, its recipe."""
+    inputs: dict[str, Path] = {}
+    if zoo.source and Path(zoo.source).is_file():
+        inputs["zoo file"] = Path(zoo.source)
+    for job in jobs:
+        if job.recipe is not None:
+            inputs.update({f"{job.name}: {k}": v for k, v in run_inputs(job.recipe).items()})
+    check_no_overlap({"zoo report": [out_dir / n for n in ZOO_REPORTS],
+                      "model output folder": [j.out_dir for j in jobs]}, inputs,
+                     where=str(zoo.source), write_into={"batch output dir": out_dir})
 
 
 def _load(zoo_file: str | Path | None, recipe: str | Path | None, models: Any) -> Zoo:

@@ -22,6 +22,7 @@ from typing import Any
 
 from mobilec.ci import textfmt as fmt
 from mobilec.errors import EXIT_BUDGET, EXIT_OK, MobilecError
+from mobilec.util.fs import check_regular
 
 # A run's artifact statuses that mean "this artifact is not usable".
 BAD_STATUSES = frozenset({"failed", "failed-verification", "degraded"})
@@ -35,6 +36,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     """A report.json, or an output dir holding one."""
     path = Path(path)
     file = path / "report.json" if path.is_dir() else path
+    check_regular(file, "the report", MobilecError)  # a FIFO would block the read forever
     if not file.exists():
         if path.is_dir():
             raise MobilecError("no report.json in this directory", where=str(path),

@@ -15,12 +15,14 @@ name, time] > failure[message, type]); tests/data/junit.xsd holds it.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from mobilec.util.fs import atomic_write_text
+from mobilec.errors import MobilecError
+from mobilec.util.fs import atomic_write_text, check_regular
 
 BAD_STATUSES = ("failed", "failed-verification", "degraded")
 # Budget rule -> the words its violation message uses (report/budget.py writes the rule's
@@ -148,9 +150,34 @@ def _verification_detail(a: dict[str, Any]) -> str | None:
     return "\n".join(lines) or None
 
 
-def write_junit(path: str | Path, xml: str) -> Path:
-    """Write the JUnit file in one rename (a CI step never reads half a file)."""
+def written_by_mobilec(path: Path) -> bool:
+    """An earlier `--junit` output: XML whose <testsuites> mobilec named."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"<?xml") and b'<testsuites name="mobilec ' in head
+
+
+def check_junit_target(path: str | Path, force: bool = False) -> None:
+    """exit 2 when `path` holds something other than an earlier mobilec JUnit file."""
     path = Path(path)
+    if not os.path.lexists(path) or force:
+        return
+    check_regular(path, "the --junit file")
+    if path.is_dir() or not written_by_mobilec(path):
+        raise MobilecError("--junit would overwrite a file that mobilec did not write",
+                           where=str(path), hint="name a new file for --junit (or pass "
+                                                 "--force to overwrite it)")
+
+
+def write_junit(path: str | Path, xml: str, force: bool = False) -> Path:
+    """Write the JUnit file in one rename (a CI step never reads half a file). A file there
+    that an earlier --junit did not write (a model, the recipe, anything) is never replaced
+    unless forced: exit 2 instead."""
+    path = Path(path)
+    check_junit_target(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, xml)
     return path

@@ -20,8 +20,9 @@ from typing import Any
 from mobilec._version import __version__
 from mobilec.errors import MobilecError, UnsupportedError
 from mobilec.util.fs import atomic_write_text, sha256_path
+from mobilec.util.publish import LISTING_FILE
 
-LOCK_NAME = "mobilec.lock.json"
+LOCK_NAME = LISTING_FILE  # its `outputs` lists the files the run wrote (util.publish)
 LOCK_VERSION = 1
 
 # Distributions whose version can change an artifact: converters, runtimes, the frameworks
@@ -114,6 +115,16 @@ def recipe_inputs(recipe: Any) -> dict[str, Path]:
     if isinstance(student, Path):
         files["distill.student"] = student
     return files
+
+
+def run_inputs(recipe: Any) -> dict[str, Path]:
+    """Every file a run reads: recipe_inputs and the recipe file itself (what no output may
+    overwrite, util.outguard)."""
+    inputs = dict(recipe_inputs(recipe))
+    source = getattr(recipe, "source", None)
+    if source and Path(source).is_file():
+        inputs["recipe"] = Path(source)
+    return inputs
 
 
 def write_lock(out_dir: str | Path, lock: dict[str, Any]) -> Path:

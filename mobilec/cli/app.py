@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from mobilec._version import __version__
-from mobilec.cli import signals
 from mobilec.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_STAGE, Interrupted, MobilecError
+from mobilec.util import signals
 
 
 class Ctx:
@@ -121,6 +121,9 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
                           help="Override a recipe key, e.g. --set stages.1.quantize.mode=float16.")
 unsafe_option = click.option("--unsafe-deserialization", is_flag=True,
                              help="Allow Lambda layers (arbitrary code) in Keras models you trust.")
+force_option = click.option("--force", is_flag=True,
+                            help="Overwrite files in the output dir (and the --junit file) "
+                                 "that no earlier mobilec run wrote.")
 trust_option = click.option("--trust-code", is_flag=True,
                             help="Allow the recipe to run Python code: model.module factories "
                                  "and data.python hooks. Only for recipes you trust.")

@@ -17,13 +17,13 @@ from mobilec.errors import MobilecError
 
 
 def ci_outputs(report: dict[str, Any], recipe: str, junit: str | None, *, quiet: bool,
-               to_stderr: bool) -> None:
+               to_stderr: bool, force: bool = False) -> None:
     """--junit FILE, and `::error file=…,line=…::` lines when running in GitHub Actions."""
     from mobilec.ci.annotations import github_annotations
     from mobilec.ci.junit import junit_xml, write_junit
 
     if junit:
-        path = write_junit(junit, junit_xml(report, recipe))
+        path = write_junit(junit, junit_xml(report, recipe), force)
         if not quiet:
             click.echo(f"wrote {path}", err=True)
     if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -32,7 +32,8 @@ def ci_outputs(report: dict[str, Any], recipe: str, junit: str | None, *, quiet:
             click.echo(line, err=to_stderr)
 
 
-def junit_for_error(recipe: str, junit: str | None, exc: MobilecError) -> None:
+def junit_for_error(recipe: str, junit: str | None, exc: MobilecError, force: bool = False
+                    ) -> None:
     """A run refused before it made a report (exit 2: bad recipe or model, --locked) still
     leaves the JUnit file a CI step will look for: one errored case with the reason."""
     from mobilec.ci.junit import junit_xml, write_junit
@@ -43,7 +44,10 @@ def junit_for_error(recipe: str, junit: str | None, exc: MobilecError) -> None:
               "budget": {"passed": True, "violations": []},
               "stages": [{"name": "plan", "status": "failed", "seconds": 0.0,
                           "error": exc.render()}]}
-    write_junit(junit, junit_xml(report, recipe))
+    try:
+        write_junit(junit, junit_xml(report, recipe), force)
+    except MobilecError:
+        pass  # --junit names a file mobilec must not overwrite: the first error is the one to show
 
 
 @main.command(name="compare")

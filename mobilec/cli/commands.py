@@ -12,6 +12,7 @@ import click
 from mobilec.cli.app import (
     Ctx,
     common_flags,
+    force_option,
     handle_errors,
     main,
     set_option,
@@ -41,33 +42,37 @@ def _echo_json(data: Any) -> None:
               help="Write JUnit XML: one case per artifact and per budget rule.")
 @click.option("--locked", type=click.Path(dir_okay=False, exists=True),
               help="Refuse (exit 2) unless tools and inputs match this mobilec.lock.json.")
+@force_option
 @common_flags
 @click.pass_obj
 @handle_errors
 def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None, no_eval: bool,
              wide: bool, unsafe_deserialization: bool, trust_code: bool,
              run_diagnose: bool = False, junit: str | None = None,
-             locked: str | None = None) -> None:
+             locked: str | None = None, force: bool = False) -> None:
     """Run RECIPE: load, prune, quantize, convert, evaluate, report."""
     from mobilec import api
+    from mobilec.ci.junit import check_junit_target
     from mobilec.report.console import print_report, verdict
     from mobilec.util.progress import Progress
 
+    if junit:
+        check_junit_target(junit, force)  # before the run, not after it
     progress = Progress(quiet=obj.quiet or obj.json)
     try:
         # Converters' C++ code prints to fd 1; with --json, stdout must hold only JSON.
         with stdout_to_stderr(obj.json):
             report = api.compress(recipe, overrides=list(overrides), out=out,
                                   evaluate=not no_eval, progress=progress,
-                                  diagnose=run_diagnose, locked=locked,
+                                  diagnose=run_diagnose, locked=locked, force=force,
                                   unsafe_deserialization=unsafe_deserialization,
                                   trust_code=trust_code, verbose=obj.verbose)
     except MobilecError as exc:
-        junit_for_error(recipe, junit, exc)
+        junit_for_error(recipe, junit, exc, force)
         raise
     finally:
         progress.close()
-    ci_outputs(report, recipe, junit, quiet=obj.quiet, to_stderr=obj.json)
+    ci_outputs(report, recipe, junit, quiet=obj.quiet, to_stderr=obj.json, force=force)
     if obj.json:
         _echo_json(report)
     elif not obj.quiet:
@@ -87,12 +92,13 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in the table.")
 @unsafe_option
 @trust_option
+@force_option
 @common_flags
 @click.pass_obj
 @handle_errors
 def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
              backend: str | None, top: int, unsafe_deserialization: bool,
-             trust_code: bool) -> None:
+             trust_code: bool, force: bool = False) -> None:
     """Rank RECIPE's layers by int8 quantization error, worst first.
 
     Runs the recipe's stages before quantize, quantizes to int8 with the
@@ -108,7 +114,7 @@ def diagnose(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
         with stdout_to_stderr(obj.json):
             data = api.diagnose(recipe, overrides=list(overrides), out=out, backend=backend,
                                 progress=progress, unsafe_deserialization=unsafe_deserialization,
-                                trust_code=trust_code, verbose=obj.verbose)
+                                trust_code=trust_code, verbose=obj.verbose, force=force)
     finally:
         progress.close()
     if obj.json:

@@ -19,6 +19,7 @@ from typing import Any
 
 from mobilec import api
 from mobilec.batch.cache import cache_key
+from mobilec.ci.lockfile import run_inputs
 from mobilec.errors import (
     Interrupted,
     MobilecError,
@@ -28,7 +29,7 @@ from mobilec.errors import (
 )
 from mobilec.explore.cache import Cache, derive, parts_for
 from mobilec.explore.frontier import best_of, candidate_rows, mark_frontiers, point_passes
-from mobilec.explore.outputs import describe, write_outputs
+from mobilec.explore.outputs import BEST_NAME, HTML_NAME, JSON_NAME, describe, write_outputs
 from mobilec.explore.space import Climb, Point, Space
 from mobilec.policy.modes import mode_for_format
 from mobilec.policy.targets import TARGETS
@@ -36,6 +37,7 @@ from mobilec.recipe.loader import load_recipe
 from mobilec.recipe.schema import ExploreConfig, FactorizeConfig, PruneConfig, Recipe
 from mobilec.sources.detect import model_format
 from mobilec.stages.quantize_auto import DEFAULT_CANDIDATES
+from mobilec.util.outguard import check_no_overlap, check_out_dir
 from mobilec.util.progress import Progress
 
 TRAINABLE = ("keras", "h5", "savedmodel")  # prune/factorize rewrite Keras layers
@@ -83,6 +85,10 @@ def explore(recipe: str | Path, *, overrides: list[str] | None = None,
                                hint="export the model to a file (.keras, .onnx, .pt2) first")
     space = build_space(base, cfg, model_format(base.model))
     out_dir = Path(out).resolve() if out else _default_out(base)
+    check_out_dir(out_dir)
+    check_no_overlap({"explore output": [out_dir / n for n in (JSON_NAME, HTML_NAME, BEST_NAME)],
+                      "explore cache": [_cache_dir(base, cfg, out_dir)]}, run_inputs(base),
+                     where=base.source, write_into={"explore output dir": out_dir})
     cache = Cache(_cache_dir(base, cfg, out_dir))
     prog = progress or Progress(quiet=quiet)
     opts = {"unsafe_deserialization": unsafe_deserialization, "trust_code": trust_code,

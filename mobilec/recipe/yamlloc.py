@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from mobilec.errors import RecipeError, first_line
+from mobilec.util.fs import check_regular
 
 MAX_NODES = 100_000
 MAX_BYTES = 1_000_000
@@ -149,6 +150,7 @@ def load_yaml_file(path: Path) -> LocatedYaml:
                           hint="check the path; `mobilec init` writes a starter recipe")
     if path.is_dir():
         raise RecipeError("is a directory, expected a YAML file", where=str(path))
+    check_regular(path, "the recipe", RecipeError)
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -24,6 +24,7 @@ from mobilec.errors import DataError
 from mobilec.recipe.schema import DataSpec
 from mobilec.sources.batch import as_list, from_list, match_names, take
 from mobilec.sources.datacheck import arrays_of, check_finite
+from mobilec.util.fs import check_regular
 from mobilec.util.tfenv import import_tf
 from mobilec.util.usercode import load_callable
 
@@ -68,6 +69,7 @@ def digits_split() -> tuple[Split, Split]:
 def load_npz(path: Path, role: str) -> Split:
     if not path.exists():
         raise DataError(f"data.{role} file not found", where=str(path))
+    check_regular(path, f"data.{role}", DataError)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files if name != "y"}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.errors import ModelLoadError
+from mobilec.util.fs import check_regular
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # Elements per input sample (1 GiB of float32): past this it is no mobile model, and
@@ -31,6 +32,7 @@ def detect_format(path: Path, declared: str = "auto") -> str:
         raise ModelLoadError("model not found", where=str(path),
                              hint="check model.path in the recipe (relative paths resolve against "
                                   "the recipe file's folder)")
+    check_regular(path, "the model", ModelLoadError)  # a FIFO would block the sniff forever
     found = _sniff(path)
     if declared != "auto" and found != declared:
         raise ModelLoadError(

@@ -32,7 +32,7 @@ from mobilec.recipe.schema import ConvertConfig
 from mobilec.stages.verify import verification_inputs, verify
 from mobilec.state import Artifact, ModelState
 from mobilec.util import progress
-from mobilec.util.fs import atomic_place, gzip_size, os_error_reason, remove_artifact, size_of
+from mobilec.util.fs import atomic_place, gzip_size, os_error_reason, size_of
 
 # What a build fills on its work-dir artifact and each placed copy inherits.
 COPIED_FIELDS = ("status", "error", "input_layout", "input_transpose", "io_quant", "precision",
@@ -61,7 +61,6 @@ def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
         stop_if_interrupted()  # a signal lost inside the converter stops here, not at the end
         staged.append(_stage(state, spec, built))
     _distrust_broken_formats([a for a, _ in staged], state)
-    _retire_previous_reports(state)
     for art, work_path in staged:  # every file verified: publish
         if work_path is not None:
             _publish(state, art, work_path)
@@ -103,31 +102,13 @@ def _stage(state: ModelState, spec: ArtifactSpec,
     return art, work.path
 
 
-def _retire_previous_reports(state: ModelState) -> None:
-    """A previous run's report and lockfile describe other files: once this run publishes,
-    they go (this run writes its own at the end; if it is interrupted, none is better than
-    a wrong one)."""
-    for name in ("report.json", "report.md", "report.html", "mobilec.lock.json"):
-        path = state.out_dir / name
-        if path.is_file():
-            path.unlink()
-
-
 def _publish(state: ModelState, art: Artifact, work_path: Path) -> None:
-    _discard_stale(state, art)
+    # into the run's staging dir (state.out_dir): the pipeline swaps it in as one step,
+    # retiring the previous run's files, stale twins included
     # op compatibility for this artifact's delegate; .tflite gets the hint in its metadata
     atomic_place(prepare_for_placement(state, art, work_path), art.path)
     art.metrics["size_bytes"] = size_of(art.path)
     art.metrics["gzip_bytes"] = gzip_size(art.path)
-
-
-def _discard_stale(state: ModelState, art: Artifact) -> None:
-    """A re-run must not leave a previous run's verified/unverified twin beside the new file."""
-    for twin in (state.artifact_name(art.format, art.quantization, False),
-                 state.artifact_name(art.format, art.quantization, True)):
-        p = art.path.with_name(twin)
-        if p != art.path and p.exists():
-            remove_artifact(p)
 
 
 def routes(state: ModelState, fmt: Any, work: Artifact) -> list[Route]:

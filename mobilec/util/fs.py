@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -50,6 +51,23 @@ def write_error(exc: OSError, path: Path) -> MobilecError:
     return MobilecError(f"cannot write output: {reason}; the incomplete file was removed",
                         where=str(path), hint="free some space or pass another --out; files "
                         "already in the output dir are complete (each went in with one rename)")
+
+
+def check_regular(path: Path, what: str, error: type[MobilecError] = MobilecError) -> None:
+    """Refuse an input that is neither a regular file nor a directory: a FIFO, socket or
+    device would block a read forever (or stream without end). A missing path passes: the
+    caller says "not found" in its own words."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+    raise error(f"{what} is {kind}, not a regular file or directory", where=str(path),
+                hint="mobilec reads only regular files and directories: copy what it "
+                     "streams into a file and point at that")
 
 
 def sha256_path(path: Path) -> str:
@@ -232,6 +250,26 @@ def _locked_error(fh: IO[str], directory: Path) -> MobilecError:
                         where=str(directory), hint="wait for it to finish, or pass a different --out")
 
 
+def drop_stale_lock(directory: Path) -> None:
+    """Remove the run-lock file of `directory` if nobody holds it (its holder was killed:
+    the lock went with the process, the file stayed)."""
+    import fcntl
+
+    path = lock_path(directory)
+    try:
+        fh = open(path)
+    except OSError:
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # held: a live run
+        with contextlib.suppress(OSError):
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                path.unlink()
+
+
 def check_not_locked(directory: Path) -> None:
     """Refuse up front when another run holds the output dir, instead of after a long load.
     Only a probe (output_lock still guards the writing); creates nothing."""
@@ -259,11 +297,14 @@ def work_dir_prefix() -> str:
     return f"{TMP_PREFIX}work-{os.getpid()}-"
 
 
-def sweep_stale_work_dirs(root: Path | None = None, min_age_s: float = STALE_WORK_AGE_S
-                          ) -> list[Path]:
+def sweep_stale_work_dirs(root: Path | None = None, min_age_s: float = STALE_WORK_AGE_S,
+                          pid: int | None = None) -> list[Path]:
     """Remove work dirs that SIGKILLed or OOM-killed runs left in the system temp dir
     (SIGINT/SIGTERM clean up on the way out; SIGKILL cannot). Only a dir whose owner pid is
-    gone and which is older than min_age_s: a live run elsewhere is never touched."""
+    gone and which is older than min_age_s: a live run elsewhere is never touched. `pid`:
+    only that (dead) process's dirs, whatever their age — a batch driver that reaped it."""
+    if pid is not None:
+        min_age_s = 0.0
     root = Path(root or tempfile.gettempdir())
     removed: list[Path] = []
     try:
@@ -273,6 +314,8 @@ def sweep_stale_work_dirs(root: Path | None = None, min_age_s: float = STALE_WOR
     now = time.time()
     for path in candidates:
         pid_text = path.name[len(f"{TMP_PREFIX}work-"):].split("-", 1)[0]
+        if pid is not None and pid_text != str(pid):
+            continue
         if not pid_text.isdigit() or _pid_alive(int(pid_text)):
             continue
         try:
