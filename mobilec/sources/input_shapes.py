@@ -88,7 +88,7 @@ def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
     if want is not None:
         if dims and len(want) != len(dims):
             raise ModelLoadError(f"{_key(key, name)} {want} has {len(want)} dims but input "
-                              f"'{name}' has {len(dims)}: {shown}", where=key_where)
+                                 f"'{name}' has {len(dims)}: {shown}", where=key_where)
         dims = dims or [None] * len(want)
     elif not dims:
         raise ModelLoadError(f"input '{name}' has no shape in the model", where=model_where,
@@ -101,7 +101,7 @@ def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
         if isinstance(d, int):
             if want is not None and want[i] != d:
                 raise ModelLoadError(f"{_key(key, name)} {want} does not fit input '{name}' "
-                                  f"{shown}: dim {i} is {d}", where=key_where)
+                                     f"{shown}: dim {i} is {d}", where=key_where)
             fixed.append(d)
         elif want is not None:
             fixed.append(int(want[i]))
