@@ -319,3 +319,6 @@ def test_json_errors_are_a_json_object_on_stdout(tmp_path: Path) -> None:
     assert missing.returncode == 2
     err = json.loads(missing.stdout)["error"]
     assert err["where"] and "nope.yaml" in err["where"] + err["message"]
+    usage = run_cli("bench", str(tmp_path / "m.onnx"), "--runs", "0", "--json")  # click's own
+    assert usage.returncode == 2
+    assert json.loads(usage.stdout)["error"]["where"] == "--runs"

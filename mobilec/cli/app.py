@@ -25,6 +25,10 @@ class Ctx:
     json: bool = False
 
 
+_JSON = Ctx()
+_JSON.json = True
+
+
 def _err(text: str) -> None:
     click.echo(text, err=True)
 
@@ -101,7 +105,30 @@ def common_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="Machine output on stdout (logs go to stderr).")(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Group(click.Group):
+    """click's group, but under --json a usage error (a bad option value, an unknown
+    option) is also the JSON error object on stdout, like every other error."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or "--json" not in argv:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            exc.show()
+            param = getattr(exc, "param", None)
+            command = exc.ctx.command_path if getattr(exc, "ctx", None) else "mobilec"
+            _fail(_JSON, exc.exit_code, exc.format_message(),
+                  exc.format_message(), where=param.opts[0] if param is not None and
+                  getattr(param, "opts", None) else None, hint=f"{command} --help")
+        except click.Abort:
+            _fail(_JSON, EXIT_SIGINT, "aborted", "aborted")
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mobilec")
 @common_flags
 @click.pass_context
