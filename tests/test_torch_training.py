@@ -131,3 +131,101 @@ def test_unlabelled_train_data_self_distills(tmp_path: Path, cnn_pt2: Path, digi
     assert targets.name.startswith("self-distillation")
     np.testing.assert_allclose(targets.arrays[0][:8], eager(state.torch_module, digits[0][0][:8])[0],
                                atol=1e-5)
+
+
+def module_state(module: Any, train_xy: tuple[np.ndarray, Any], eval_xy: tuple[np.ndarray, Any],
+                 tmp: Path) -> Any:
+    """A ModelState holding an eager module as the load stage does for model.module."""
+    from mobilec.recipe.schema import Recipe
+    from mobilec.sources.data import Dataset, Split
+    from mobilec.sources.pytorch import describe_io, export_program
+    from mobilec.state import ModelState
+
+    state = ModelState(recipe=Recipe.model_validate({"model": {"path": "model.pt2"}}),
+                       out_dir=tmp / "out", work_dir=tmp / "work")
+    state.torch_module = module.eval()
+    state.torch_program = export_program(module, (eval_xy[0][:2],), dynamic_batch=True)
+    state.inputs, state.outputs = describe_io(state.torch_program)
+    state.inputs[0].shape[0] = None
+    state.input_layout = "NCHW"
+    state.data = Dataset(Split(*train_xy), Split(*eval_xy), Split(train_xy[0][:64]))
+    state.reference = eager(module, eval_xy[0])
+    return state
+
+
+def corpus(name: str, n: int = 96) -> tuple[Any, tuple[np.ndarray, None], tuple[np.ndarray, Any]]:
+    """A corpus architecture (random weights) and random images: trained unlabelled
+    (self-distillation), evaluated against its own answers."""
+    import conformance_torch
+
+    arch = conformance_torch.TORCH_ARCHS[name]
+    torch.manual_seed(0)
+    module = arch.build().eval()
+    x = arch.data(np.random.default_rng(0), 2 * n)
+    y = eager(module, x[n:])[0].argmax(-1)
+    return module, (x[:n], None), (x[n:], y)
+
+
+# ---------------------------------------------------------------- item 2: unstructured prune
+
+@pytest.mark.parametrize("schedule", ["constant", "polynomial"])
+def test_prune_pt2_digits_counts_its_sparsity(tmp_path: Path, cnn_pt2: Path, digits: Any,
+                                              schedule: str) -> None:
+    from mobilec.recipe.schema import PruneConfig
+    from mobilec.stages import prune
+
+    _, (xe, ye) = digits
+    state = pt2_state(cnn_pt2, digits, tmp_path)
+    metrics = prune.run(state, PruneConfig(sparsity=0.5, schedule=schedule, epochs=1,
+                                           learning_rate=1e-3, batch_size=64))
+    weights = [p for p in state.torch_module.parameters() if p.dim() >= 2]
+    zeros = sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+    assert metrics["sparsity"] == pytest.approx(zeros, abs=1e-4) and 0.49 <= zeros <= 0.51
+    program_w = [p for p in state.torch_program.module().parameters() if p.dim() >= 2]
+    assert sum(int((p == 0).sum()) for p in program_w) == metrics["pruned_weights"]
+    assert acc(eager(state.torch_program.module(), xe)[0], ye) >= state.reference_accuracy - 0.02
+
+
+@pytest.mark.parametrize("name", ["torch_resnet_bn", "torch_mobilenet_v2_ir"])
+def test_prune_corpus_modules(tmp_path: Path, name: str) -> None:
+    from mobilec.recipe.schema import PruneConfig
+    from mobilec.stages import prune
+
+    module, train_xy, eval_xy = corpus(name)
+    state = module_state(module, train_xy, eval_xy, tmp_path)
+    metrics = prune.run(state, PruneConfig(sparsity=0.5, epochs=1, batch_size=32))
+    assert 0.49 <= metrics["sparsity"] <= 0.51 and metrics["loss"].startswith("self-distillation")
+    out = eager(state.torch_program.module(), eval_xy[0])[0]
+    np.testing.assert_allclose(out, eager(state.torch_module, eval_xy[0])[0], atol=1e-4)
+    assert state.torch_module is not module  # the loaded module is never trained in place
+
+
+@pytest.mark.slow
+def test_compress_prunes_a_pt2_and_rebuilds_every_format(tmp_path: Path, cnn_pt2: Path,
+                                                         digits: Any) -> None:
+    """The recipe path: the plan check lets prune through for a .pt2, the stage reports the
+    counted sparsity, the artifacts are built from (and verified against) the pruned model,
+    while accuracy and fidelity are measured against the loaded one; the SNR floor judges
+    quantization against the pruned model, not the pruning itself."""
+    from conftest import compress, write_recipe
+
+    (xt, yt), (xe, ye) = digits
+    np.savez(tmp_path / "train.npz", x=xt, y=yt)
+    np.savez(tmp_path / "eval.npz", x=xe, y=ye)
+    recipe = write_recipe(tmp_path, cnn_pt2, name="pruned",
+                          data={"source": "npz", "train": "train.npz", "eval": "eval.npz",
+                                "calibration_samples": 100},
+                          stages=[{"prune": {"sparsity": 0.5, "epochs": 1, "batch_size": 64,
+                                             "learning_rate": 0.001}},
+                                  {"quantize": {"mode": "int8"}},
+                                  {"convert": {"formats": ["onnx"]}}])
+    report = compress(recipe)
+    stage = next(s for s in report["stages"] if s["name"] == "prune")
+    assert stage["status"] == "ok" and 0.49 <= stage["metrics"]["sparsity"] <= 0.51
+    rows = {a["quantization"]: a for a in report["artifacts"]}
+    for mode in ("float32", "int8"):
+        assert rows[mode]["status"] == "ok", (mode, rows[mode]["error"])
+        assert rows[mode]["accuracy_drop"] <= 0.02
+    float32 = rows["float32"]
+    assert float32["verification"]["top1_agreement"] == 1.0  # built from the pruned model
+    assert float32["fidelity"]["snr_db"] < 40  # measured against the loaded model

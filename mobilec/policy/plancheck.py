@@ -16,6 +16,8 @@ from mobilec.recipe.schema import CoreMLConfig, QuantizeConfig, Recipe
 
 TRAINING_STAGES = ("distill", "factorize", "prune")
 TORCH_FORMATS = ("pt2", "torch-module")
+# The training stages that run on PyTorch sources too (training/torch_*.py).
+TORCH_TRAINING = ("prune",)
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
 
 
@@ -72,7 +74,7 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
             raise UnsupportedError(f"{label} fine-tunes the model and needs data.train "
                                    "(eval data is never trained on)", where=where,
                                    hint="add data: {source: npz, train: train.npz} or drop the stage")
-        if trains and model_format in TORCH_FORMATS:
+        if trains and model_format in TORCH_FORMATS and name not in TORCH_TRAINING:
             raise UnsupportedError(
                 f"{label} fine-tunes with TensorFlow and this recipe's model is PyTorch",
                 where=where, hint="PyTorch sources get post-training quantization (int8 through "

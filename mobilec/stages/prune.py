@@ -1,5 +1,6 @@
 """prune: magnitude pruning with tfmot, fine-tuned on data.train, then stripped.
-Channel pruning (structure: channels) is stages/prune_channels.py.
+Channel pruning (structure: channels) is stages/prune_channels.py; magnitude pruning of
+PyTorch sources is training/torch_prune.py.
 
 Layers are wrapped one at a time (a clone_function) rather than handing the whole
 model to `prune_low_magnitude`, so a layer tfmot cannot prune is named in the
@@ -17,7 +18,9 @@ from mobilec.errors import UnsupportedError
 from mobilec.recipe.schema import PruneConfig
 from mobilec.stages import prune_channels
 from mobilec.state import ModelState
+from mobilec.training import torch_prune
 from mobilec.training.finetune import fit, require_trainable, steps_per_epoch, training_targets
+from mobilec.training.torch_model import is_torch
 from mobilec.util.tfenv import import_tf_keras
 
 
@@ -25,6 +28,8 @@ def run(state: ModelState, config: PruneConfig) -> dict[str, Any]:
     cfg = config or PruneConfig()
     if cfg.structure == "channels":
         return prune_channels.run(state, cfg)
+    if is_torch(state):
+        return torch_prune.run(state, cfg)
     model = require_trainable(state, "prune")
     tfmot = import_tfmot()
     targets = training_targets(state, model)  # before wrapping: self-distillation needs the original
