@@ -85,8 +85,9 @@ class ArtifactRow(_Model):
     accuracy: float | None = None
     accuracy_drop: float | None = None
     fidelity: dict[str, Any] | None = Field(
-        None, description="Against the source model: top1_agreement, max_abs_err, snr_db, "
-                          "per-output figures.")
+        None, description="Against the model converted (the source, or what distill, "
+                          "factorize or prune made of it; `against` says which): "
+                          "top1_agreement, max_abs_err, snr_db, per-output figures.")
     latency_ms: Latency | None = None
     op_compat: dict[str, Any] | None = None
     input_layout: str | None = None

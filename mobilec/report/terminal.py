@@ -31,7 +31,7 @@ COMPACT = (0, 2, 4, 6, 8, 10, 12)  # artifact, quant, size, × smaller, drop, SN
 MINIMAL = (0, 2, 4, 12)
 TEXT_COLUMNS = frozenset({0, 1, 2, 3, 12})  # left-aligned; the rest are numbers
 STATUS_COLOR = {"ok": "green", "skipped": "yellow"}
-LEGEND = "top-1: top-1 agreement with the original model · p50 ms: median host latency"
+LEGEND = "top-1: top-1 agreement with the model converted · p50 ms: median host latency"
 
 
 def _gaps(n: int) -> int:
