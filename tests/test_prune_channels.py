@@ -104,3 +104,101 @@ def test_keras_digits_half_the_channels(tmp_path: Path, demo_keras: Path) -> Non
     assert f32["accuracy_drop"] <= 1.5 * POINT
     assert f32["size_bytes"] <= 0.3 * m["weights_bytes_before"]
     json.dumps(report)  # every metric is plain JSON
+
+
+# ---------------------------------------------------------------- PyTorch (torch-pruning)
+
+def _torch_state(module: Any, digits: Any, tmp: Path) -> Any:
+    """A ModelState holding an eager module (a model.module source) and the digits data."""
+    from mobilec.recipe.schema import Recipe
+    from mobilec.sources.data import Dataset, Split
+    from mobilec.sources.pytorch import describe_io, eager_runner, export_program
+    from mobilec.state import ModelState
+    from mobilec.util.metrics import accuracy
+
+    (xt, yt), (xe, ye) = digits
+    state = ModelState(recipe=Recipe.model_validate({"model": {"module": "m:f"}}),
+                       out_dir=tmp / "out", work_dir=tmp / "work")
+    state.torch_module = module
+    state.torch_program = export_program(module, (xe[:2],), dynamic_batch=True)
+    state.inputs, state.outputs = describe_io(state.torch_program)
+    state.input_layout = "NCHW"
+    state.data = Dataset(Split(xt, yt), Split(xe, ye), Split(xt[:100]))
+    state.reference = eager_runner(module)(xe)
+    state.reference_accuracy = accuracy(state.reference[0], ye)
+    return state
+
+
+@pytest.fixture(scope="module")
+def torch_digits() -> Any:
+    pytest.importorskip("torch_pruning")
+    from torch_digits import digits_nchw
+
+    return digits_nchw()
+
+
+@pytest.mark.slow
+def test_torch_digits_half_the_channels(tmp_path: Path, torch_digits: Any) -> None:
+    """The PyTorch digits CNN through the prune stage: channels removed by torch-pruning,
+    fine-tuned, re-exported; the .pte is built from, and verified against, the pruned model."""
+    import torch
+    from torch_digits import cnn_layers, train
+
+    from mobilec.policy.targets import ArtifactSpec
+    from mobilec.recipe.schema import PruneConfig
+    from mobilec.sources.pytorch import eager_runner
+    from mobilec.stages import prune
+    from mobilec.stages.convert import build_artifact
+
+    (xt, yt), (xe, ye) = torch_digits
+    torch.manual_seed(0)
+    state = _torch_state(train(cnn_layers(), xt, yt), torch_digits, tmp_path)
+    m = prune.run(state, PruneConfig(structure="channels", ratio=0.5, epochs=2,
+                                     learning_rate=1e-3))
+    assert m["params_after"] <= 0.55 * m["params_before"]
+    assert m["flops_after"] <= 0.55 * m["flops_before"]
+    acc = float(np.mean(eager_runner(state.torch_module)(xe)[0].argmax(-1) == ye))
+    assert state.reference_accuracy - acc <= 1.5 * POINT, (state.reference_accuracy, acc)
+    # every format is rebuilt from the pruned model: the program is the narrower one
+    assert sum(v.numel() for v in state.torch_program.state_dict.values()) < \
+        0.6 * m["params_before"]
+    art = build_artifact(state, ArtifactSpec("executorch", "float32", "android-executorch",
+                                             "xnnpack", "portable"))
+    assert art.status == "ok" and art.verification["top1_agreement"] >= 0.99
+    assert art.path.stat().st_size <= 0.3 * m["weights_bytes_before"]
+
+
+def test_torch_residual_and_inverted_residual_blocks_prune_together(torch_digits: Any) -> None:
+    """torch_resnet_bn and torch_mobilenet_v2_ir (the conformance corpus): the residual adds
+    and depthwise convs are pruned with their producers, the classifier keeps its 10 outputs,
+    and the narrower module still exports."""
+    import conformance_torch
+    import torch
+
+    from mobilec.training.channels_torch import prune_channels
+
+    for build in (conformance_torch.resnet_bn, conformance_torch.mobilenet_v2_ir):
+        torch.manual_seed(0)
+        module = build().eval()
+        x = (torch.randn(2, 3, 32, 32),)
+        before = sum(p.numel() for p in module.parameters())
+        prune_channels(module, x, 0.5)
+        after = sum(p.numel() for p in module.parameters())
+        assert after <= 0.55 * before, (build.__name__, before, after)
+        assert module(*x).shape == (2, 10)
+        torch.export.export(module, x)
+
+
+def test_an_exported_pt2_graph_is_refused(tmp_path: Path, torch_digits: Any) -> None:
+    import torch
+    from torch_digits import cnn_layers
+
+    from mobilec.errors import UnsupportedError
+    from mobilec.recipe.schema import PruneConfig
+    from mobilec.stages import prune
+
+    state = _torch_state(cnn_layers().eval(), torch_digits, tmp_path)
+    _, (xe, _) = torch_digits
+    state.torch_module = torch.export.export(state.torch_module, (torch.tensor(xe[:2]),)).module()
+    with pytest.raises(UnsupportedError, match="exported .pt2 graph has none"):
+        prune.run(state, PruneConfig(structure="channels"))
