@@ -223,3 +223,30 @@ def test_litert_torch_tflite_takes_the_source_input_names_and_dtypes(tmp_path: P
     got = next(iter(it.get_signature_runner()(input_ids=ids[:1], attention_mask=mask[:1]).values()))
     want = model(torch.from_numpy(ids[:1]), torch.from_numpy(mask[:1])).detach().numpy()
     assert np.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_int8_pte_of_computed_indices_says_what_to_ship(tmp_path: Path) -> None:
+    """PT2E int8 turns integer index tensors into float: every route fails the same way, and
+    the artifact says what works instead of four first lines of stack traces."""
+    from torch import nn
+
+    class Lookup(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(50, 8))
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, ids: Any) -> Any:
+            return self.head(self.table[(ids + 1) % 50].mean(1))
+
+    ids = np.random.default_rng(0).integers(0, 50, (16, 6)).astype("int64")
+    torch.manual_seed(0)
+    torch.export.save(torch.export.export(Lookup().eval(), (torch.from_numpy(ids[:1]),)),
+                      str(tmp_path / "lookup.pt2"))
+    np.savez(tmp_path / "lookup.npz", x=ids)
+    state = loaded_state(tmp_path, tmp_path / "lookup.pt2", tmp_path / "lookup.npz")
+    art = build(state, "executorch", "int8")
+    assert art.status == "failed"
+    assert art.error.count("hint:") == 1 and "float16" in art.error, art.error
+    assert len(art.routes_failed) >= 3

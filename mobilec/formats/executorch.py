@@ -115,7 +115,7 @@ class ExecuTorchFormat:
             raise
         except Exception as exc:  # noqa: BLE001 - each route fails in its own way
             stop_if_interrupted(exc)  # a signal wrapped by the converter still stops
-            raise ConversionError(_reason(exc)) from exc
+            raise ConversionError(_reason(exc), hint=_hint(exc, mode)) from exc
         dest.write_bytes(buffer)
         _record(artifact, route, delegation)
         artifact.delegation["io"] = {"inputs": [t.as_dict() | {"shape": [1, *t.shape[1:]]}
@@ -305,6 +305,22 @@ def _reason(exc: BaseException) -> str:
     # torch errors often end with the useful line; ExecuTorch's start with it
     line = lines[0] if lines else type(exc).__name__
     return f"{type(exc).__name__}: {line.strip()[:300]}"
+
+
+# What PyTorch says when an integer tensor (embedding / gather indices) reached an op as float:
+# PT2E int8 observed and fake-quantized it like an activation.
+_INDEX_AS_FLOAT = ("'indices' to have one of the following scalar types",
+                   "tensors used as indices must be long")
+
+
+def _hint(exc: BaseException, mode: str) -> str | None:
+    """What to do about a known failure (None: the reason says it all)."""
+    if mode == "int8" and any(m in str(exc) for m in _INDEX_AS_FLOAT):
+        return ("PT2E int8 quantizes every activation, and this model computes integer index "
+                "tensors (embedding/gather indices), which it turned to float: no int8 route "
+                "can calibrate it. Ship the .pte as float16 (quantize: {mode: float16}) or "
+                "float32, and take int8 from the .tflite/.onnx")
+    return None
 
 
 def _coreml_delegated(artifact: Artifact) -> bool:

@@ -163,7 +163,7 @@ def build_artifact(state: ModelState, spec: ArtifactSpec) -> Artifact:
         failed.append(entry)
         if fallback is not work:
             _remove(dest)
-    summary = "; ".join(f"{f['route']}: {f['reason']}" for f in failed)
+    summary = _summary(failed)
     if fallback is not None:
         fallback.routes_failed = [f for f in failed if f["route"] != fallback.route]
         if fallback.quantization in ("float32", "float16"):
@@ -174,6 +174,16 @@ def build_artifact(state: ModelState, spec: ArtifactSpec) -> Artifact:
         return fallback
     base.status, base.error, base.routes_failed = "failed", summary, failed
     return base
+
+
+def _summary(failed: list[dict[str, Any]]) -> str:
+    """Every route's reason; a hint they all share (a known failure: what to do) said once."""
+    sep = " (hint: "
+    hints = {f["reason"].partition(sep)[2] for f in failed}
+    if len(failed) > 1 and len(hints) == 1 and "" not in hints:
+        return "; ".join(f"{f['route']}: {f['reason'].partition(sep)[0]}" for f in failed) + \
+            sep + hints.pop()
+    return "; ".join(f"{f['route']}: {f['reason']}" for f in failed)
 
 
 def _verdict(work: Artifact, ok: bool, reason: str) -> str:
