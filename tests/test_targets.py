@@ -73,8 +73,9 @@ def test_targets_command_lists_profiles_with_nnapi_deprecation() -> None:
     proc = run_cli("targets", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["target"]: r for r in json.loads(proc.stdout)}
-    # ALL_TARGETS: every target a Keras model reaches; the ExecuTorch ones take PyTorch sources
-    assert list(rows) == [*ALL_TARGETS, "android-executorch", "ios-executorch"]
+    # ALL_TARGETS: the demo's targets; the ExecuTorch ones take PyTorch sources, ios-coreai
+    # (every source, Keras through the ONNX bridge) has tests/test_coreai.py
+    assert list(rows) == [*ALL_TARGETS, "android-executorch", "ios-executorch", "ios-coreai"]
     assert rows["android-executorch"]["artifacts"] == ".pte"
     assert rows["ios-executorch"]["delegate"] == "coreml"
     assert rows["android-nnapi"]["delegate"] == "nnapi"

@@ -196,3 +196,32 @@ def swift_executorch(art: Artifact, m: dict[str, Any]) -> str:
         f'  // "{t["name"]}" {t["dtype"]}',
         "let outputs = try module.forward(input)",
     ])
+
+
+def swift_coreai(art: Artifact, m: dict[str, Any]) -> str:
+    """Apple's Core AI framework (iOS 27+): AIModel(contentsOf:), loadFunction(named:),
+    run(inputs:) with NDArrays named as the .aimodel's own function inputs."""
+    ins = m["inputs"] or [{"name": "input", "shape": [1], "dtype": "float32"}]
+    units = {"ALL": "", "CPU_ONLY": " (CPU only: pass SpecializationOptions to the init)"}
+    lines = [f"// Add {art.path.name} (a folder) to the Xcode target; Xcode compiles it "
+             "ahead of time",
+             f"// Core AI places each op on the Neural Engine, GPU or CPU"
+             f"{units.get(m['options'].get('compute_units', 'ALL'), '')}",
+             "import CoreAI", "",
+             f'let url = Bundle.main.url(forResource: "{art.path.stem}", '
+             'withExtension: "aimodel")!',
+             "let model = try await AIModel(contentsOf: url)",
+             'guard let function = try model.loadFunction(named: "main") else { '
+             'fatalError("no main function") }']
+    feeds = []
+    for t in ins:
+        var = _var(t["name"])
+        scalar = "Float16" if t["dtype"] == "float16" else "Float"
+        lines.append(f"let {var} = NDArray(shape: {_shape_text(t)}, scalars: [{scalar}]"
+                     f"(repeating: 0, count: {_numel(t)}))  // \"{t['name']}\" {t['dtype']}")
+        feeds.append(f'"{t["name"]}": {var}')
+    lines.append(f"let outputs = try await function.run(inputs: [{', '.join(feeds)}])")
+    for t in m["outputs"]:
+        lines.append(f'let {_var(t["name"])} = outputs["{t["name"]}"]  // {t["dtype"]} '
+                     f"{_shape_text(t)}")
+    return "\n".join(lines)

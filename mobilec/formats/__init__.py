@@ -51,6 +51,7 @@ FORMATS: dict[str, FormatInfo] = {
     "coreml": FormatInfo(".mlpackage", "coreml", "cpu_only", "mobilec.formats.coreml:CoreMLFormat"),
     "executorch": FormatInfo(".pte", "xnnpack", "portable",
                              "mobilec.formats.executorch:ExecuTorchFormat", per_delegate=True),
+    "coreai": FormatInfo(".aimodel", "coreai", "cpu", "mobilec.formats.coreai:CoreAIFormat"),
 }
 
 _LOADED: dict[str, Format] = {}

@@ -29,7 +29,7 @@ class Mode:
         return self.name not in ("float32", "float16")
 
 
-_ALL_FLOAT = {"tflite": "", "onnx": "", "coreml": "", "executorch": ""}
+_ALL_FLOAT = {"tflite": "", "onnx": "", "coreml": "", "executorch": "", "coreai": ""}
 
 
 def _same(*formats: str) -> dict[str, str]:
@@ -40,10 +40,10 @@ _ROWS = [
     Mode("float32", "no quantization: the baseline every size ratio is measured against",
          _ALL_FLOAT, recipe=False),
     Mode("dynamic", "int8 weights, float activations (dynamic range; ExecuTorch: int8 "
-         "activations quantized at run time)",
-         _same("tflite", "onnx", "coreml", "executorch"), searchable=True),
-    Mode("float16", "float16 weights", _same("tflite", "onnx", "coreml", "executorch"),
-         searchable=True),
+         "activations quantized at run time; Core AI: int8 weights per channel)",
+         _same("tflite", "onnx", "coreml", "executorch", "coreai"), searchable=True),
+    Mode("float16", "float16 weights (Core AI: float16 weights, compute and I/O)",
+         _same("tflite", "onnx", "coreml", "executorch", "coreai"), searchable=True),
     Mode("int8", "full integer: int8 weights and activations, float I/O",
          _same("tflite", "onnx", "coreml", "executorch"), calibrates=True, searchable=True,
          int8_activations=True),
@@ -52,10 +52,11 @@ _ROWS = [
          int8_activations=True),
     Mode("int16x8", "int8 weights, int16 activations (TFLite)", _same("tflite"),
          calibrates=True, searchable=True),
-    Mode("int4", "4-bit weights (ai-edge-quantizer; Core ML blockwise; ExecuTorch 8da4w: "
-         "int4 Linear weights, int8 dynamic activations)",
-         _same("tflite", "coreml", "executorch"), searchable=True),
-    Mode("palettize", "k-means weight palettes (Core ML)", _same("coreml")),
+    Mode("int4", "4-bit weights (ai-edge-quantizer; Core ML and Core AI blockwise; ExecuTorch "
+         "8da4w: int4 Linear weights, int8 dynamic activations)",
+         _same("tflite", "coreml", "executorch", "coreai"), searchable=True),
+    Mode("palettize", "k-means weight palettes (Core ML; Core AI via coreai-opt)",
+         _same("coreml", "coreai")),
     Mode("qat", "quantization-aware fine-tuning, then int8",
          {"tflite": "", "onnx": "", "coreml": "int8"},
          calibrates=True, trains=True, int8_activations=True),

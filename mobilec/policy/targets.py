@@ -84,6 +84,14 @@ TARGETS: dict[str, TargetProfile] = {
                     "(checked structurally elsewhere), XNNPACK when it cannot be lowered",
         options={"compute_units": "ALL"},
         docs="https://pytorch.org/executorch/stable/backends-coreml.html"),
+    "ios-coreai": TargetProfile(
+        name="ios-coreai", formats=("coreai",), preferred_quantization="float16",
+        delegate="coreai", fallback="cpu", platform="ios",
+        constraints="Core AI (iOS/macOS 27+) places each op on the Neural Engine, GPU or CPU; "
+                    "float16 is what the Neural Engine computes in. Verified here with "
+                    "coreai-core's Linux runtime",
+        options={"compute_units": "ALL"},
+        docs="https://developer.apple.com/documentation/coreai"),
 }
 
 

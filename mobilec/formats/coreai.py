@@ -1,0 +1,137 @@
+"""Core AI: `.aimodel` (a directory: program bytecode, hash, metadata) for Apple's on-device
+stack beside Core ML, built with coreai-torch and compressed with coreai-opt
+(formats/coreai_convert.py), and run on this host with coreai-core's Linux runtime in a
+child process (formats/coreai_runtime.py): verified and measured like `.tflite`, `.onnx`
+and `.pte`, never shipped `ok` unverified.
+
+Routes: a PyTorch source (`.pt2`, `model.module`) goes straight through torch.export
+(`torch-export`). Keras, SavedModel and ONNX sources take the bridge
+(formats/coreai_bridge.py): the model's float32 `.onnx`, along each of the `.onnx` format's
+own routes in order (tf2onnx from the model, then from the float32 `.tflite`; an ONNX
+source as it is), to PyTorch with onnx2torch, then torch.export — `onnx2torch-<onnx route>`.
+The convert stage verifies each result against the source and ships the first that holds.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from mobilec.delegates.snippets import swift_coreai
+from mobilec.formats.coreai_bridge import onnx_to_torch
+from mobilec.formats.coreai_convert import convert, export_decomposed, precision_text, save
+from mobilec.formats.coreai_runtime import FUNCTION, run_isolated
+from mobilec.formats.onnx import float32_onnx, route_names
+from mobilec.formats.runtime import align_outputs
+from mobilec.sources.batch import as_list, first_n
+from mobilec.state import Artifact, ModelState
+
+TORCH_ROUTE = "torch-export"
+BRIDGE_PREFIX = "onnx2torch-"
+RUNTIME = "coreai-core Linux runtime (AIModelAsset.executable), in a child process"
+
+
+class CoreAIFormat:
+    name = "coreai"
+    suffix = ".aimodel"
+
+    def routes(self, state: ModelState, artifact: Artifact) -> list[tuple[str, Any]]:
+        """torch.export for a PyTorch source; otherwise the ONNX bridge along each of the
+        .onnx format's routes, in its order."""
+        if _is_torch(state):
+            names = [TORCH_ROUTE]
+        else:
+            names = [BRIDGE_PREFIX + r for r in route_names(state) if r != "torch-dynamo"]
+        return [(name, self._along(state, name)) for name in names]
+
+    def _along(self, state: ModelState, route: str) -> Any:
+        return lambda art, dest: self.build(state, art, dest, route)
+
+    def build(self, state: ModelState, artifact: Artifact, dest: Path,
+              route: str | None = None) -> None:
+        """Export, convert, compress and save the .aimodel directory at `dest`."""
+        route = route or self.routes(state, artifact)[0][0]
+        mode = artifact.quantization
+        bits = int((state.plan.options if state.plan else {}).get("bits", 4))
+        ep, dynamic = export_decomposed(_module(state, route),
+                                        tuple(as_list(state.sample_inputs(1))))
+        save(convert(ep, mode, bits, [t.name for t in state.inputs],
+                     [t.name for t in state.outputs]), dest)
+        artifact.route = route
+        artifact.precision = precision_text(mode, bits)
+        artifact.input_layout, artifact.input_transpose = state.input_layout, None
+        artifact.not_run_reason = None
+        if not dynamic:
+            artifact.notes.append("exported at batch 1 (the model did not export with a "
+                                  "dynamic batch): feed one sample per call")
+        if route.startswith(BRIDGE_PREFIX):
+            artifact.notes.append(f"reached Core AI through the ONNX bridge: "
+                                  f"{route[len(BRIDGE_PREFIX):]} .onnx -> onnx2torch -> "
+                                  "torch.export -> coreai-torch")
+
+    def runner(self, state: ModelState, artifact: Artifact) -> Any:
+        path = artifact.path
+
+        def run(x: Any) -> list[Any]:
+            names, outs = run_isolated(path, x)
+            return align_outputs(state.outputs, names, outs)
+
+        return run
+
+    def latency(self, state: ModelState, artifact: Artifact, sample: Any) -> dict[str, float]:
+        return run_isolated(artifact.path, first_n(sample, 1), latency=True)
+
+    def describe_io(self, path: Path, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
+        """The .aimodel's own function signature (names, shapes with None for a dynamic
+        batch, dtypes), read from the asset's summary."""
+        summary = _summary(path, statistics=False)
+        return {"inputs": [_tensor(n, t) for n, t in summary.function_inputs(FUNCTION)],
+                "outputs": [_tensor(n, t) for n, t in summary.function_outputs(FUNCTION)]}
+
+    def op_compat(self, path: Path, artifact: Artifact) -> dict[str, Any]:
+        """The program's op distribution. Core AI compiles every op of its own op set and
+        places each on the Neural Engine, GPU or CPU on the device (specialization)."""
+        summary = _summary(path, statistics=True)
+        ops = {str(name): int(count) for name, count in summary.operation_distribution
+               if name != "constant"}
+        total = sum(ops.values())
+        return {"delegate": "coreai", "supported": total, "total": total, "unsupported": [],
+                "details": [], "ops": ops,
+                "storage_types": [f"{t} x{n}" for t, n in summary.storage_types],
+                "checked_with": "ops of the converted Core AI program (coreai-core asset "
+                                "summary); placement on ANE/GPU/CPU is decided on the device"}
+
+    def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
+        return "swift", swift_coreai(artifact, manifest)
+
+
+def _is_torch(state: ModelState) -> bool:
+    return state.torch_module is not None or state.torch_program is not None
+
+
+def _module(state: ModelState, route: str) -> Any:
+    """The eager module this route exports: the PyTorch source, or the bridged .onnx."""
+    if route == TORCH_ROUTE:
+        return state.torch_module if state.torch_module is not None else \
+            state.torch_program.module()
+    return onnx_to_torch(float32_onnx(state, route[len(BRIDGE_PREFIX):]))
+
+
+def _summary(path: Path, statistics: bool) -> Any:
+    from coreai.authoring import AIModelAsset
+
+    return AIModelAsset.load(Path(path)).summary(include_statistics=statistics)
+
+
+_TYPE = re.compile(r"NDArray \((\w+), (.*)\)")
+
+
+def _tensor(name: str, text: str) -> dict[str, Any]:
+    """('input', 'NDArray (Float32, ? × 1 × 8 × 8)') -> name, shape [None, 1, 8, 8], dtype."""
+    m = _TYPE.match(text)
+    if m is None:
+        return {"name": name, "shape": [], "dtype": text}
+    dims = [d.strip() for d in m.group(2).split("×")] if m.group(2).strip() else []
+    shape = [int(d) if d.isdigit() else None for d in dims]
+    return {"name": name, "shape": shape, "dtype": m.group(1).lower()}
