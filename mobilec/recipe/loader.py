@@ -268,7 +268,7 @@ def recipe_from_doc(doc: LocatedYaml, *, base_dir: Path, default_name: str,
         recipe.name = default_name
     _resolve_paths(recipe, base_dir, doc)
     recipe._source = doc.filename
-    recipe._lines = doc.lines
+    recipe._doc = doc
     recipe._sha256 = hashlib.sha256(
         json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
     return recipe

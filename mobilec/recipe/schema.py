@@ -332,7 +332,7 @@ class Recipe(Strict):
     # Not part of the schema: where the recipe came from.
     _source: str = "<recipe>"
     _sha256: str = ""
-    _lines: Any = None  # the LocatedYaml's line table, so later checks can name file:line
+    _doc: Any = None  # the LocatedYaml it came from, so later checks can name file:line
 
 
     @model_validator(mode="after")
@@ -364,12 +364,9 @@ class Recipe(Strict):
         return self._sha256
 
     def where(self, *loc: str | int) -> str:
-        """'recipe.yaml:12' for a key path checked after validation (e.g. against the model)."""
-        lines = self._lines or {}
-        while loc and loc not in lines:
-            loc = loc[:-1]
-        line = lines.get(loc) if loc else None
-        return f"{self._source}:{line}" if line else self._source
+        """'recipe.yaml:12' (or '--set key') for a key path checked after validation, e.g.
+        against the model."""
+        return self._doc.where(loc) if self._doc is not None else self._source
 
     def effective_json(self) -> str:
         """Canonical JSON of the validated recipe (used for caching and the report)."""

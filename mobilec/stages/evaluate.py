@@ -6,10 +6,12 @@ fails alone, with its reason.
 
 The quality floor: without a budget, a quantized artifact that loses more than
 5 points of accuracy, or falls below 10 dB SNR on any channel of any output, is
-`degraded` and the run exits 1, as a budget violation would. Fidelity and the floor hold an
-artifact against the model it was converted from (after distill, factorize or prune, that
-model, not the original); accuracy_drop is always against the original. A recipe's budget replaces the floor;
-`verify: {quantized_floor: off}` turns it off.
+`degraded` and the run exits 1, as a budget violation would. A recipe's budget replaces
+the floor; `verify: {quantized_floor: off}` turns it off.
+
+Fidelity and the floor hold an artifact against the model it was converted from (after
+distill, factorize or prune, that model, not the original); accuracy_drop is always against
+the original.
 """
 
 from __future__ import annotations
@@ -82,8 +84,7 @@ def _fail(art: Artifact, reason: str) -> None:
     art.status, art.error = "failed", reason
 
 
-def evaluate_artifact(state: ModelState, art: Artifact, base: ConvertedFrom | None = None
-                      ) -> None:
+def evaluate_artifact(state: ModelState, art: Artifact, base: ConvertedFrom) -> None:
     fmt = get_format(art.format)
     runner = fmt.runner(state, art)
     if runner is None:
@@ -94,7 +95,6 @@ def evaluate_artifact(state: ModelState, art: Artifact, base: ConvertedFrom | No
     x = state.eval_x
     if x is not None:
         outs = runner(x)
-        base = base or converted_from(state)
         if base.outputs is not None:
             art.metrics["fidelity"] = fidelity(base.outputs, outs,
                                                names=[t.name for t in state.outputs],
