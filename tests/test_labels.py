@@ -31,7 +31,7 @@ def _recipe(directory: Path, model: Path, eval_npz: Path, **data: object) -> Pat
     recipe = {"version": 1, "name": model.stem, "model": {"path": str(model)},
               "data": {"source": "npz", "eval": str(eval_npz), **data},
               "stages": [{"quantize": {"mode": "float16"}}, {"convert": {"formats": ["onnx"]}}],
-              "targets": ["cpu"], "output": {"dir": str(directory / "out"), "report": ["json"]}}
+              "targets": ["cpu"], "output": {"dir": str(directory / "out"), "report": ["json", "md"]}}
     path = directory / f"{model.stem}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
@@ -69,6 +69,8 @@ def test_two_classifier_heads_use_the_one_the_source_scores_best_on(heads, tmp_p
     proc = run_cli("compress", str(recipe))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "accuracy read from output 'head_b' (index 1)" in proc.stdout
+    assert "accuracy read from output 'head_b' (index 1)" in \
+        (tmp_path / "out" / "report.md").read_text()
     report = yaml.safe_load((tmp_path / "out" / "report.json").read_text())
     label = report["model"]["label_output"]
     assert (label["name"], label["chosen_by"]) == ("head_b", "source-accuracy")

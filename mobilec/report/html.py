@@ -14,7 +14,7 @@ from typing import Any
 
 from mobilec.diagnose.view import report_section
 from mobilec.report.plot import FLOOR_COLOR, AccuracyPlot, size_label
-from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells, fmt_bytes
+from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells, fmt_bytes, label_source
 
 Section = Callable[[dict[str, Any]], str | None]
 
@@ -58,6 +58,7 @@ def summary_section(report: dict[str, Any]) -> str:
         f'<p class="meta">model <code>{_e(m.get("path"))}</code> ({_e(m.get("format"))}, '
         f'{params} params, {_e(fmt_bytes(m.get("size_bytes")))}), accuracy '
         f'{"-" if acc is None else f"{acc * 100:.2f}%"}</p>',
+        *([f'<p class="meta">{_e(label_source(m))}</p>'] if label_source(m) else []),
         f'<p class="meta">recipe <code>{_e(report.get("recipe"))}</code> · mobilec '
         f'{_e(report.get("mobilec_version"))} · {_e((report.get("host") or {}).get("platform"))}</p>',
     ]
