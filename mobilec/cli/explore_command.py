@@ -63,4 +63,7 @@ def explore_command(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str 
     elif not obj.quiet:
         click.echo(f"wrote {doc['path']}, explore.html" + (", explore-best.yaml" if doc["best"]
                                                            else ""))
+    else:  # -q: the outcome in one line, never nothing
+        click.echo(f"explore: best {doc['best']} (exit 0); wrote {doc['path']}" if doc["best"]
+                   else f"explore: no candidate within the budget (exit 1); wrote {doc['path']}")
     sys.exit(0 if doc["best"] else 1)

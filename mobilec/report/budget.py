@@ -20,11 +20,12 @@ def check_budget(artifacts: list[dict[str, Any]], budget: BudgetConfig | None,
     limits = budget.model_dump(exclude_none=True)
     violations: list[str] = []
     not_measured: list[str] = []
-    why = "--no-eval" if not evaluated else "not measured on this host or data"
     for a in artifacts:
         if a["role"] != "artifact" or a["status"] != "ok":
             continue
         name = a["path"]
+        # Why there is no number: the run skipped evaluation, or the artifact says why.
+        why = "--no-eval" if not evaluated else (a.get("note") or "no labelled eval data")
         if budget.max_accuracy_drop is not None and a.get("accuracy_drop") is None:
             not_measured.append(f"{name}: max_accuracy_drop not measured ({why})")
         if budget.max_latency_ms is not None and not (a.get("latency_ms") or {}).get("median"):

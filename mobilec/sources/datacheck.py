@@ -43,7 +43,8 @@ def check_finite(arrays: dict[str, np.ndarray], where: str, role: str) -> None:
                 n_nan = int(np.isnan(flat).sum())
                 n_inf = int(np.isinf(flat).sum())
                 first = int(np.flatnonzero(~np.isfinite(flat))[0])
-                sample = first // max(1, flat.size // max(1, len(a)))
+                per_sample = flat.size // a.shape[0] if a.ndim and a.shape[0] else flat.size
+                sample = first // max(1, per_sample)
                 kinds = ", ".join(k for k, n in ((f"{n_nan} NaN", n_nan), (f"{n_inf} Inf", n_inf))
                                   if n)
                 raise DataError(f"data.{role} array '{name}' holds non-finite values ({kinds}; "
