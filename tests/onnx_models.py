@@ -27,7 +27,7 @@ def data_paths(onnx_path: Path) -> dict[str, str]:
             "calibration_samples": 64, "eval_samples": 200}
 
 
-def _save_helper_model(graph, path: Path) -> Path:
+def save_helper_model(graph, path: Path) -> Path:
     """An onnx.helper graph as a checked model file (default opset, IR 8 for onnxruntime)."""
     import onnx
     from onnx import helper
@@ -210,7 +210,7 @@ def helper_image_model(directory: Path) -> Path:
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 5]),
          helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 4, "height", "width"])],
         [w1, b1, w2, b2])
-    path = _save_helper_model(graph, directory / "helper.onnx")
+    path = save_helper_model(graph, directory / "helper.onnx")
     _image_data(directory, "helper", (3, 16, 16))
     return path
 
@@ -287,7 +287,7 @@ def heads_model(directory: Path, name: str, heads: list[tuple[str, int, bool]]) 
     graph = helper.make_graph(
         nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
         outputs, inits)
-    path = _save_helper_model(graph, directory / f"{name}.onnx")
+    path = save_helper_model(graph, directory / f"{name}.onnx")
     _save_data(directory, name, flat, y, 1437)
     return path
 
@@ -312,7 +312,7 @@ def streaming_model(directory: Path, sizes: tuple[int, int] = (16, 16)) -> Path:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "sequence"]),
          helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 4])], [w, v])
-    path = _save_helper_model(graph, directory / "streaming.onnx")
+    path = save_helper_model(graph, directory / "streaming.onnx")
     for role, size, n in (("train", sizes[0], 96), ("eval", sizes[1], 64)):
         x = rng.standard_normal((n, size)).astype("float32")
         state = rng.standard_normal((n, 8)).astype("float32")

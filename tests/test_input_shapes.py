@@ -92,3 +92,25 @@ def test_the_recipe_fixes_it_per_input_and_wrong_keys_are_located(tmp_path: Path
 
     with pytest.raises(RecipeError, match="not both"):
         load(inputs={"input": [1, 24]}, input_shape=[1, 24])
+
+
+def test_a_scalar_input_is_refused_saying_what_it_is(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+    from onnx_models import save_helper_model
+
+    from mobilec.recipe.schema import ModelSpec, Recipe
+    from mobilec.sources.onnx_input import load_onnx
+    from mobilec.state import ModelState
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+         helper.make_node("Add", ["x", "srf"], ["y"])], "scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    model = save_helper_model(graph, tmp_path / "scalar.onnx")
+    (tmp_path / "work").mkdir()
+    state = ModelState(recipe=Recipe(model=ModelSpec(path=model)), out_dir=tmp_path / "out",
+                       work_dir=tmp_path / "work")
+    with pytest.raises(ModelLoadError, match="input 'sr' is a scalar"):
+        load_onnx(state, model)

@@ -228,6 +228,12 @@ def load_onnx(state: ModelState, path: Path) -> int:
     seen = data_shapes(state.recipe, names)
     specs = []
     for v in ins:
+        if v.type.tensor_type.HasField("shape") and not v.type.tensor_type.shape.dim:
+            raise ModelLoadError(
+                f"input '{v.name}' is a scalar (rank 0); mobilec feeds every input batch "
+                "first (calibration, verification, evaluation), so it cannot feed this one",
+                where=str(path), hint=f"export the model with '{v.name}' as a constant, or "
+                "give it a batch dim ([batch]) and one value per sample in the data")
         fixed, notes, opened = resolve_dims(state.recipe, v.name, dims_of(v), wants.get(v.name),
                                             seen.get(v.name, []), str(path), single=len(ins) == 1)
         if opened:
