@@ -5,7 +5,8 @@
 
 For each corpus entry (a model saved one way: .keras, .h5, SavedModel, .onnx) a child process
 runs `mobilec.api.compress` once per quantization plan (RUNS: int8 gives the float32 and int8
-.tflite/.onnx, float16 the .tflite and Core ML, dynamic the .tflite), under one timeout per entry.
+.tflite/.onnx, float16 the .tflite and Core ML, dynamic the .tflite, coreai the float32 and
+float16 .aimodel; PyTorch entries: torch and coreai), under one timeout per entry.
 Each compress writes its result.json before the next starts, so a crash or a timeout loses only
 what had not finished. Every planned artifact becomes one cell {model, source, format,
 quantization, status, route, top1_agreement, snr_db, size_ratio, seconds, reason}; `seconds` is
@@ -54,6 +55,12 @@ RUNS = (
         (("tflite", "float16"), ("coreml", "float16"))),
     Run("dynamic", "dynamic", ("cpu",), ("tflite",), (("tflite", "dynamic"),)),
 )
+# Core AI (.aimodel): every source - PyTorch through torch.export, the others through the
+# .onnx -> onnx2torch bridge - float16 for ios-coreai and its float32 baseline, both run on
+# Linux by coreai-core.
+COREAI_RUN = Run("coreai", "float16", ("ios-coreai",), ("coreai",),
+                 (("coreai", "float32"), ("coreai", "float16")))
+RUNS = (*RUNS, COREAI_RUN)
 # PyTorch (.pt2) sources: one compress gives every artifact - cpu (.tflite via litert_torch or
 # the ONNX bridge, .onnx via the dynamo exporter), Core ML, and ExecuTorch (.pte, XNNPACK).
 TORCH_RUN = Run("torch", "int8", ("cpu", "ios-coreml", "android-executorch"),
@@ -136,8 +143,8 @@ def run_entry(entry: dict[str, Any], args: argparse.Namespace) -> list[dict[str,
     work.mkdir(parents=True, exist_ok=True)
     # the primary entry (.keras; .h5 where Keras 3 lacks the family) gets every run
     wanted = args.runs if entry.get("primary") or args.other_runs is None else args.other_runs
-    runs = ([TORCH_RUN] if "torch" in args.runs else []) if entry.get("framework") == "torch" \
-        else [r for r in RUNS if r.name in wanted]
+    runs = [r for r in (TORCH_RUN, COREAI_RUN) if r.name in args.runs] \
+        if entry.get("framework") == "torch" else [r for r in RUNS if r.name in wanted]
     if entry.get("error"):  # the builder could not save it this way: no cells to run
         return [cell(entry, fmt, q, "not-built", reason=f"corpus: {entry['error']}")
                 for r in runs for fmt, q in r.cells]
