@@ -108,6 +108,9 @@ class ModelState:
     torch_program: Any = None
     torch_module: Any = None
     torch_batch: int | None = None  # a program exported at a fixed batch runs that many at once
+    # quantize qat on a PyTorch source: the trained PT2E QAT graph the .pte qat is converted
+    # from (the other formats quantize torch_module, the float model it fine-tuned).
+    torch_qat: Any = None
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     input_layout: str = "NHWC"
@@ -160,6 +163,7 @@ class ModelState:
     def replace_model(self, keras_model: Any) -> None:
         """A stage produced a new model (pruned, distilled, …)."""
         self.keras_model = keras_model
+        self.torch_qat = None
         self.graph_dir = None
         self.onnx_path = None
         self.model_version += 1

@@ -227,3 +227,30 @@ def test_compress_prunes_a_pt2_and_rebuilds_every_format(tmp_path: Path, cnn_pt2
         assert rows[mode]["accuracy_drop"] <= 0.02
     float32 = rows["float32"]
     assert float32["verification"]["top1_agreement"] == 1.0  # built from the pruned model
+
+
+# ---------------------------------------------------------------- item 3: QAT (PT2E)
+
+@pytest.mark.slow
+def test_qat_pt2_digits_builds_a_verified_pte(tmp_path: Path, cnn_pt2: Path, digits: Any) -> None:
+    """PT2E QAT on the digits .pt2: the .pte qat is converted from the trained QAT graph
+    and verified against the fine-tuned float model, which the live model now is."""
+    from mobilec.formats.executorch import ExecuTorchFormat
+    from mobilec.policy.targets import ArtifactSpec
+    from mobilec.recipe.schema import QuantizeConfig
+    from mobilec.stages.convert import build_artifact
+    from mobilec.training.qat import quantization_aware_train
+
+    _, (xe, ye) = digits
+    state = pt2_state(cnn_pt2, digits, tmp_path)
+    state.data.train.x, state.data.train.y = state.data.train.x[:480], state.data.train.y[:480]
+    metrics = quantization_aware_train(state, QuantizeConfig(mode="qat", epochs=1,
+                                                             learning_rate=1e-4))
+    assert metrics["framework"] == "pytorch" and state.torch_qat is not None
+    assert state.model_version == 1
+    art = build_artifact(state, ArtifactSpec("executorch", "qat", "android-executorch",
+                                             "xnnpack", "portable"))
+    assert art.status == "ok", (art.error, art.routes_failed)
+    assert art.quantizer.endswith("quantization-aware trained")
+    out = ExecuTorchFormat().runner(state, art)(xe)[0]
+    assert acc(out, ye) >= state.reference_accuracy - 0.01

@@ -17,6 +17,7 @@ Every run of a .pte happens in a child process (executorch_runtime).
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ CALIBRATION_BATCH = 32
 PRECISION = {
     "float32": "float32 weights and compute",
     "int8": "int8 weights (per-channel) and activations, float32 I/O (PT2E, XNNPACKQuantizer)",
+    "qat": "int8 weights (per-channel) and activations, quantization-aware trained (PT2E QAT), "
+           "float32 I/O",
     **executorch_quant.PRECISION,
 }
 
@@ -73,7 +76,7 @@ ROUTES = (
 class ExecuTorchFormat:
     name = "executorch"
     suffix = ".pte"
-    modes = frozenset({"int8", *executorch_quant.PRECISION})
+    modes = frozenset({"int8", "qat", *executorch_quant.PRECISION})
 
     def precheck(self, state: ModelState) -> None:
         if state.torch_module is None and state.torch_program is None:
@@ -107,9 +110,14 @@ class ExecuTorchFormat:
         if mode == "int8" and calibration is None:
             raise UnsupportedError("int8 .pte needs calibration data and the recipe has none",
                                    hint="add a data: section (train or eval), or ask for float32")
+        if mode == "qat" and state.torch_qat is None:
+            raise UnsupportedError("a qat .pte is converted from the quantization-aware graph "
+                                   "the quantize stage trains, and there is none",
+                                   where="stages.quantize.mode")
         example = state.sample_inputs(1)
+        module = state.torch_qat if mode == "qat" else _eager_module(state)
         try:
-            buffer, delegation = lower(_eager_module(state), example, route, mode, calibration,
+            buffer, delegation = lower(module, example, route, mode, calibration,
                                        notes=artifact.notes)
         except MobilecError:
             raise
@@ -180,6 +188,8 @@ def _record(artifact: Artifact, route: Route, delegation: dict[str, Any]) -> Non
         artifact.precision = "int8 conv/linear (per-tensor), other ops float32; float32 I/O"
     elif artifact.quantization == "int8":
         artifact.quantizer = "PT2E XNNPACKQuantizer, per-channel"
+    elif artifact.quantization == "qat":
+        artifact.quantizer = "PT2E XNNPACKQuantizer, per-channel, quantization-aware trained"
     elif executorch_quant.QUANTIZER.get(artifact.quantization):
         artifact.quantizer = executorch_quant.QUANTIZER[artifact.quantization]
     if not route.delegate:
@@ -204,10 +214,15 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
 
-    if mode == "int8":
+    if mode in ("int8", "qat"):
         # Registers the quantized_decomposed out-variants: without them a program whose
         # quantize/dequantize ops stay outside the delegate cannot be emitted.
         import executorch.kernels.quantized  # noqa: F401
+    if mode == "qat":  # a trained PT2E QAT graph: its learned ranges, no calibration
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        module = convert_pt2e(copy.deepcopy(module))
+    elif mode == "int8":
         if calibration is None:
             raise UnsupportedError("int8 needs calibration data and the recipe has none",
                                    hint="add a data: section, or ask for float32")

@@ -124,6 +124,10 @@ def make_converter(state: ModelState, route: str | None = None) -> Any:
 
 
 def convert_tflite(state: ModelState, mode: str, route: str | None = None) -> bytes:
+    if mode == "qat" and state.torch_program is not None:
+        # A PT2E QAT graph does not cross to TensorFlow: int8, calibrated, from the float
+        # model quantization-aware training fine-tuned (training/torch_qat.py).
+        mode = "int8"
     if route == "litert-torch" or (route is None and state.torch_program is not None and
                                    mode in LITERT_TORCH_MODES):
         return litert_torch_tflite(state, mode)

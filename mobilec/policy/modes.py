@@ -58,7 +58,7 @@ _ROWS = [
     Mode("palettize", "k-means weight palettes (Core ML; Core AI via coreai-opt)",
          _same("coreml", "coreai")),
     Mode("qat", "quantization-aware fine-tuning, then int8",
-         {"tflite": "", "onnx": "", "coreml": "int8"},
+         {"tflite": "", "onnx": "", "coreml": "int8", "executorch": ""},
          calibrates=True, trains=True, int8_activations=True),
 ]
 

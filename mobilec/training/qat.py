@@ -1,4 +1,5 @@
 """Quantization-aware training with tfmot: fake-quantize, fine-tune, hand back the model.
+PyTorch sources: training/torch_qat.py (PT2E).
 
 The QAT model replaces the live model; the converters then emit int8 from its
 learned ranges (TFLite: Optimize.DEFAULT, mode "qat").
@@ -14,10 +15,14 @@ from mobilec.errors import UnsupportedError, first_line
 from mobilec.recipe.schema import QuantizeConfig
 from mobilec.stages.prune import import_tfmot
 from mobilec.state import ModelState
+from mobilec.training import torch_qat
 from mobilec.training.finetune import fit, require_trainable, training_targets
+from mobilec.training.torch_model import is_torch
 
 
 def quantization_aware_train(state: ModelState, cfg: QuantizeConfig) -> dict[str, Any]:
+    if is_torch(state):
+        return torch_qat.quantization_aware_train(state, cfg)
     model = require_trainable(state, "quantize mode qat")
 
     tfmot = import_tfmot()

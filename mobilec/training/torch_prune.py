@@ -71,6 +71,13 @@ class Masks:
         self.weights = weights
         self.masks: dict[str, Any] = {}
 
+    @classmethod
+    def of_zeros(cls, weights: dict[str, Any]) -> Masks:
+        """Masks that keep today's zeros at zero (a pruned model trained further)."""
+        masks = cls(weights)
+        masks.masks = {n: (w.detach() != 0).to(w.dtype) for n, w in weights.items()}
+        return masks
+
     def update(self, sparsity: float) -> None:
         import torch
         from torch.nn.utils import prune
