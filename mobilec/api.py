@@ -55,13 +55,14 @@ def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
              out: str | Path | None = None, evaluate: bool = True, quiet: bool = True,
              progress: Progress | None = None, diagnose: bool = False,
              locked: str | Path | None = None, unsafe_deserialization: bool = False,
-             trust_code: bool = False, verbose: bool = False, force: bool = False
-             ) -> dict[str, Any]:
+             trust_code: bool = False, verbose: bool = False, force: bool = False,
+             strict: bool = False) -> dict[str, Any]:
     """Run a recipe end to end; returns exactly what report.json holds.
 
     Writes mobilec.lock.json beside report.json (tool versions, input hashes, seeds, the
     files the run wrote); `locked`: a lockfile this run must match, else it refuses before
     loading (exit 2). `force`: overwrite files in the output dir mobilec did not write.
+    `strict`: an `unverified` artifact (not run on this host) makes the exit code 3.
     """
     from mobilec import pipeline  # the runner: only the commands that run one
 
@@ -75,7 +76,7 @@ def compress(recipe: str | Path | Recipe, *, overrides: list[str] | None = None,
         check_locked(locked, pin)
     result = _run(r, pipeline.compress_plan(r, evaluate, diagnose), progress, quiet, out=out,
                   pin=pin, force=force, unsafe_deserialization=unsafe_deserialization,
-                  trust_code=trust_code, verbose=verbose)
+                  trust_code=trust_code, verbose=verbose, strict=strict)
     assert result.report is not None
     return result.report
 

@@ -52,7 +52,9 @@ class Artifact:
     role: str = "artifact"  # artifact | baseline | candidate
     delegate: str | None = None
     fallback: str | None = None
-    status: str = "ok"  # ok | failed | failed-verification
+    # ok | unverified (no runtime here; structure checked, built from a verified graph) |
+    # degraded | failed | failed-verification | skipped
+    status: str = "ok"
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     input_layout: str | None = None
@@ -70,6 +72,9 @@ class Artifact:
     coreml: dict[str, Any] | None = None  # kind, deployment target, compute units
     delegation: dict[str, Any] | None = None  # ExecuTorch: delegated vs. portable ops
     not_run_reason: str | None = None  # why this host cannot execute the artifact
+    # The intermediate graphs it was built from, each verified against the source
+    # (formats/intermediate.py): {graph, samples, top1_agreement, snr_db, max_abs_err}.
+    built_from: list[dict[str, Any]] | None = None
     op_compat: dict[str, Any] | None = None
     inputs: list[dict[str, Any]] | None = None  # the file's own inputs: name, shape, dtype
     delegate_manifest: str | None = None  # path of <artifact>.delegate.json

@@ -321,3 +321,36 @@ def streaming_model(directory: Path, sizes: tuple[int, int] = (16, 16)) -> Path:
         np.savez(directory / f"streaming-{role}.npz", input=x, state=state,
                  y=logits.argmax(axis=1))
     return path
+
+
+_MOBILENET_V3_SE = """
+import sys, keras
+keras.utils.set_random_seed(0)
+inp = keras.Input((32, 32, 3), name="image")
+net = keras.applications.MobileNetV3Small(weights=None, input_tensor=inp, classes=10,
+                                          classifier_activation=None)
+keras.Model(inp, net.get_layer("expanded_conv_squeeze_excite_mul").output).export(
+    sys.argv[1], verbose=False)
+"""
+
+
+def mobilenet_v3_se_block(directory: Path) -> Path:
+    """MobileNetV3Small's stem and first squeeze-excite block (Keras 3, random weights), saved
+    with model.export() and converted by the tf2onnx CLI, as a user would: onnx2tf 1.29 turns
+    this .onnx into a TensorFlow graph that runs and is wrong (SNR about -1 dB; the whole
+    MobileNetV3Small's .onnx is the conformance corpus' onnx2tf failure). Data: 0-255 images,
+    no labels."""
+    import subprocess
+    import sys
+
+    export = directory / "mnv3_se_export"
+    subprocess.run([sys.executable, "-c", _MOBILENET_V3_SE, str(export)], check=True,
+                   capture_output=True, timeout=600)
+    path = directory / "mnv3_se.onnx"
+    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(export),
+                    "--output", str(path), "--opset", str(OPSET)], check=True,
+                   capture_output=True, timeout=600)
+    x = np.random.default_rng(0).uniform(0, 255, (96, 32, 32, 3)).astype("float32")
+    np.savez(directory / "mnv3_se-train.npz", x=x[:64])  # a feature map: no labels
+    np.savez(directory / "mnv3_se-eval.npz", x=x[64:])
+    return path

@@ -568,3 +568,52 @@ def test_real_tables_at_80_100_160(demo_runs: dict[str, Any]):
             text = _render(artifact_table(rep, width), width)
             _check_table(text, width, rep)
             assert "…" not in text.splitlines()[0]
+
+
+# ---------------------------------------------------------------------------- unverified
+
+def _unverified_report() -> dict[str, Any]:
+    ml = art("ios-coreml/m-float16.mlpackage", "float16", fmt="coreml", target="ios-coreml",
+             acc=None, drop=None, snr=None, ms=None, status="unverified")
+    ml["built_from"] = [{"graph": "onnx2tf's TensorFlow graph", "samples": 128,
+                         "top1_agreement": 1.0, "snr_db": 131.2, "max_abs_err": 1e-6}]
+    return report(art("cpu/m-float32.tflite", "float32", drop=0.0, snr=140.0), ml)
+
+
+def test_unverified_is_told_apart_from_ok_everywhere(tmp_path: Path):
+    """JUnit: a skipped case saying `unverified:` (a failure with --strict), never a pass;
+    exit 0 unless strict (3); annotations: a notice; compare: ok -> unverified is a note."""
+    from mobilec.batch.report import build_zoo_report
+    from mobilec.report.build import exit_code
+    from mobilec.report.markdown import render_markdown as report_md
+    from mobilec.report.schema import UNVERIFIED_MEANING, Report
+
+    r = _unverified_report()
+    assert exit_code(r) == 0 and exit_code(r, strict=True) == 3
+    suite = _junit_structure(junit_xml(r, "recipe.yaml"))
+    case = next(c for c in suite.findall("testcase") if c.get("name").endswith(".mlpackage"))
+    skipped = case.find("skipped")
+    assert skipped is not None and skipped.get("message").startswith("unverified: structure")
+    assert "onnx2tf's TensorFlow graph: SNR 131.2 dB" in skipped.get("message")
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["unverified_artifacts"] == "ios-coreml/m-float16.mlpackage"
+    strict = _junit_structure(junit_xml(r, "recipe.yaml", strict=True))
+    case = next(c for c in strict.findall("testcase") if c.get("name").endswith(".mlpackage"))
+    assert case.find("failure").get("type") == "unverified"
+    notes = github_annotations(r, "recipe.yaml", "targets: [ios-coreml]\n")
+    assert any(n.startswith("::notice ") and "unverified" in n for n in notes)
+    assert not any(n.startswith(("::warning", "::error")) for n in notes)
+    base = copy.deepcopy(r)
+    base["artifacts"][1]["status"] = "ok"
+    cmp = compare(base, r)
+    assert cmp.exit_code == 0 and any("ok in base, unverified in new" in n for n in cmp.notes)
+    back = compare(r, report(r["artifacts"][0], {**r["artifacts"][1], "status": "failed",
+                                                   "error": "onnx2tf's graph differs"}))
+    assert back.exit_code == 1 and "unverified in the base run, failed now" in back.regressions[0]
+    md = report_md({**r, "host": {"platform": "Linux"}})
+    assert "| unverified |" in md and UNVERIFIED_MEANING in md
+    zoo = build_zoo_report([{"name": "m", "status": "ok", "report": r}], zoo="z.yaml",
+                           out_dir=tmp_path, executor="local", workers=1, wall_s=1.0)
+    assert zoo["totals"]["artifacts_ok"] == 1 and zoo["totals"]["artifacts_unverified"] == 1
+    schema = json.dumps(Report.model_json_schema())
+    assert '"unverified"' in schema and "built_from" in schema

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import artifact, compress, write_recipe
+from conftest import COREML_STATUS, artifact, compress, write_recipe
 
 from mobilec.util.tfenv import configure_environment, import_keras3, import_tf
 
@@ -37,7 +37,7 @@ def test_two_input_keras_model_converts_with_named_inputs(tmp_path: Path) -> Non
                             "features": rng.random((8, 4), np.float32)})
     report = compress(recipe)
     ml = artifact(report, "coreml", "float16", "ios-coreml")
-    assert ml["status"] == "ok", ml["error"]
+    assert ml["status"] == COREML_STATUS, ml["error"]
     names = [i["name"] for i in ml["verification"]["inputs"]]
     assert names == ["image", "features"]
     assert [i["shape"] for i in ml["verification"]["inputs"]] == [[1, 8, 8, 3], [1, 4]]
@@ -56,7 +56,7 @@ def test_grouped_convolution_converts(tmp_path: Path) -> None:
                            {"image": np.random.default_rng(0).random((8, 8, 8, 4), np.float32)})
     report = compress(recipe)
     ml = artifact(report, "coreml", "float16", "ios-coreml")
-    assert ml["status"] == "ok", ml["error"]
+    assert ml["status"] == COREML_STATUS, ml["error"]
 
 
 def test_erfc_converts_once_registered() -> None:

@@ -81,7 +81,7 @@ def lookup(job_dir: Path, key: str) -> dict[str, Any] | None:
     if not isinstance(report, dict):
         return None
     for a in report.get("artifacts", []):
-        if a.get("status") == "ok" and not (Path(job_dir) / a["path"]).exists():
+        if a.get("status") in ("ok", "unverified") and not (Path(job_dir) / a["path"]).exists():
             return None  # someone deleted an output: redo rather than report a ghost
     return entry
 

@@ -45,6 +45,9 @@ def build_zoo_report(models: list[dict[str, Any]], *, zoo: str, out_dir: Path, e
         "artifacts": sum(1 for a in artifacts if a.get("role", "artifact") == "artifact"),
         "artifacts_ok": sum(1 for a in artifacts
                             if a.get("role", "artifact") == "artifact" and a.get("status") == "ok"),
+        # structure checked, numerics on the graph they were built from: not counted as ok
+        "artifacts_unverified": sum(1 for a in artifacts if a.get("role", "artifact") ==
+                                    "artifact" and a.get("status") == "unverified"),
         "wall_seconds": round(wall_s, 3),
         "model_seconds": round(sum(m.get("seconds") or 0.0 for m in models if m["status"] != "cached"),
                                3),
@@ -91,8 +94,11 @@ def _summary(zoo: dict[str, Any]) -> str:
     t = zoo["totals"]
     parts = [f"{t[s]} {label}" for s, label in (("ok", "ok"), ("budget", "over budget"),
                                                ("failed", "failed"), ("cached", "cached")) if t[s]]
+    unverified = t.get("artifacts_unverified") or 0
     return (f"{t['models']} models: {', '.join(parts) or 'none'}; {t['artifacts_ok']}/"
-            f"{t['artifacts']} artifacts ok; exit code {t['exit_code']}")
+            f"{t['artifacts']} artifacts ok"
+            + (f", {unverified} unverified (not run here)" if unverified else "")
+            + f"; exit code {t['exit_code']}")
 
 
 def _problems(zoo: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

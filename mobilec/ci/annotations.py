@@ -14,6 +14,7 @@ from typing import Any
 
 from mobilec.errors import MobilecError
 from mobilec.recipe.yamlloc import load_yaml_text
+from mobilec.report.schema import UNVERIFIED_MEANING
 
 BUDGET_RULES = ("max_accuracy_drop", "max_size_bytes", "max_latency_ms")
 WARN_STATUSES = ("failed", "failed-verification", "degraded")
@@ -79,10 +80,11 @@ def display_path(recipe_path: str | Path, workspace: str | None = None) -> str:
 
 
 def github_annotations(report: dict[str, Any], recipe_path: str, recipe_text: str,
-                       workspace: str | None = None) -> list[str]:
+                       workspace: str | None = None, strict: bool = False) -> list[str]:
     """One ::error per violated budget key (at that key's recipe line, every artifact that
     broke it in the message), one ::warning per failed, failed-verification or degraded
-    artifact (at the recipe's `targets:` line)."""
+    artifact (at the recipe's `targets:` line), one ::notice per unverified artifact (a
+    ::warning with --strict)."""
     file = display_path(recipe_path, workspace)
     located = _key_lines(recipe_text, recipe_path)
     out: list[str] = []
@@ -112,6 +114,10 @@ def github_annotations(report: dict[str, Any], recipe_path: str, recipe_text: st
             why = a.get("error") or a.get("note") or f"status {status}"
             out.append(command("warning", f"{a.get('path')}: {why}", file=file, line=targets_line,
                                title=f"mobilec: {a.get('path')} {status}"))
+        elif status == "unverified":  # not a fault, but not a measured ok either: say so
+            out.append(command("warning" if strict else "notice",
+                               f"{a.get('path')}: {UNVERIFIED_MEANING}", file=file,
+                               line=targets_line, title=f"mobilec: {a.get('path')} unverified"))
     for s in report.get("stages") or []:
         if s.get("status") == "failed":
             out.append(command("error", f"stage {s.get('name')} failed: {s.get('error') or ''}".rstrip(": "),

@@ -22,6 +22,7 @@ from typing import Any
 
 from mobilec.ci import textfmt as fmt
 from mobilec.errors import EXIT_BUDGET, EXIT_OK, MobilecError
+from mobilec.report.schema import GOOD_STATUSES, UNVERIFIED_MEANING
 from mobilec.util.fs import check_regular
 
 # A run's artifact statuses that mean "this artifact is not usable".
@@ -201,6 +202,9 @@ def compare(base: dict[str, Any], new: dict[str, Any], *, max_size_increase: flo
                           {m.key: MetricDelta(m.get(b), m.get(n)) for m in METRICS})
         matched.append(d)
         regressions += _regressions(d, gates)
+        if b.get("status") == "ok" and n.get("status") == "unverified":  # a note, no regression
+            notes.append(f"{d.name}: ok in {base_label}, unverified in {new_label} "
+                         f"({UNVERIFIED_MEANING})")
         if b.get("status") == "ok" and n.get("status") == "skipped":
             notes.append(f"{d.name}: verified in {base_label}, skipped in {new_label}"
                          + (f" ({n['error']})" if n.get("error") else ""))
@@ -222,9 +226,10 @@ def compare(base: dict[str, Any], new: dict[str, Any], *, max_size_increase: flo
 def _regressions(d: ArtifactDelta, gates: dict[str, float]) -> list[str]:
     out: list[str] = []
     bs, ns = d.base.get("status"), d.new.get("status")
-    if bs == "ok" and ns in BAD_STATUSES:
+    if bs in GOOD_STATUSES and ns in BAD_STATUSES:
         why = d.new.get("error") or d.new.get("note")
-        out.append(f"{d.name}: verified in the base run, {ns} now" + (f" ({why})" if why else ""))
+        was = "verified" if bs == "ok" else bs
+        out.append(f"{d.name}: {was} in the base run, {ns} now" + (f" ({why})" if why else ""))
     size, acc, lat = d.metrics["size_bytes"], d.metrics["accuracy"], d.metrics["latency_median_ms"]
     limit = gates.get("max_size_increase")
     if limit is not None and size.relative is not None and size.relative > limit + EPS:

@@ -4,6 +4,10 @@ One <testsuite> per run. Test cases:
 - one per stage (a failed stage is an <error>: nothing after it ran);
 - one per artifact: its verification (status ok passes; skipped is <skipped>; failed,
   failed-verification or degraded is a <failure> whose message is the artifact's error);
+  `unverified` (no runtime here ran the file: Core ML off macOS) is a <skipped> whose message
+  starts "unverified:" and says what was checked, so a JUnit reader never counts it as a
+  pass; with --strict it is a <failure> of type "unverified". The suite's properties list
+  the unverified artifacts (`unverified_artifacts`);
 - one per budget rule and artifact the rule applies to (each violation is a <failure>),
   so a CI page lists "max_accuracy_drop: cpu/digits-int8.tflite" as a failed test.
 
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.errors import MobilecError
+from mobilec.report.schema import GOOD_STATUSES, UNVERIFIED_MEANING
 from mobilec.util.fs import atomic_write_text, check_regular
 
 BAD_STATUSES = ("failed", "failed-verification", "degraded")
@@ -48,8 +53,9 @@ def _fail(case: ET.Element, tag: str, message: str, kind: str, detail: str | Non
         el.text = _xml_safe(detail)
 
 
-def junit_xml(report: dict[str, Any], recipe_path: str) -> str:
-    """The report as a JUnit XML document (a string, UTF-8 declared)."""
+def junit_xml(report: dict[str, Any], recipe_path: str, strict: bool = False) -> str:
+    """The report as a JUnit XML document (a string, UTF-8 declared). `strict`: the run's
+    --strict (an unverified artifact is a failure, not a skip)."""
     name = str(report.get("name") or Path(recipe_path).stem)
     suite_name = f"mobilec {name}"
     root = ET.Element("testsuites", {"name": _xml_safe(suite_name)})
@@ -59,7 +65,10 @@ def junit_xml(report: dict[str, Any], recipe_path: str) -> str:
                        ("mobilec_version", report.get("mobilec_version")),
                        ("model", (report.get("model") or {}).get("path")),
                        ("model_sha256", (report.get("model") or {}).get("sha256")),
-                       ("exit_code", report.get("exit_code"))):
+                       ("exit_code", report.get("exit_code")),
+                       ("unverified_artifacts", ", ".join(
+                           str(a.get("path")) for a in report.get("artifacts") or []
+                           if a.get("status") == "unverified") or None)):
         if value is not None:
             ET.SubElement(props, "property", {"name": key, "value": _xml_safe(value)})
 
@@ -86,6 +95,13 @@ def junit_xml(report: dict[str, Any], recipe_path: str) -> str:
         if status == "skipped":
             ET.SubElement(case, "skipped", {"message": _xml_safe(reason or "skipped")})
             counts["skipped"] += 1
+        elif status == "unverified" and not strict:
+            ET.SubElement(case, "skipped", {"message": _xml_safe(_unverified(a))})
+            counts["skipped"] += 1
+        elif status == "unverified":
+            _fail(case, "failure", _unverified(a) + " (--strict)", "unverified",
+                  _verification_detail(a))
+            counts["failures"] += 1
         elif status != "ok":
             _fail(case, "failure", reason or f"artifact status {status}", str(status),
                   _verification_detail(a))
@@ -95,7 +111,8 @@ def junit_xml(report: dict[str, Any], recipe_path: str) -> str:
     limits = budget.get("limits") or {}
     violations = [str(v) for v in budget.get("violations") or []]
     used: set[int] = set()
-    checked = [a for a in artifacts if a.get("role", "artifact") == "artifact" and a.get("status") == "ok"]
+    checked = [a for a in artifacts if a.get("role", "artifact") == "artifact"
+               and a.get("status") in GOOD_STATUSES]
     for rule in limits:
         if not checked:
             case = _case(suite, f"{prefix}.budget", str(rule))
@@ -136,6 +153,12 @@ def junit_xml(report: dict[str, Any], recipe_path: str) -> str:
     root.set("time", f"{total:.3f}")
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _unverified(a: dict[str, Any]) -> str:
+    graphs = "; ".join(f"{g.get('graph')}: SNR {g.get('snr_db')} dB" for g in
+                       a.get("built_from") or [])
+    return f"unverified: {UNVERIFIED_MEANING}" + (f" ({graphs})" if graphs else "")
 
 
 def _verification_detail(a: dict[str, Any]) -> str | None:

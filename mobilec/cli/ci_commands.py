@@ -17,18 +17,18 @@ from mobilec.errors import MobilecError
 
 
 def ci_outputs(report: dict[str, Any], recipe: str, junit: str | None, *, quiet: bool,
-               to_stderr: bool, force: bool = False) -> None:
+               to_stderr: bool, force: bool = False, strict: bool = False) -> None:
     """--junit FILE, and `::error file=…,line=…::` lines when running in GitHub Actions."""
     from mobilec.ci.annotations import github_annotations
     from mobilec.ci.junit import junit_xml, write_junit
 
     if junit:
-        path = write_junit(junit, junit_xml(report, recipe), force)
+        path = write_junit(junit, junit_xml(report, recipe, strict=strict), force)
         if not quiet:
             click.echo(f"wrote {path}", err=True)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         # Workflow commands are read from the step's output; with --json stdout is the report.
-        for line in github_annotations(report, recipe, Path(recipe).read_text()):
+        for line in github_annotations(report, recipe, Path(recipe).read_text(), strict=strict):
             click.echo(line, err=to_stderr)
 
 

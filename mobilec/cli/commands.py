@@ -43,13 +43,17 @@ def _echo_json(data: Any) -> None:
 @click.option("--locked", type=click.Path(dir_okay=False, exists=True),
               help="Refuse (exit 2) unless tools and inputs match this mobilec.lock.json.")
 @force_option
+@click.option("--strict", is_flag=True,
+              help="Exit 3 when an artifact is `unverified` (no runtime here ran the file, "
+                   "e.g. Core ML off macOS); without it such a run exits 0.")
 @common_flags
 @click.pass_obj
 @handle_errors
 def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None, no_eval: bool,
              wide: bool, unsafe_deserialization: bool, trust_code: bool,
              run_diagnose: bool = False, junit: str | None = None,
-             locked: str | None = None, force: bool = False) -> None:
+             locked: str | None = None, force: bool = False,
+             strict: bool = False) -> None:
     """Run RECIPE: load, prune, quantize, convert, evaluate, report."""
     from mobilec import api
     from mobilec.ci.junit import check_junit_target
@@ -66,13 +70,14 @@ def compress(obj: Ctx, recipe: str, overrides: tuple[str, ...], out: str | None,
                                   evaluate=not no_eval, progress=progress,
                                   diagnose=run_diagnose, locked=locked, force=force,
                                   unsafe_deserialization=unsafe_deserialization,
-                                  trust_code=trust_code, verbose=obj.verbose)
+                                  trust_code=trust_code, verbose=obj.verbose, strict=strict)
     except MobilecError as exc:
         junit_for_error(recipe, junit, exc, force)
         raise
     finally:
         progress.close()
-    ci_outputs(report, recipe, junit, quiet=obj.quiet, to_stderr=obj.json, force=force)
+    ci_outputs(report, recipe, junit, quiet=obj.quiet, to_stderr=obj.json, force=force,
+               strict=strict)
     if obj.json:
         _echo_json(report)
     elif not obj.quiet:

@@ -217,7 +217,8 @@ def markdown_sections(state: ModelState) -> list[str]:
 def _main_artifacts(arts: list[Artifact]) -> list[Artifact]:
     """One artifact per format: the target's own quantization, not the float32 extra."""
     chosen: dict[str, Artifact] = {}
-    for a in sorted(arts, key=lambda a: (a.status != "ok", a.quantization == "float32")):
+    for a in sorted(arts, key=lambda a: (a.status not in ("ok", "unverified"),
+                                         a.quantization == "float32")):
         chosen.setdefault(a.format, a)
     return list(chosen.values())
 
@@ -228,7 +229,7 @@ def _snippet(state: ModelState, art: Artifact) -> str:
     title += f" → {art.fallback})" if art.fallback else ")"
     lines = [title, ""]
     if art.status != "ok":
-        lines += [f"> **{art.status}**: {art.error}", ""]
+        lines += [f"> **{art.status}**: {art.error or '; '.join(art.notes[-1:])}", ""]
     for w in m["warnings"][:1] if art.delegate == "nnapi" else []:
         lines += [f"> {w}", ""]
     lang, code = get_format(art.format).loader_snippet(art, m)

@@ -159,11 +159,26 @@ def _var(name: str) -> str:
     return text if not text[0].isdigit() else f"t{text}"
 
 
+def executorch_link_line(art: Artifact) -> str:
+    """Which ExecuTorch libraries this .pte needs: its delegate's backend and the kernel
+    libraries its operator table calls outside the delegate (what verification loaded)."""
+    d = art.delegation or {}
+    backend = {"XnnpackBackend": "xnnpack_backend", "CoreMLBackend": "coremldelegate"}.get(
+        d.get("backend") or "")
+    libs = [*([backend] if backend else []), *(d.get("kernels") or [])]
+    if not libs:
+        return "needs no delegate and no kernel library outside it"
+    return "needs: " + ", ".join(libs) + (
+        " (a runtime without quantized_ops_lib fails to load it: error 0x14)"
+        if "quantized_ops_lib" in libs else "")
+
+
 def kotlin_executorch(art: Artifact, m: dict[str, Any]) -> str:
     """ExecuTorch's Android runtime (org.pytorch.executorch): Module.load + forward."""
     ins = m["inputs"] or [{"name": "input", "shape": [1], "dtype": "float32"}]
     lines = [f"// app/src/main/assets/{art.path.name}  (executorch-android; copy the asset to a "
              "file first: Module.load takes a path)",
+             f"// {executorch_link_line(art)}",
              "import org.pytorch.executorch.EValue",
              "import org.pytorch.executorch.Module",
              "import org.pytorch.executorch.Tensor", "",
@@ -188,6 +203,7 @@ def swift_executorch(art: Artifact, m: dict[str, Any]) -> str:
     return "\n".join([
         f"// {art.path.name} in the app bundle; link executorch, backend_coreml and "
         "backend_xnnpack (the fallback)",
+        f"// {executorch_link_line(art)}",
         "import ExecuTorch", "",
         f'let path = Bundle.main.path(forResource: "{art.path.stem}", ofType: "pte")!',
         "let module = Module(filePath: path)",

@@ -34,6 +34,7 @@ from mobilec.formats.coreml_compress import (
 from mobilec.formats.coreml_source import register_missing_tf_ops, tf_source
 from mobilec.formats.coreml_structure import describe_io, structural_check
 from mobilec.formats.coreml_tools import coreml_config, feature_name, import_coremltools, quiet
+from mobilec.formats.intermediate import record, require_verified
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
 from mobilec.formats.torch_routes import torch_to_coreml
 from mobilec.policy.coreml import deployment_target
@@ -41,6 +42,7 @@ from mobilec.policy.modes import format_modes
 from mobilec.recipe.schema import CoreMLConfig
 from mobilec.sources import onnx2tf_bridge
 from mobilec.sources.keras_rnn import rnn_layers
+from mobilec.sources.pytorch import eager_runner
 from mobilec.state import Artifact, ModelState
 
 NOT_RUN_REASON = "Core ML runtime needs macOS"
@@ -71,7 +73,14 @@ class CoreMLFormat:
     def _build_torch(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
         """coremltools on the ExportedProgram (mlprogram), structural check off macOS."""
         mode = artifact.quantization
-        _, route = torch_to_coreml(state.torch_program, dest, mode)
+
+        def check(route: str, program: Any) -> None:
+            # the decomposed program coremltools is handed, verified once per route
+            record(artifact, require_verified(
+                state, f"the decomposed ExportedProgram ({route})", route,
+                lambda: eager_runner(program.module(), batch_size=state.torch_batch or 256)))
+
+        _, route = torch_to_coreml(state.torch_program, dest, mode, check=check)
         _rename_saved(state, dest)
         artifact.route = route
         artifact.precision = precision_text(mode if mode != "dynamic" else "int8", "mlpackage", 4)
@@ -124,6 +133,8 @@ class CoreMLFormat:
                                                 bits)
             _describe(state, model, cfg, mode)
             model.save(str(dest))
+        for figures in tf_source(state).verified:  # the intermediate graphs it stands on
+            record(artifact, figures)
         artifact.precision = precision_text(mode, cfg.kind, bits)
         artifact.input_layout, artifact.input_transpose = _layout(state)
         artifact.coreml = {"kind": cfg.kind, "minimum_deployment_target": target or

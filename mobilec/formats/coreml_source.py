@@ -7,13 +7,14 @@ Also the TF ops coremltools 9 lacks but a Keras model can produce (registered on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mobilec.errors import UnsupportedError
 from mobilec.formats.coreml_tools import feature_name
+from mobilec.formats.intermediate import verified_onnx2tf_graph
 from mobilec.formats.runtime import loaded_saved_model
 from mobilec.formats.tf_inline import inlinable
 from mobilec.sources import onnx2tf_bridge
@@ -30,6 +31,8 @@ class TFSource:
     inputs: list[tuple[str, list[int], Any]]  # (placeholder name, shape, numpy dtype)
     order: list[int]  # converted output i is source output order[i]
     features: list[str]  # the Core ML name input i should have (the source input's)
+    # the intermediate graphs it came from, verified against the source (their figures)
+    verified: list[dict[str, Any]] = field(default_factory=list)
 
 
 def coreml_dtype(dtype: str) -> Any:
@@ -67,8 +70,11 @@ def tf_source(state: ModelState, unroll: bool = False) -> TFSource:
     """The serving function of the model's TensorFlow form, with its inputs described.
     unroll: trace the Keras model with its recurrent layers unrolled (keras_rnn; a masked
     bidirectional RNN's while loop is one coremltools fails on)."""
-    if state.keras_model is None and state.graph_dir is None and state.onnx_path is not None:
-        onnx2tf_bridge.ensure_graph(state)
+    verified: list[dict[str, Any]] = []
+    if state.keras_model is None and state.onnx_path is not None and \
+            (state.graph_dir is None or isinstance(state.tf_bridge, onnx2tf_bridge.TFGraph)):
+        # an ONNX source: onnx2tf's graph, verified before Core ML is built from it
+        verified = verified_onnx2tf_graph(state)
     for spec in state.inputs:
         if any(d is None for d in spec.shape[1:]):
             raise UnsupportedError(
@@ -80,6 +86,7 @@ def tf_source(state: ModelState, unroll: bool = False) -> TFSource:
     if key not in state.memo:  # once for every precision converted
         state.memo[key] = _saved_model_source(state) if state.keras_model is None else \
             _keras_source(state, unrolled_model(state) if unroll else state.keras_model)
+        state.memo[key].verified = verified
     return state.memo[key]
 
 

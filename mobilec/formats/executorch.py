@@ -41,6 +41,9 @@ from mobilec.sources.pytorch import export_program, to_tensor
 from mobilec.state import Artifact, ModelState
 
 CALIBRATION_BATCH = 32
+# ExecuTorch's kernel libraries (their CMake targets), what a .pte may need outside its delegate
+QUANTIZED_OPS = "quantized_ops_lib"
+PORTABLE_OPS = "portable_ops_lib"
 PRECISION = {
     "float32": "float32 weights and compute",
     "int8": "int8 weights (per-channel) and activations, float32 I/O (PT2E, XNNPACKQuantizer)",
@@ -57,6 +60,9 @@ class Route:
     delegate: bool  # XNNPACK partitioner; False: portable kernels only
     quantizer: str = "per-channel"  # int8 only: per-channel (all ops) | per-op (conv/linear)
     int8_only: bool = False
+    # int8 only: quantize the program after run_decompositions() (the graph XNNPACK lowers),
+    # not the exported one: what ExecuTorch documents for int8 that will not lower whole
+    quantize_decomposed: bool = False
     backend: str = "xnnpack"  # the partitioner: xnnpack | coreml
 
 
@@ -69,6 +75,10 @@ ROUTES = (
     Route("xnnpack-decomposed", decompose=True, delegate=True),
     Route("xnnpack-int8-per-op", decompose=True, delegate=True, quantizer="per-op",
           int8_only=True),
+    Route("xnnpack-int8-decomposed-per-op", decompose=True, delegate=True, quantizer="per-op",
+          int8_only=True, quantize_decomposed=True),
+    # Last: no delegate. For a target that promises XNNPACK the convert stage reports it
+    # `degraded` with the fraction of ops delegated (0), never plain ok.
     Route("portable", decompose=True, delegate=False),
 )
 
@@ -124,6 +134,11 @@ class ExecuTorchFormat:
         except Exception as exc:  # noqa: BLE001 - each route fails in its own way
             stop_if_interrupted(exc)  # a signal wrapped by the converter still stops
             raise ConversionError(_reason(exc), hint=_hint(exc, mode)) from exc
+        if route.delegate and not delegation["delegated"]:
+            # no op taken: this is the portable program under a delegate's name; the next
+            # route may delegate (the portable route comes last, reported as such)
+            raise ConversionError(f"the {route.backend} partitioner took no op of the program "
+                                  f"(ops: {', '.join(delegation['non_delegated_ops'][:6])})")
         dest.write_bytes(buffer)
         _record(artifact, route, delegation)
         artifact.delegation["io"] = {"inputs": [t.as_dict() | {"shape": [1, *t.shape[1:]]}
@@ -134,7 +149,8 @@ class ExecuTorchFormat:
         if _coreml_delegated(artifact) and sys.platform != "darwin":
             return None  # the Core ML backend has no runtime here: structural check instead
         path, transpose = artifact.path, artifact.input_transpose
-        return lambda x: run_isolated(path, _transposed(x, transpose))
+        kernels = _kernels(artifact)
+        return lambda x: run_isolated(path, _transposed(x, transpose), kernels=kernels)
 
     def describe_io(self, path: Path, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
         return dict((artifact.delegation or {}).get("io") or {"inputs": [], "outputs": []})
@@ -170,7 +186,7 @@ class ExecuTorchFormat:
     def latency(self, state: ModelState, artifact: Artifact, sample: Inputs
                 ) -> dict[str, float]:
         x1 = _transposed(first_n(sample, 1), artifact.input_transpose)
-        return run_isolated(artifact.path, x1, latency=True)
+        return run_isolated(artifact.path, x1, latency=True, kernels=_kernels(artifact))
 
 
 def _transposed(x: Inputs, transpose: tuple[int, ...] | None) -> Inputs:
@@ -184,7 +200,8 @@ def _record(artifact: Artifact, route: Route, delegation: dict[str, Any]) -> Non
     artifact.delegation = delegation
     artifact.precision = PRECISION.get(artifact.quantization, artifact.quantization)
     if artifact.quantization == "int8" and route.quantizer == "per-op":
-        artifact.quantizer = "PT2E XNNPACKQuantizer, conv/linear only, per-tensor"
+        artifact.quantizer = "PT2E XNNPACKQuantizer, conv/linear only, per-tensor" + (
+            ", after run_decompositions()" if route.quantize_decomposed else "")
         artifact.precision = "int8 conv/linear (per-tensor), other ops float32; float32 I/O"
     elif artifact.quantization == "int8":
         artifact.quantizer = "PT2E XNNPACKQuantizer, per-channel"
@@ -195,13 +212,16 @@ def _record(artifact: Artifact, route: Route, delegation: dict[str, Any]) -> Non
     if not route.delegate:
         artifact.notes.append("no XNNPACK delegate in this .pte: every op runs on ExecuTorch's "
                               "portable kernels")
-    if delegation["non_delegated_ops"] and any("quantize" in op for op in
-                                                delegation["non_delegated_ops"]):
-        artifact.notes.append("the app must link ExecuTorch's quantized kernels "
-                              "(quantized_ops_lib): quantize/dequantize run outside the delegate")
-    artifact.notes.append(f"route {route.name}: {delegation['delegated']} ops delegated to "
+    total = delegation["delegated"] + delegation["non_delegated"]
+    delegation["delegated_fraction"] = round(delegation["delegated"] / total, 4) if total else 0.0
+    if delegation.get("kernels"):
+        artifact.notes.append("the app must link ExecuTorch's " + " and ".join(
+            delegation["kernels"]) + (" (quantize/dequantize run outside the delegate)"
+                                      if QUANTIZED_OPS in delegation["kernels"] else ""))
+    artifact.notes.append(f"route {route.name}: {delegation['delegated']} of {total} ops "
+                          f"({delegation['delegated_fraction']:.0%}) delegated to "
                           f"{delegation['backend'] or 'no backend'}, "
-                          f"{delegation['non_delegated']} on portable kernels")
+                          f"{delegation['non_delegated']} on kernel libraries")
 
 
 def lower(module: Any, example: Inputs, route: Route, mode: str,
@@ -226,7 +246,8 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
         if calibration is None:
             raise UnsupportedError("int8 needs calibration data and the recipe has none",
                                    hint="add a data: section, or ask for float32")
-        module = quantize_pt2e(module, example, calibration, route.quantizer)
+        module = quantize_pt2e(module, example, calibration, route.quantizer,
+                               route.quantize_decomposed)
     elif mode in executorch_quant.PRECISION:
         module, mode_notes = executorch_quant.prepare(module, example, mode)
         if notes is not None:
@@ -249,12 +270,16 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
             # quantize/dequantize ops are not core ATen: the IR check would reject them
             compile_config=EdgeCompileConfig(_check_ir_validity=mode in ("float32", "float16")))
         program = edge.to_executorch()
-    return program.buffer, delegation_counts(edge, BACKENDS[route.backend] if route.delegate
-                                             else None)
+    delegation = delegation_counts(edge, BACKENDS[route.backend] if route.delegate else None)
+    delegation["kernels"] = kernel_libraries(program.executorch_program)
+    return program.buffer, delegation
 
 
-def quantize_pt2e(module: Any, example: Inputs, calibration: Inputs, variant: str) -> Any:
-    """PT2E int8 for XNNPACK: prepare, calibrate on the recipe's data, convert."""
+def quantize_pt2e(module: Any, example: Inputs, calibration: Inputs, variant: str,
+                  decomposed: bool = False) -> Any:
+    """PT2E int8 for XNNPACK: prepare, calibrate on the recipe's data, convert.
+    `decomposed`: annotate the program after run_decompositions() (its convolutions are
+    aten.convolution, the ops XNNPACK's partitioner sees) rather than the exported one."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -269,17 +294,22 @@ def quantize_pt2e(module: Any, example: Inputs, calibration: Inputs, variant: st
         # which avoids the int8 layout mismatches some graphs hit at run time.
         cfg = get_symmetric_quantization_config(is_per_channel=False)
         for op in (torch.ops.aten.conv2d.default, torch.ops.aten.conv1d.default,
-                   torch.ops.aten.linear.default):
+                   torch.ops.aten.convolution.default, torch.ops.aten.linear.default):
             quantizer.set_operator_type(op, cfg)
     else:
         quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
     # Dynamic batch so calibration runs in batches; a model that will not trace that
     # way is calibrated one sample at a time.
     args = tuple(as_list(example))
+
+    def graph(**kw: Any) -> Any:
+        ep = export_program(module, args, **kw)
+        return (ep.run_decompositions() if decomposed else ep).module()
+
     try:
-        gm, step = export_program(module, args, dynamic_batch=True).module(), CALIBRATION_BATCH
+        gm, step = graph(dynamic_batch=True), CALIBRATION_BATCH
     except Exception:  # noqa: BLE001 - fall back to the static batch-1 graph
-        gm, step = export_program(module, args).module(), 1
+        gm, step = graph(), 1
     prepared = prepare_pt2e(gm, quantizer)
     with torch.no_grad():
         for i in range(0, length(calibration), step):
@@ -300,6 +330,20 @@ def delegation_counts(edge: Any, backend: str | None) -> dict[str, Any]:
             "subgraphs": int(info.num_delegated_subgraphs),
             "non_delegated_ops": portable,
             "backend": backend if backend and info.num_delegated_subgraphs else None}
+
+
+def kernel_libraries(program: Any) -> list[str]:
+    """The kernel libraries the emitted program calls outside its delegates, read from its
+    operator table: `quantized_ops_lib` for quantized_decomposed::* (quantize/dequantize
+    left outside the delegate), `portable_ops_lib` for any other operator (aten::*). An app
+    must link exactly these (plus the delegate's backend); the runner loads exactly these."""
+    names = {op.name for plan in program.execution_plan for op in plan.operators}
+    libs = []
+    if any(n.startswith("quantized_decomposed::") for n in names):
+        libs.append(QUANTIZED_OPS)
+    if any(not n.startswith("quantized_decomposed::") for n in names):
+        libs.append(PORTABLE_OPS)
+    return libs
 
 
 def _eager_module(state: ModelState) -> Any:
@@ -336,6 +380,11 @@ def _hint(exc: BaseException, mode: str) -> str | None:
                 "can calibrate it. Ship the .pte as float16 (quantize: {mode: float16}) or "
                 "float32, and take int8 from the .tflite/.onnx")
     return None
+
+
+def _kernels(artifact: Artifact) -> list[str] | None:
+    """The kernel libraries the .pte was emitted to need (None: not recorded, load all)."""
+    return (artifact.delegation or {}).get("kernels")
 
 
 def _coreml_delegated(artifact: Artifact) -> bool:

@@ -28,12 +28,12 @@ from mobilec.util.child import last_error_line, run_child, signal_name
 RUN_TIMEOUT_S = 600
 
 
-def pte_runner(path: Path) -> Any:
+def pte_runner(path: Path, kernels: list[str] | None = None) -> Any:
     """A runner over a batch-1 .pte: one sample at a time, outputs concatenated."""
     import torch
 
 
-    method = _load_method(path)
+    method = _load_method(path, kernels)
 
     def run(x: Inputs) -> list[np.ndarray]:
         per_sample = []
@@ -46,13 +46,18 @@ def pte_runner(path: Path) -> Any:
     return run
 
 
-def run_isolated(path: Path, x: Inputs, latency: bool = False) -> Any:
+def run_isolated(path: Path, x: Inputs, latency: bool = False,
+                 kernels: list[str] | None = None) -> Any:
     """Run a .pte in a child process: its outputs on `x` (or, with latency, the latency
-    of one sample). A runtime crash becomes a ConversionError naming the signal."""
+    of one sample). A runtime crash becomes a ConversionError naming the signal.
+    `kernels`: the kernel libraries the program needs (executorch.kernel_libraries); the
+    child registers exactly those, as an app linking them would (None: all of them)."""
     with tempfile.TemporaryDirectory(prefix="mobilec-pte-") as tmp:
         xin, out = Path(tmp) / "x.npz", Path(tmp) / "out.npz"
         np.savez(xin, *[np.ascontiguousarray(a) for a in as_list(x)])
         args = [str(path), str(xin), str(out)] + (["--latency"] if latency else [])
+        if kernels is not None:
+            args.append("--kernels=" + ",".join(kernels))
         proc = run_child("mobilec.formats.executorch_runtime:child_main", args,
                          timeout_s=RUN_TIMEOUT_S, what="the .pte")
         if proc.returncode != 0:
@@ -73,6 +78,8 @@ def _child_failure(code: int, stderr: str) -> str:
 def child_main(argv: list[str]) -> None:
     """Child process entry: run the .pte on the saved inputs, save the outputs."""
     path, xin, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    given = [a.split("=", 1)[1] for a in argv[3:] if a.startswith("--kernels=")]
+    kernels = [k for k in given[0].split(",") if k] if given else None
     with np.load(xin) as z:
         parts = [z[f"arr_{i}"] for i in range(len(z.files))]
     x = parts[0] if len(parts) == 1 else parts
@@ -85,18 +92,21 @@ def child_main(argv: list[str]) -> None:
             portable_lib._unsafe_reset_threadpool(1)
         except (ImportError, AttributeError):
             pass
-        method = _load_method(path)
+        method = _load_method(path, kernels)
 
         inputs = tuple(to_tensor(a) for a in as_list(first_n(x, 1)))
         out.write_text(json.dumps(measure_latency(lambda: method.execute(inputs))))
         return
-    np.savez(out, *pte_runner(path)(x))
+    np.savez(out, *pte_runner(path, kernels)(x))
 
 
-def _load_method(path: Path) -> Any:
+def _load_method(path: Path, kernels: list[str] | None = None) -> Any:
     # Quantized kernels (quantize/dequantize outside XNNPACK) are a separate library in
-    # the Python runtime: without this import an int8 portable .pte fails to load (0x14).
-    import executorch.kernels.quantized  # noqa: F401
+    # the Python runtime: registered only when the program needs them (as the app must link
+    # them only then); without them such a .pte fails to load (0x14). The portable kernels
+    # are part of the Python runtime itself and cannot be left out.
+    if kernels is None or "quantized_ops_lib" in kernels:
+        import executorch.kernels.quantized  # noqa: F401
     from executorch.runtime import Runtime
 
     # Program from bytes: the runtime then never holds the file open (Windows, atomic moves).

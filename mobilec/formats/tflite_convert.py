@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mobilec.errors import UnsupportedError
+from mobilec.formats.intermediate import verified_onnx2tf_graph
 from mobilec.formats.runtime import loaded_saved_model
 from mobilec.formats.tflite_child import (
     calibration_gen,
@@ -25,7 +26,7 @@ from mobilec.formats.tflite_rnn import (
 from mobilec.formats.torch_onnx import example_inputs, torch_float32_onnx
 from mobilec.formats.torch_routes import LITERT_TORCH_MODES, torch_to_tflite
 from mobilec.sources.batch import as_list
-from mobilec.sources.onnx2tf_bridge import TFGraph, ensure_graph, to_tf_layout
+from mobilec.sources.onnx2tf_bridge import TFGraph, to_tf_layout
 from mobilec.sources.serving_export import serving_savedmodel
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf, import_tf_keras
@@ -143,9 +144,11 @@ def convert_tflite(state: ModelState, mode: str, route: str | None = None) -> by
 
 def onnx2tf_graph(state: ModelState) -> Path:
     """onnx2tf's SavedModel of the model, converted on first use (a PyTorch source: from
-    its float32 .onnx)."""
-    return ensure_graph(state, torch_float32_onnx(state) if state.torch_program is not None
-                        else None)
+    its float32 .onnx) and verified against the source before anything is built from it."""
+    verified_onnx2tf_graph(state, torch_float32_onnx(state) if state.torch_program is not None
+                           else None)
+    assert state.graph_dir is not None
+    return state.graph_dir
 
 
 def _onnx2tf_route(state: ModelState, route: str | None) -> bool:

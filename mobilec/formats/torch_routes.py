@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,12 +154,15 @@ def _litert_pt2e(module: Any, args: tuple[Any, ...], mode: str,
     return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
 
 
-def torch_to_coreml(program: Any, dest: Path, mode: str = "float32") -> tuple[Path, str]:
+def torch_to_coreml(program: Any, dest: Path, mode: str = "float32",
+                    check: Callable[[str, Any], None] | None = None) -> tuple[Path, str]:
     """coremltools.convert on the ExportedProgram (mlprogram); returns (path, route).
 
     Routes: the program with core-ATen decompositions only (`run_decompositions({})`,
     what coremltools documents), then the fully decomposed program. Off macOS the
     model is not compiled or run (skip_model_load): the caller checks structure only.
+    `check(route, program)`: verifies the decomposed program before coremltools gets it
+    (raises to fail the route: nothing is built from a graph that differs from the source).
     """
     if mode not in COREML_MODES:
         raise UnsupportedError(f"Core ML from PyTorch does {', '.join(COREML_MODES)}, not {mode}")
@@ -169,8 +173,11 @@ def torch_to_coreml(program: Any, dest: Path, mode: str = "float32") -> tuple[Pa
     for route, prepare in (("coreml-exported-program", lambda ep: ep.run_decompositions({})),
                            ("coreml-decomposed", lambda ep: ep.run_decompositions())):
         try:
+            prepared = prepare(program)
+            if check is not None:
+                check(route, prepared)
             with _quiet():
-                mlmodel = ct.convert(prepare(program), convert_to="mlprogram",
+                mlmodel = ct.convert(prepared, convert_to="mlprogram",
                                      compute_precision=precision, skip_model_load=True)
                 if mode in ("dynamic", "int8"):
                     # int8 weights (linear, per-channel); activations stay float

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mobilec.recipe.schema import BudgetConfig
+from mobilec.report.schema import GOOD_STATUSES
 
 
 def check_budget(artifacts: list[dict[str, Any]], budget: BudgetConfig | None,
@@ -21,7 +22,7 @@ def check_budget(artifacts: list[dict[str, Any]], budget: BudgetConfig | None,
     violations: list[str] = []
     not_measured: list[str] = []
     for a in artifacts:
-        if a["role"] != "artifact" or a["status"] != "ok":
+        if a["role"] != "artifact" or a["status"] not in GOOD_STATUSES:
             continue
         name = a["path"]
         # Why there is no number: the run skipped evaluation, or the artifact says why.

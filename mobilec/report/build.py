@@ -44,7 +44,8 @@ def artifact_row(state: ModelState, a: Artifact) -> dict[str, Any]:
         "status": a.status, "error": a.error, "note": "; ".join(a.notes) or None,
     }
     for key in ("route", "verification", "delegate_manifest", "slower_than_float32", "kept_float",
-                "quantizer", "coreml", "delegation", "inputs"):
+                "quantizer", "coreml", "delegation", "inputs",
+                "built_from"):
         if getattr(a, key) is not None:
             row[key] = getattr(a, key)
     row["routes_failed"] = a.routes_failed
@@ -85,7 +86,7 @@ def build_report(state: ModelState) -> dict[str, Any]:
         "host": {"platform": platform.platform(), "python": platform.python_version(),
                  "machine": platform.machine()},
     }
-    report["exit_code"] = exit_code(report)
+    report["exit_code"] = exit_code(report, strict=bool(state.options.get("strict")))
     return validated(_clean(report))
 
 
@@ -100,10 +101,13 @@ def _data_summary(state: ModelState) -> dict[str, Any] | None:
             "labels": d.has_labels}
 
 
-def exit_code(report: dict[str, Any]) -> int:
+def exit_code(report: dict[str, Any], strict: bool = False) -> int:
+    """`strict`: an `unverified` artifact (no runtime here to measure the file) is a failure."""
     if any(s["status"] == "failed" for s in report["stages"]):
         return EXIT_STAGE
-    if any(a["status"] in ("failed", "failed-verification") for a in report["artifacts"]):
+    bad = ("failed", "failed-verification", "unverified") if strict else \
+        ("failed", "failed-verification")
+    if any(a["status"] in bad for a in report["artifacts"]):
         return EXIT_STAGE
     if not report["budget"]["passed"]:
         return EXIT_BUDGET

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mobilec.report.table import label_source
+from mobilec.report.table import label_source, status_legend
 from mobilec.report.terminal import artifact_table, targets_table
 
 
@@ -20,6 +20,9 @@ def print_report(report: dict[str, Any], wide: bool = False) -> None:
     if label_source(m):
         console.print(f"  {label_source(m)}")
     console.print(artifact_table(report, console.width, wide))
+    legend = status_legend(report["artifacts"])
+    if legend:
+        console.print(f"  [cyan]{legend}[/]")
     for a in report["artifacts"]:
         for text in filter(None, (a.get("error"), a.get("note"))):
             console.print(f"  [yellow]{a['path']}[/]: {text}")

@@ -14,13 +14,21 @@ from typing import Any
 
 from mobilec.diagnose.view import report_section
 from mobilec.report.plot import FLOOR_COLOR, AccuracyPlot, size_label
-from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells, fmt_bytes, label_source
+from mobilec.report.schema import GOOD_STATUSES
+from mobilec.report.table import (
+    ARTIFACT_HEADERS,
+    artifact_cells,
+    fmt_bytes,
+    label_source,
+    status_legend,
+)
 
 Section = Callable[[dict[str, Any]], str | None]
 
 FORMAT_COLORS = {"tflite": "#1f77b4", "onnx": "#ff7f0e", "coreml": "#2ca02c"}
 OTHER_COLOR = "#7f7f7f"
-STATUS_CLASS = {"ok": "ok", "skipped": "skip", "failed": "bad", "failed-verification": "bad"}
+STATUS_CLASS = {"ok": "ok", "unverified": "warn", "skipped": "skip", "failed": "bad",
+                "failed-verification": "bad"}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;
@@ -89,7 +97,9 @@ def artifacts_section(report: dict[str, Any]) -> str:
                 cls = STATUS_CLASS.get(a["status"], "")
             tds.append(f'<td class="{cls}">{_e(c)}</td>' if cls else f"<td>{_e(c)}</td>")
         rows.append("<tr>" + "".join(tds) + "</tr>")
-    return f"<h2>Artifacts</h2>\n<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>"
+    legend = status_legend(report["artifacts"])
+    return (f"<h2>Artifacts</h2>\n<table><tr>{head}</tr>\n" + "\n".join(rows) + "</table>"
+            + (f'\n<p class="meta warn">{_e(legend)}</p>' if legend else ""))
 
 
 def stages_section(report: dict[str, Any]) -> str | None:
@@ -226,7 +236,7 @@ def _points(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
         key = (a["format"], a["quantization"], size, acc)
         p = points.setdefault(key, {"format": a["format"], "label": a["quantization"],
                                     "size": size, "accuracy": acc, "paths": [],
-                                    "bad": a["status"] != "ok"})
+                                    "bad": a["status"] not in GOOD_STATUSES})
         p["paths"].append(a["path"])
     shipped = {(p["format"], p["label"]) for p in points.values()}
     for s in report.get("stages") or []:

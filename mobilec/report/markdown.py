@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mobilec.report.table import ARTIFACT_HEADERS, artifact_cells, fmt_bytes, label_source, pct
+from mobilec.report.table import (
+    ARTIFACT_HEADERS,
+    artifact_cells,
+    fmt_bytes,
+    label_source,
+    pct,
+    status_legend,
+)
 
 
 def render_markdown(report: dict[str, Any], sections: list[str] | None = None) -> str:
@@ -34,6 +41,9 @@ def render_markdown(report: dict[str, Any], sections: list[str] | None = None) -
               "|" + "---|" * len(ARTIFACT_HEADERS)]
     for a in report["artifacts"]:
         lines.append("| " + " | ".join(artifact_cells(a)) + " |")
+    legend = status_legend(report["artifacts"])
+    if legend:
+        lines += ["", f"*{legend}*"]
     problems = [a for a in report["artifacts"] if a.get("error") or a.get("note")]
     if problems:
         lines += ["", "## Notes", ""]

@@ -11,7 +11,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ArtifactStatus = Literal["ok", "degraded", "failed", "failed-verification", "skipped"]
+ArtifactStatus = Literal["ok", "unverified", "degraded", "failed", "failed-verification",
+                         "skipped"]
+#: Statuses of an artifact the run stands behind (exit 0; `--strict` exits 3 on unverified).
+GOOD_STATUSES = ("ok", "unverified")
+#: What `unverified` means: said the same way in report.json's schema, report.md/html, the
+#: terminal table and JUnit (a <skipped> case whose message starts "unverified:").
+UNVERIFIED_MEANING = ("structure checked; numerics verified on the graph it was built from, "
+                      "not on the file (no runtime for it on this host)")
+STATUS_HELP = ("ok: run here and verified against the source. unverified: "
+               + UNVERIFIED_MEANING + ". degraded: verified, but below the quality floor. "
+               "failed-verification: runs, differs from the source (shipped as "
+               "*.unverified.*). failed: nothing built. skipped: not applicable.")
 
 
 class _Model(BaseModel):
@@ -105,7 +116,12 @@ class ArtifactRow(_Model):
     quantizer: str | None = None
     coreml: dict[str, Any] | None = None
     delegation: dict[str, Any] | None = None
-    status: ArtifactStatus
+    built_from: list[dict[str, Any]] | None = Field(
+        None, description="The intermediate graphs this file was built from (onnx2tf's "
+                          "TensorFlow graph, a bridge .onnx, a decomposed ExportedProgram), "
+                          "each verified against the source first: graph, samples, "
+                          "top1_agreement, snr_db, max_abs_err.")
+    status: ArtifactStatus = Field(description=STATUS_HELP)
     error: str | None = None
     note: str | None = None
 
@@ -139,7 +155,10 @@ class Report(_Model):
     budget: Budget
     notes: list[str] = Field(default_factory=list)
     host: Host
-    exit_code: int = Field(description="0 ok, 1 budget violated, 2 usage, 3 a stage failed.")
+    exit_code: int = Field(description="0 ok (unverified artifacts included), 1 budget violated "
+                                       "or an artifact degraded, 2 usage, 3 a stage or an "
+                                       "artifact failed (or, with --strict, an artifact is "
+                                       "unverified).")
 
 
 def validated(report: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mobilec.report.schema import UNVERIFIED_MEANING
+
 
 def fmt_bytes(n: int | None) -> str:
     if n is None:
@@ -38,6 +40,13 @@ def artifact_cells(a: dict[str, Any]) -> list[str]:
             "-" if fid.get("top1_agreement") is None else f"{fid['top1_agreement']:.3f}",
             "-" if fid.get("snr_db") is None else f"{fid['snr_db']:.1f}",
             "-" if lat.get("median") is None else f"{lat['median']:.3f}", a["status"]]
+
+
+def status_legend(artifacts: list[dict[str, Any]]) -> str | None:
+    """One line saying what `unverified` means, when a row has it (else None)."""
+    if not any(a.get("status") == "unverified" for a in artifacts):
+        return None
+    return f"unverified: {UNVERIFIED_MEANING}; not the same as ok (measured on the file)"
 
 
 ARTIFACT_HEADERS = ["artifact", "target", "quant", "delegate", "size", "gzip", "smaller",

@@ -30,7 +30,7 @@ MEDIUM = (0, 1, 2, 4, 6, 7, 8, 10, 11, 12)  # no delegate, gzip, top-1 agreement
 COMPACT = (0, 2, 4, 6, 8, 10, 12)  # artifact, quant, size, × smaller, drop, SNR, status
 MINIMAL = (0, 2, 4, 12)
 TEXT_COLUMNS = frozenset({0, 1, 2, 3, 12})  # left-aligned; the rest are numbers
-STATUS_COLOR = {"ok": "green", "skipped": "yellow"}
+STATUS_COLOR = {"ok": "green", "unverified": "cyan", "skipped": "yellow"}
 LEGEND = "top-1: top-1 agreement with the model converted · p50 ms: median host latency"
 
 

@@ -27,9 +27,10 @@ from typing import Any
 from mobilec.delegates.manifest import prepare_for_placement, write_manifests
 from mobilec.errors import MobilecError, first_line, stop_if_interrupted
 from mobilec.formats import FORMATS, get_format
+from mobilec.formats.intermediate import verification_inputs
 from mobilec.policy.targets import ArtifactSpec, plan_artifacts
 from mobilec.recipe.schema import ConvertConfig
-from mobilec.stages.verify import verification_inputs, verify
+from mobilec.stages.verify import verify
 from mobilec.state import Artifact, ModelState
 from mobilec.util import progress
 from mobilec.util.fs import atomic_place, gzip_size, os_error_reason, size_of
@@ -37,7 +38,7 @@ from mobilec.util.fs import atomic_place, gzip_size, os_error_reason, size_of
 # What a build fills on its work-dir artifact and each placed copy inherits.
 COPIED_FIELDS = ("status", "error", "input_layout", "input_transpose", "io_quant", "precision",
                  "route", "routes_failed", "verification", "kept_float", "quantizer", "coreml",
-                 "delegation", "not_run_reason")
+                 "delegation", "not_run_reason", "built_from")
 
 
 @dataclass
@@ -67,7 +68,7 @@ def run(state: ModelState, config: ConvertConfig | None) -> dict[str, Any]:
         state.artifacts.append(art)
     write_manifests(state)  # <artifact>.delegate.json, once names are final
     _size_ratios(state)
-    failed = [a for a in state.artifacts if a.status not in ("ok", "skipped")]
+    failed = [a for a in state.artifacts if a.status not in ("ok", "unverified", "skipped")]
     return {"artifacts": len(state.artifacts), "failed": len(failed)}
 
 
@@ -96,10 +97,28 @@ def _stage(state: ModelState, spec: ArtifactSpec,
     if work.status == "failed":
         return art, None
     if work.delegation is not None and not work.delegation.get("delegated"):
-        art.delegate, art.fallback = "portable", None  # the route that shipped has no delegate
+        _undelegated(art, work)
     if art.status == "failed-verification":
         art.path = art.path.with_name(state.artifact_name(spec.format, spec.quantization, True))
     return art, work.path
+
+
+def _undelegated(art: Artifact, work: Artifact) -> None:
+    """The route that shipped has no delegate: the row says `portable`, and for a target
+    that promises a delegate (XNNPACK) the artifact is `degraded`, never plain ok."""
+    promised = art.delegate
+    art.delegate, art.fallback = "portable", None
+    if promised in (None, "portable") or art.status != "ok":
+        return
+    d = work.delegation or {}
+    total = d.get("delegated", 0) + d.get("non_delegated", 0)
+    tried = "; ".join(f"{f['route']}: {f['reason']}" for f in art.routes_failed)
+    art.status = "degraded"
+    art.error = (f"no op is delegated to {promised}, which target {art.target} promises: "
+                 f"{d.get('delegated', 0)} of {total} ops delegated "
+                 f"({d.get('delegated_fraction', 0.0):.0%}); every op runs on ExecuTorch's "
+                 "kernel libraries (" + ", ".join(d.get("kernels") or ["portable_ops_lib"])
+                 + ")" + (f". The delegated routes failed: {tried}" if tried else ""))
 
 
 def _publish(state: ModelState, art: Artifact, work_path: Path) -> None:
@@ -248,7 +267,7 @@ def _distrust_broken_formats(arts: list[Artifact], state: ModelState) -> None:
     broken = {a.format for a in arts
               if a.quantization == "float32" and a.status == "failed-verification"}
     for a in arts:
-        if a.format in broken and a.status == "ok":
+        if a.format in broken and a.status in ("ok", "unverified"):
             a.status = "failed-verification"
             a.error = (f"the float32 {a.format} conversion failed verification, so this "
                        "variant is not trusted")

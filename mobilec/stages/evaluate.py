@@ -41,7 +41,7 @@ def run(state: ModelState, config: Any = None) -> dict[str, Any]:
     base = converted_from(state)
     for art in state.artifacts:
         stop_if_interrupted()  # between artifacts: a signal a runtime swallowed stops here
-        if art.status in ("ok", "failed-verification") and art.path.exists():
+        if art.status in ("ok", "unverified", "failed-verification") and art.path.exists():
             progress.step(f"measuring {art.path.parent.name}/{art.path.name}")
             try:
                 evaluate_artifact(state, art, base)

@@ -10,46 +10,34 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from mobilec.errors import first_line
-from mobilec.formats.runtime import source_runner
-from mobilec.sources.batch import length
+from mobilec.formats.intermediate import reference_outputs
 from mobilec.state import Artifact, ModelState
 from mobilec.util.metrics import below_floor, fidelity, passes
 
 GATED_MODES = ("float32", "float16")
-VERIFY_SAMPLES = 128
 #: A quantized route below this SNR on any output (or output channel) is not the one to ship
 #: when another route may do better; it is also the default floor of the evaluate stage.
 QUANT_FLOOR_DB = 10.0
-
-
-def verification_inputs(state: ModelState) -> Any:
-    """The inputs every conversion is checked on (the same for every artifact and route)."""
-    return state.sample_inputs(VERIFY_SAMPLES)
-
-
-def reference_outputs(state: ModelState, x: Any) -> list[np.ndarray]:
-    # verification_inputs gives the same rows every time: the source runs once per model
-    key = ("converter_input_outputs", state.model_version, length(x))
-    if key not in state.memo:
-        state.memo[key] = source_runner(state)(x)
-    return state.memo[key]
 
 
 def verify(state: ModelState, fmt: Any, work: Artifact, x: Any) -> tuple[bool, str]:
     """Run the built file on `x` and hold it against the source; fills work.verification.
 
     Returns (acceptable, why not). A format that cannot run here (Core ML off macOS)
-    is checked structurally instead and is acceptable when that check passes.
+    is checked structurally instead; when that passes it is acceptable as `unverified`
+    (never `ok`: the file's numbers were not measured), provided whatever intermediate it
+    was built from verified (a route built from one that did not raised before this).
     """
     runner = fmt.runner(state, work)
     if runner is None:
         check = getattr(fmt, "structural_check", None)
         if check is not None:
             check(state, work)
-        return work.status == "ok", work.error or ""
+        if work.status != "ok":
+            return False, work.error or ""
+        work.status = "unverified"  # what it means: report.schema.UNVERIFIED_MEANING
+        return True, ""
     ref = reference_outputs(state, x)
     try:
         got = runner(x)
