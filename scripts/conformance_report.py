@@ -8,14 +8,18 @@ from pathlib import Path
 from typing import Any
 
 CRASH_MARKERS = ("internal error", "Traceback (most recent call last)", "a mobilec bug")
+# `unverified`: no runtime here runs the file (Core ML off macOS); structure checked and the
+# graph it was built from verified. Not a failure, but counted apart from `ok`.
+GOOD = ("ok", "unverified")
+STATUS_COLUMNS = ("ok", "unverified", "degraded", "failed-verification", "failed")
 
 
 def verified_float(c: dict[str, Any]) -> bool:
     """The issue's bar: top-1 agreement >= 0.99 on class outputs, SNR >= 40 dB otherwise.
-    Core ML off macOS is verified structurally (its row's `ok` is all there is)."""
-    if c["status"] != "ok":
+    Core ML off macOS is verified structurally (`unverified`: that is all there is)."""
+    if c["status"] not in GOOD:
         return False
-    if c["format"] == "coreml":
+    if c["status"] == "unverified":
         return True
     if c["top1_agreement"] is not None:
         return c["top1_agreement"] >= 0.99
@@ -36,11 +40,18 @@ def totals(cells: list[dict[str, Any]]) -> dict[str, Any]:
             "float_verified_pct": round(100 * sum(verified_float(c) for c in floats)
                                         / max(1, len(floats)), 1),
             "int8_cells": len(int8), "int8_ok": sum(c["status"] == "ok" for c in int8),
-            "int8_failed_with_snr": sum(c["status"] != "ok" and c["snr_db"] is not None for c in int8),
+            "int8_failed_with_snr": sum(c["status"] not in GOOD and c["snr_db"] is not None
+                                        for c in int8),
             # never measured (load or conversion failed): acceptable only with a reason
-            "int8_failed_unmeasured": sum(c["status"] != "ok" and c["snr_db"] is None
+            "int8_failed_unmeasured": sum(c["status"] not in GOOD and c["snr_db"] is None
                                           and bool(c["reason"]) for c in int8),
-            "failed_without_reason": sum(c["status"] != "ok" and not c["reason"] for c in real)}
+            "failed_without_reason": sum(c["status"] not in GOOD and not c["reason"]
+                                         for c in real),
+            "unverified": sum(c["status"] == "unverified" for c in real),
+            # the issue's count: ok / unverified / degraded / failed per format
+            "by_format": {f: {s: sum(c["status"] == s for c in real if c["format"] == f)
+                              for s in STATUS_COLUMNS}
+                          for f in dict.fromkeys(c["format"] for c in real)}}
 
 
 def _fmt_cell(c: dict[str, Any] | None) -> str:
@@ -85,8 +96,11 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any],
                 f"{meta['samples']['calibration']} calibration samples (int8)."
                 if meta.get("samples") else ""), "",
              "## Totals", "",
-             f"- cells: {t['cells']} ({t['ok']} ok); sources the builder could not save: "
-             f"{t['not_built']} cells",
+             f"- cells: {t['cells']} ({t['ok']} ok, {t.get('unverified', 0)} unverified: not run "
+             f"here, structure checked, built from a verified graph); sources the builder could "
+             f"not save: {t['not_built']} cells",
+             *[f"- {f}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+               for f, counts in (t.get("by_format") or {}).items()],
              f"- crashes (internal error, traceback, dead child): **{t['crashes']}**; "
              f"timeouts: {t['timeouts']}",
              f"- float32/float16 cells verified: {t['float_verified']}/{t['float_cells']} "
@@ -107,7 +121,7 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any],
     notes = meta.get("corpus_notes") or []
     if notes:
         lines += ["", "## What the corpus files are", ""] + [f"- {n}" for n in notes]
-    bad = [c for c in cells if c["status"] not in ("ok",)]
+    bad = [c for c in cells if c["status"] not in GOOD]
     if bad:
         lines += ["", "## Cells that are not ok", ""]
         for c in bad:
