@@ -254,3 +254,74 @@ def test_qat_pt2_digits_builds_a_verified_pte(tmp_path: Path, cnn_pt2: Path, dig
     assert art.quantizer.endswith("quantization-aware trained")
     out = ExecuTorchFormat().runner(state, art)(xe)[0]
     assert acc(out, ye) >= state.reference_accuracy - 0.01
+
+
+# ---------------------------------------------------------------- item 4: distill
+
+def distill_config(**kw: Any) -> Any:
+    from mobilec.recipe.schema import DistillConfig
+
+    return DistillConfig.model_validate({"student": {"width": 0.5}, "epochs": 2,
+                                         "learning_rate": 0.002, **kw})
+
+
+def test_distill_digits_module_at_half_width(tmp_path: Path, cnn: Any, digits: Any) -> None:
+    """{width: 0.5} of the eager digits CNN: a quarter of the parameters, learned from the
+    teacher's logits and the labels, re-exported; the teacher is untouched."""
+    import copy
+
+    from mobilec.stages import distill
+
+    (xt, yt), (xe, ye) = digits
+    teacher = copy.deepcopy(cnn)
+    state = module_state(teacher, (xt, yt), (xe, ye), tmp_path)
+    metrics = distill.run(state, distill_config(epochs=4))
+    assert metrics["params_after"] <= 0.3 * metrics["params_before"]
+    assert metrics["flops_after"] < metrics["flops_before"] and metrics["labels"]
+    assert metrics["student_accuracy"] >= 0.9, metrics
+    out = eager(state.torch_program.module(), xe)[0]
+    np.testing.assert_allclose(out, eager(state.torch_module, xe)[0], atol=1e-4)
+    for a, b in zip(teacher.parameters(), cnn.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["torch_resnet_bn", "torch_mobilenet_v2_ir"])
+def test_distill_corpus_modules_at_half_width(tmp_path: Path, name: str) -> None:
+    """Residual adds and depthwise convs narrow consistently (torch-pruning's graph)."""
+    from mobilec.stages import distill
+
+    module, train_xy, eval_xy = corpus(name)
+    state = module_state(module, train_xy, eval_xy, tmp_path)
+    metrics = distill.run(state, distill_config(epochs=1))
+    assert metrics["params_after"] <= 0.35 * metrics["params_before"], metrics
+    assert not metrics["labels"] and metrics["alpha"] == 1.0
+    assert eager(state.torch_program.module(), eval_xy[0])[0].shape == (len(eval_xy[0]), 10)
+
+
+def test_distill_width_of_a_pt2_says_what_to_do(tmp_path: Path, cnn_pt2: Path,
+                                                digits: Any) -> None:
+    from mobilec.errors import UnsupportedError
+    from mobilec.stages import distill
+
+    state = pt2_state(cnn_pt2, digits, tmp_path)
+    with pytest.raises(UnsupportedError, match="student: student.pt2") as err:
+        distill.run(state, distill_config())
+    assert err.value.exit_code == 2
+
+
+def test_distill_pt2_student_file(tmp_path: Path, cnn_pt2: Path, digits: Any) -> None:
+    """student: a .pt2 (an exported graph trains through its BatchNorm switch)."""
+    from mobilec.stages import distill
+
+    (xt, _), (xe, _) = digits
+    torch.manual_seed(1)
+    small = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(512, 10))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    ep = torch.export.export(small.eval(), (torch.tensor(xe[:2]),), dynamic_shapes=({0: batch},))
+    torch.export.save(ep, str(tmp_path / "student.pt2"))
+    state = pt2_state(cnn_pt2, digits, tmp_path)
+    metrics = distill.run(state, distill_config(student=str(tmp_path / "student.pt2"),
+                                                epochs=2))
+    assert metrics["params_after"] == sum(p.numel() for p in small.parameters())
+    assert metrics["student_accuracy"] >= 0.85, metrics

@@ -20,10 +20,11 @@ from mobilec.recipe.schema import DistillConfig, StudentWidth
 from mobilec.sources.detect import detect_format
 from mobilec.stages import load
 from mobilec.state import ModelState
-from mobilec.training import kd
+from mobilec.training import kd, torch_distill
 from mobilec.training.finetune import require_train_data
 from mobilec.training.flops import model_cost
 from mobilec.training.surgery import Replacement, clone_layer, is_model, output_layers, rebuild
+from mobilec.training.torch_model import is_torch
 from mobilec.util.tfenv import set_seed
 
 SEED = 0
@@ -35,6 +36,8 @@ def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
     if len(state.outputs) != 1:
         raise UnsupportedError(f"distill handles single-output models; this one has "
                                f"{len(state.outputs)} outputs", where=str(state.recipe.model.path))
+    if is_torch(state):
+        return torch_distill.run(state, config)
     set_seed(SEED)  # the student's initial weights and batch order repeat run to run
     if isinstance(config.student, StudentWidth):
         student = narrower_copy(_teacher_graph(state), config.student.width)
