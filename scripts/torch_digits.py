@@ -48,3 +48,34 @@ def train(model: Any, x: np.ndarray, y: np.ndarray, epochs: int = 3, lr: float =
             torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx]).backward()
             opt.step()
     return model.eval()
+
+
+def module_state(module: Any, data: Any, tmp: Path, calibration: int = 100) -> Any:
+    """A ModelState holding an eager module (what a `model.module` source loads to) and
+    (train, eval) data, with the reference outputs the load stage records."""
+    from mobilec.recipe.schema import Recipe
+    from mobilec.sources.data import Dataset, Split
+    from mobilec.sources.pytorch import describe_io, eager_runner, export_program
+    from mobilec.state import ModelState
+    from mobilec.util.metrics import accuracy
+
+    (xt, yt), (xe, ye) = data
+    state = ModelState(recipe=Recipe.model_validate({"model": {"module": "m:f"}}),
+                       out_dir=tmp / "out", work_dir=tmp / "work")
+    state.torch_module = module.eval()
+    state.torch_program = export_program(module, (xe[:2],), dynamic_batch=True)
+    state.inputs, state.outputs = describe_io(state.torch_program)
+    state.input_layout = "NCHW"
+    state.data = Dataset(Split(xt, yt), Split(xe, ye), Split(xt[:calibration]))
+    state.reference = eager_runner(module)(xe)
+    state.reference_accuracy = accuracy(state.reference[0], ye)
+    return state
+
+
+def digits_32px(data: Any) -> Any:
+    """The digits upsampled to 3 x 32 x 32 (nearest), for the corpus' 32-px image CNNs."""
+    def up(x: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(np.repeat(x, 4, axis=2), 4, axis=3), 3, axis=1).copy()
+
+    (xt, yt), (xe, ye) = data
+    return (up(xt), yt), (up(xe), ye)

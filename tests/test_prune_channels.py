@@ -109,24 +109,9 @@ def test_keras_digits_half_the_channels(tmp_path: Path, demo_keras: Path) -> Non
 # ---------------------------------------------------------------- PyTorch (torch-pruning)
 
 def _torch_state(module: Any, digits: Any, tmp: Path) -> Any:
-    """A ModelState holding an eager module (a model.module source) and the digits data."""
-    from mobilec.recipe.schema import Recipe
-    from mobilec.sources.data import Dataset, Split
-    from mobilec.sources.pytorch import describe_io, eager_runner, export_program
-    from mobilec.state import ModelState
-    from mobilec.util.metrics import accuracy
+    from torch_digits import module_state
 
-    (xt, yt), (xe, ye) = digits
-    state = ModelState(recipe=Recipe.model_validate({"model": {"module": "m:f"}}),
-                       out_dir=tmp / "out", work_dir=tmp / "work")
-    state.torch_module = module
-    state.torch_program = export_program(module, (xe[:2],), dynamic_batch=True)
-    state.inputs, state.outputs = describe_io(state.torch_program)
-    state.input_layout = "NCHW"
-    state.data = Dataset(Split(xt, yt), Split(xe, ye), Split(xt[:100]))
-    state.reference = eager_runner(module)(xe)
-    state.reference_accuracy = accuracy(state.reference[0], ye)
-    return state
+    return module_state(module, digits, tmp)
 
 
 @pytest.fixture(scope="module")
