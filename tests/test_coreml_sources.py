@@ -38,6 +38,10 @@ def test_two_input_keras_model_converts_with_named_inputs(tmp_path: Path) -> Non
     report = compress(recipe)
     ml = artifact(report, "coreml", "float16", "ios-coreml")
     assert ml["status"] == COREML_STATUS, ml["error"]
+    # the function coremltools got, run on both inputs (fed by name) against the Keras model
+    graph = ml["built_from"][0]
+    assert graph["graph"] == "the TensorFlow function handed to coremltools"
+    assert graph["snr_db"] is None or graph["snr_db"] > 40
     names = [i["name"] for i in ml["verification"]["inputs"]]
     assert names == ["image", "features"]
     assert [i["shape"] for i in ml["verification"]["inputs"]] == [[1, 8, 8, 3], [1, 4]]

@@ -31,7 +31,12 @@ from mobilec.formats.coreml_compress import (
     compress_mlprogram,
     compress_neuralnetwork,
 )
-from mobilec.formats.coreml_source import register_missing_tf_ops, tf_source
+from mobilec.formats.coreml_source import (
+    TFSource,
+    register_missing_tf_ops,
+    tf_source,
+    verify_tf_source,
+)
 from mobilec.formats.coreml_structure import describe_io, structural_check
 from mobilec.formats.coreml_tools import coreml_config, feature_name, import_coremltools, quiet
 from mobilec.formats.intermediate import record, require_verified
@@ -196,7 +201,7 @@ def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str
         return state.memo[key]
     ct = import_coremltools()
     register_missing_tf_ops()
-    src = tf_source(state)
+    src = _checked(state, tf_source(state))
     order = src.order
     kwargs: dict[str, Any] = {
         "source": "tensorflow",
@@ -223,7 +228,7 @@ def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str
                                   f"{first_line(exc, 400)}") from exc
         # RNN while loops (masked, bidirectional) trip coremltools: the same model unrolled
         try:
-            src = tf_source(state, unroll=True)
+            src = _checked(state, tf_source(state, unroll=True), unroll=True)
             model = ct.convert([src.function], **kwargs)
         except Exception as exc2:  # noqa: BLE001 - the converter raises many types
             raise ConversionError(f"coremltools could not convert the model: "
@@ -233,6 +238,15 @@ def _converted(state: ModelState, cfg: CoreMLConfig, precision: str, target: str
                                                           src.features, strict=True)))
     state.memo[key] = model
     return model
+
+
+def _checked(state: ModelState, src: TFSource, unroll: bool = False) -> TFSource:
+    """`src` once its function verified against the source (raises when it differs); its
+    figures join the graphs every Core ML artifact built from it stands on."""
+    figures = verify_tf_source(state, src, unroll)
+    if all(f.get("graph") != figures["graph"] for f in src.verified):
+        src.verified.append(figures)
+    return src
 
 
 def _rename_io(ct: Any, state: ModelState, model: Any, order: list[int],

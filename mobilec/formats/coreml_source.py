@@ -14,10 +14,11 @@ import numpy as np
 
 from mobilec.errors import UnsupportedError
 from mobilec.formats.coreml_tools import feature_name
-from mobilec.formats.intermediate import verified_onnx2tf_graph
+from mobilec.formats.intermediate import require_verified, verified_onnx2tf_graph
 from mobilec.formats.runtime import loaded_saved_model
-from mobilec.formats.tf_inline import inlinable
+from mobilec.formats.tf_inline import freeze, inlinable
 from mobilec.sources import onnx2tf_bridge
+from mobilec.sources.batch import as_list, batched
 from mobilec.sources.keras_rnn import unrolled_model
 from mobilec.state import ModelState, TensorSpec
 from mobilec.util.tfenv import import_tf
@@ -156,3 +157,47 @@ def source_index(state: ModelState, key: str) -> int:
         if key in (t.name, feature_name(t.name), onnx2tf_bridge.signature_name(t.name)):
             return i
     return -1
+
+
+def verify_tf_source(state: ModelState, src: TFSource, unroll: bool = False) -> dict[str, Any]:
+    """The function coremltools is handed (inlined, maybe unrolled, maybe onnx2tf's), run on the
+    verification inputs and held against the source before Core ML is built from it."""
+    return require_verified(state, "the TensorFlow function handed to coremltools",
+                            ("unrolled" if unroll else "as-is", id(src.function)),
+                            lambda: _function_runner(state, src))
+
+
+def _function_runner(state: ModelState, src: TFSource) -> Any:
+    """The frozen function, one sample at a time (its placeholders are batch 1), fed in the
+    placeholders' order and dtypes, outputs back in the source's order."""
+    tf = import_tf()
+    frozen, graph_def = freeze(src.function)
+    wrapped = tf.compat.v1.wrap_function(
+        lambda: tf.graph_util.import_graph_def(graph_def, name=""), [])
+    get = wrapped.graph.get_tensor_by_name
+    placeholders = [t.name for t in frozen.inputs]
+    pruned = wrapped.prune([get(n) for n in placeholders], [get(t.name) for t in frozen.outputs])
+    by_placeholder = {name: (feature, dtype) for (name, _, dtype), feature
+                      in zip(src.inputs, src.features, strict=True)}
+    position = {feature_name(t.name): i for i, t in enumerate(state.inputs)}
+    _, perm = onnx2tf_bridge.tf_input_layout(state)
+    order = src.order if sorted(src.order) == list(range(len(src.order))) else \
+        list(range(len(src.order)))
+
+    def one(x: Any) -> list[np.ndarray]:
+        arrays = as_list(x)
+        feed = []
+        for i, name in enumerate(placeholders):
+            feature, dtype = by_placeholder.get(name.split(":")[0]) or \
+                (src.features[i], src.inputs[i][2])
+            a = arrays[position.get(feature, 0)]
+            if perm and a.ndim == len(perm):
+                a = np.transpose(a, perm)
+            feed.append(tf.constant(a.astype(dtype)))
+        outs = pruned(*feed)
+        got: list[np.ndarray] = [np.zeros(0)] * len(outs)
+        for i, o in enumerate(outs):
+            got[order[i]] = np.asarray(o.numpy(), dtype=np.float32)
+        return got
+
+    return lambda x: batched(one, x, size=1)

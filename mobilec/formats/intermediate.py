@@ -91,7 +91,7 @@ def _check(state: ModelState, graph: str, runner: Callable[[], Any]) -> Any:
     if not ok:
         return ConversionError(
             f"{graph} differs from the source model ({why}), so nothing is built from it",
-            hint="the artifacts that do not go through it (see the other routes) are unaffected")
+            hint="artifacts built without it (other routes or formats) are unaffected")
     return figures
 
 
