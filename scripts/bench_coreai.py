@@ -83,12 +83,14 @@ def main() -> None:
     header("Core AI (.aimodel): mobilec vs the plain three-call script")
     data = digits_nchw()
     (xt, yt), (xe, ye) = data
+    import torch
+
+    torch.manual_seed(0)  # the same initial weights every run
     model = train(cnn_layers(), xt, yt)
     # The toolchain before any clock: neither side pays for its imports.
     import coreai.authoring  # noqa: F401
     import coreai_opt.coreai_utils  # noqa: F401
     import coreai_torch  # noqa: F401
-    import torch
 
     from mobilec.policy.targets import ArtifactSpec
     from mobilec.stages.convert import build_artifact

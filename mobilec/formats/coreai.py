@@ -14,11 +14,13 @@ The convert stage verifies each result against the source and ships the first th
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
 
 from mobilec.delegates.snippets import swift_coreai
+from mobilec.errors import UnsupportedError
 from mobilec.formats.coreai_bridge import onnx_to_torch
 from mobilec.formats.coreai_convert import convert, export_decomposed, precision_text, save
 from mobilec.formats.coreai_runtime import FUNCTION, run_isolated
@@ -35,6 +37,15 @@ RUNTIME = "coreai-core Linux runtime (AIModelAsset.executable), in a child proce
 class CoreAIFormat:
     name = "coreai"
     suffix = ".aimodel"
+
+    def precheck(self, state: ModelState) -> None:
+        missing = [m for m in ("torch", "coreai_torch", "coreai_opt", "coreai")
+                   if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UnsupportedError(
+                f"Core AI (.aimodel) needs {', '.join(missing)}, which are not installed",
+                where="targets", hint="pip install 'mobilec[torch]' (coreai-core, coreai-torch, "
+                                      "coreai-opt), or drop ios-coreai/coreai")
 
     def routes(self, state: ModelState, artifact: Artifact) -> list[tuple[str, Any]]:
         """torch.export for a PyTorch source; otherwise the ONNX bridge along each of the
