@@ -153,9 +153,10 @@ def run(recipe: Recipe, plan: Plan, *, out: str | Path | None = None,
             try:
                 body = _run_stages(state, out_dir, plan, progress, report, pin)
                 # A report-less run (diagnose) replaces only its own files of an earlier run.
-                owned = owned_files(out_dir)
-                publish(out_dir, stage, force=force,
-                        retire=owned if report else owned & set(units(stage)))
+                if units(stage):  # transform saves its model elsewhere: nothing to swap
+                    owned = owned_files(out_dir)
+                    publish(out_dir, stage, force=force,
+                            retire=owned if report else owned & set(units(stage)))
                 for art in state.artifacts:
                     art.path = _moved(art.path, stage, out_dir)
             finally:

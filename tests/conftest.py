@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +126,25 @@ def signal_at_stage(args: list[str], stage: str, delay: float, sig: int, *,
     stderr = "".join(lines) + rest
     assert sent_at is not None, f"stage {stage} never started:\n{stderr[-3000:]}"
     return proc.returncode, stderr, time.monotonic() - sent_at
+
+
+def can_mount() -> bool:
+    """Whether tests may mount a tmpfs (a small or read-only file system): root on Linux."""
+    return os.geteuid() == 0 and shutil.which("mount") is not None and sys.platform == "linux"
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `path` (skips the test if it cannot be mounted)."""
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def compress(recipe: Path, **kw: Any) -> dict[str, Any]:

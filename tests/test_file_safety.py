@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import can_mount, run_cli, tmpfs
 
 from mobilec.util.fs import TMP_PREFIX, sha256_path
 
@@ -200,6 +200,33 @@ def test_the_output_dir_holds_exactly_what_the_report_lists(tmp_path: Path,
     assert set(lock["outputs"]) - listed == {"report.json", "report.md", "mobilec.lock.json"}
     assert set(_tree(out)) == set(lock["outputs"]) | {"mine.txt", "cpu/mine.txt"}
     assert not (out / "cpu" / "t-int8.onnx").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_leaves_the_previous_run(tmp_path: Path, two: tuple[Path, Path]) -> None:
+    """The output dir on a small tmpfs holds a finished run and the user's file that filled
+    the rest: a second run into it fails (exit 2, no space) and leaves the dir byte for
+    byte as it was: no half-published set, no staging dir, no journal."""
+    if not can_mount():
+        pytest.skip("needs root and mount for a small tmpfs")
+    model, data = two
+    with tmpfs(tmp_path / "small", "size=256k") as small:
+        out = small / "out"
+        assert run_cli("compress", str(_recipe(tmp_path, model, data, out=str(out))),
+                       timeout=300).returncode == 0
+        with open(out / "filler.bin", "wb", buffering=0) as fh:  # the user's: the disk is full
+            try:
+                while True:
+                    fh.write(b"\0" * 4096)
+            except OSError:
+                pass
+        before = _tree(out)
+        recipe = _recipe(tmp_path, model, data, out=str(out), mode="dynamic")
+        res = run_cli("compress", str(recipe), timeout=300)
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert "no space left on the device" in res.stderr and "Traceback" not in res.stderr
+        assert _tree(out) == before
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
 # ----------------------------------------------------------------------------- item 4b: cwd

@@ -4,11 +4,9 @@ touches the inputs."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_recipe
+from conftest import can_mount, tmpfs, write_recipe
 
 from mobilec.util.fs import TMP_PREFIX, output_lock, sha256_path
 
@@ -153,23 +151,6 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- unwritable output
 
 
-def _can_mount() -> bool:
-    return os.geteuid() == 0 and shutil.which("mount") is not None and sys.platform == "linux"
-
-
-@contextlib.contextmanager
-def _tmpfs(path: Path, options: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 @pytest.fixture
 def readonly_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory this process cannot write: chmod for a normal user; root ignores modes,
@@ -180,8 +161,8 @@ def readonly_dir(tmp_path: Path) -> Iterator[Path]:
         d.chmod(0o555)
         yield d
         d.chmod(0o755)
-    elif _can_mount():
-        with _tmpfs(d, "ro,size=64k") as mounted:
+    elif can_mount():
+        with tmpfs(d, "ro,size=64k") as mounted:
             yield mounted
     else:
         pytest.skip("running as root without mount: no way to make a directory unwritable")
@@ -210,10 +191,10 @@ def test_output_dir_not_writable_fails_fast_and_clearly(recipe: Path, readonly_d
 @pytest.mark.slow
 def test_disk_full_on_the_output_filesystem(recipe: Path, tmp_path: Path) -> None:
     """A 200 KB tmpfs for the output dir: the first float32 artifact (~340 KB) cannot fit."""
-    if not _can_mount():
+    if not can_mount():
         pytest.skip("needs root and mount for a small tmpfs")
     before = _inputs(recipe)
-    with _tmpfs(tmp_path / "small", "size=200k") as small:
+    with tmpfs(tmp_path / "small", "size=200k") as small:
         out = small / "out"
         res = subprocess.run(_compress_cmd(recipe, out), capture_output=True, text=True,
                              timeout=300, env=_env())
