@@ -13,7 +13,7 @@ previous good run, or complete (every file its lock lists, report.json readable,
 else mobilec wrote); no staging or journal file; 0 files left in the run's temp dir when
 Python could clean up (SIGINT/SIGTERM, ENOSPC; after SIGKILL the next run's sweep and
 recovery count); every input's sha256 unchanged. A SIGKILLed run is followed by what the
-next run does first (recover the journal) before the check.
+next run does first (recover the journal, remove the staging dir) before the check.
 
     python scripts/sweep_interrupts.py [--model models/demo/digits.keras] [--quick]
 
@@ -39,7 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mobilec.util.fs import sha256_path  # noqa: E402
+from mobilec.util.fs import clean_temp, sha256_path  # noqa: E402
 from mobilec.util.publish import recover  # noqa: E402
 
 # (name, stderr line that arms the signal, delay in s)
@@ -112,8 +112,9 @@ def left_in_tmp(tmpdir: Path) -> list[str]:
 
 def check(label: str, out: Path, before: dict[str, str], tmpdir: Path, inputs: dict[str, str],
           killed: bool, code: int, results: list[dict]) -> None:
-    if killed:
+    if killed and out.exists():
         recover(out)  # what the next run does first, under the lock
+        clean_temp(out)
     after = tree(out)
     state = "previous" if after == before else "new-complete" if complete(out) else "BROKEN"
     scratch = [p.name for p in out.iterdir() if p.name.startswith(".mobilec")] \

@@ -229,6 +229,36 @@ def test_a_full_disk_leaves_the_previous_run(tmp_path: Path, two: tuple[Path, Pa
         assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.slow
+def test_batch_keeps_the_users_files_in_a_models_folder(tmp_path: Path,
+                                                        two: tuple[Path, Path]) -> None:
+    """batch used to rename each model's new folder over the old one, deleting whatever the
+    user kept there; now it publishes like compress: stale files go, the user's stay, and
+    a zoo whose output folder holds an input is refused up front."""
+    model, data = two
+    recipe = _recipe(tmp_path, model, data, out="unused")
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(yaml.safe_dump({"recipe": str(recipe), "workers": 1,
+                                   "models": [{"path": str(model), "name": "m"}]}))
+    out = tmp_path / "out"
+    res = run_cli("batch", str(zoo), "--out", str(out), timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (out / "m" / "mine.txt").write_text("mine\n")
+    res = run_cli("batch", str(zoo), "--out", str(out), "--force",
+                  "--set", "stages.0.quantize.mode=dynamic", timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "m" / "mine.txt").read_text() == "mine\n"
+    assert (out / "m" / "cpu" / "two-dynamic.onnx").exists()
+    assert not (out / "m" / "cpu" / "two-int8.onnx").exists()
+    inside = out / "m" / "two.onnx"
+    inside.write_bytes(model.read_bytes())
+    zoo.write_text(yaml.safe_dump({"recipe": str(recipe), "workers": 1,
+                                   "models": [{"path": str(inside), "name": "m"}]}))
+    res = run_cli("batch", str(zoo), "--out", str(out), timeout=600)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"would overwrite an input: m: model {inside}" in res.stderr
+
+
 # ----------------------------------------------------------------------------- item 4b: cwd
 
 

@@ -7,10 +7,11 @@ result as it arrives -> zoo-report.{json,md,html}.
 
 Commit protocol (what makes interrupts and crashes safe): a job writes into a
 staging folder `<out>/.mobilec-tmp-job-<name>`; only when its outputs are
-complete does the driver add the cache entry to that folder and rename it over
-`<out>/<name>`. An interrupted or crashed job leaves a staging folder, which
-the next run deletes; a model's folder therefore always holds one complete run,
-and an entry exists only beside the outputs it describes.
+complete does the driver add the cache entry to that folder and publish it into
+`<out>/<name>` in one journaled swap (util.publish: the previous run's files are
+retired, the user's own files there stay). An interrupted or crashed job leaves a
+staging folder, which the next run deletes; a model's folder therefore always
+holds one complete run, and an entry exists only beside the outputs it describes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mobilec.policy.plancheck import check_plan, check_trust
 from mobilec.sources.detect import detect_format
 from mobilec.util.fs import TMP_PREFIX, atomic_write_text, clean_temp, output_lock, sha256_path
 from mobilec.util.outguard import check_no_overlap, check_out_dir
+from mobilec.util.publish import owned_files, publish, recover
 
 LOG_DIR = ".mobilec-logs"
 
@@ -241,16 +243,22 @@ class _Runner:
 
 
 def _replace_dir(src: Path, dest: Path) -> None:
-    """Put a finished folder in place of the old one (two renames on one filesystem)."""
-    old = dest.parent / f"{TMP_PREFIX}old-{dest.name}"
-    shutil.rmtree(old, ignore_errors=True)
+    """Publish a finished job folder into the model's folder in one journaled swap
+    (util.publish): the previous run's files (and its cache entry) are retired, files the
+    user keeps there stay, and one mobilec did not write is never overwritten."""
     if dest.is_symlink() or dest.is_file():
         raise MobilecError("output path exists and is not a folder", where=str(dest),
                            hint="move it away or choose another --out")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(src, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    recover(dest)  # a swap a killed earlier batch left half done
+    stage = dest / f"{TMP_PREFIX}stage-job"
+    shutil.rmtree(stage, ignore_errors=True)
+    os.replace(src, stage)
+    try:
+        owned = owned_files(dest) | ({ENTRY_FILE} if (dest / ENTRY_FILE).is_file() else set())
+        publish(dest, stage, retire=owned)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextlib.contextmanager
