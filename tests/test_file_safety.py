@@ -354,3 +354,18 @@ def test_a_failed_publish_rolls_back_in_process(tmp_path: Path, monkeypatch) -> 
     got = {str(q.relative_to(tmp_path)): q.read_text() for q in tmp_path.rglob("*")
            if q.is_file()}
     assert got == {**OLD, **USER}
+
+
+def test_batch_and_explore_reports_never_replace_a_users_file(tmp_path: Path) -> None:
+    """zoo-report.* and explore.* over a user's file: exit 2 (checked before any model runs);
+    over an earlier run's: fine."""
+    from mobilec.batch.report import ZOO_REPORTS
+    from mobilec.errors import MobilecError
+    from mobilec.util.publish import check_report_files
+
+    (tmp_path / "zoo-report.md").write_text("# my zoo notes\n")
+    with pytest.raises(MobilecError, match="did not write: zoo-report.md") as err:
+        check_report_files(tmp_path, ZOO_REPORTS, ("models", "totals"))
+    assert "--force" not in str(err.value)  # batch's --force means "convert again"
+    (tmp_path / "zoo-report.json").write_text(json.dumps({"models": [], "totals": {}}))
+    check_report_files(tmp_path, ZOO_REPORTS, ("models", "totals"))

@@ -39,7 +39,7 @@ from mobilec.policy.plancheck import check_plan, check_trust
 from mobilec.sources.detect import detect_format
 from mobilec.util.fs import TMP_PREFIX, atomic_write_text, clean_temp, output_lock, sha256_path
 from mobilec.util.outguard import check_no_overlap, check_out_dir
-from mobilec.util.publish import owned_files, publish, recover
+from mobilec.util.publish import check_report_files, owned_files, publish, recover
 
 LOG_DIR = ".mobilec-logs"
 
@@ -114,6 +114,7 @@ def _check_overlap(zoo: Zoo, jobs: list[Job], out_dir: Path) -> None:
     check_no_overlap({"zoo report": [out_dir / n for n in ZOO_REPORTS],
                       "model output folder": [j.out_dir for j in jobs]}, inputs,
                      where=str(zoo.source), write_into={"batch output dir": out_dir})
+    check_report_files(out_dir, ZOO_REPORTS, ("models", "totals"))
 
 
 def _load(zoo_file: str | Path | None, recipe: str | Path | None, models: Any) -> Zoo:

@@ -39,6 +39,7 @@ from mobilec.sources.detect import model_format
 from mobilec.stages.quantize_auto import DEFAULT_CANDIDATES
 from mobilec.util.outguard import check_no_overlap, check_out_dir
 from mobilec.util.progress import Progress
+from mobilec.util.publish import check_report_files
 
 TRAINABLE = ("keras", "h5", "savedmodel")  # prune/factorize rewrite Keras layers
 # The prune stage's own defaults (constant, 2 epochs, lr 1e-4) suit a gentle 0.5; explore
@@ -89,6 +90,7 @@ def explore(recipe: str | Path, *, overrides: list[str] | None = None,
     check_no_overlap({"explore output": [out_dir / n for n in (JSON_NAME, HTML_NAME, BEST_NAME)],
                       "explore cache": [_cache_dir(base, cfg, out_dir)]}, run_inputs(base),
                      where=base.source, write_into={"explore output dir": out_dir})
+    check_report_files(out_dir, (JSON_NAME, HTML_NAME, BEST_NAME), ("candidates", "space"))
     cache = Cache(_cache_dir(base, cfg, out_dir))
     prog = progress or Progress(quiet=quiet)
     opts = {"unsafe_deserialization": unsafe_deserialization, "trust_code": trust_code,

@@ -108,14 +108,22 @@ def foreign(out_dir: Path, names: Iterable[str], owned: set[str]) -> list[str]:
     return sorted(n for n in set(names) if n not in owned and _exists(Path(out_dir) / n))
 
 
-def refuse_foreign(out_dir: Path, names: list[str]) -> None:
+def refuse_foreign(out_dir: Path, names: list[str], force_flag: str | None = "--force") -> None:
     if not names:
         return
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     raise MobilecError(f"would overwrite {len(names)} file(s) that mobilec did not write: "
                        f"{shown}", where=str(out_dir),
-                       hint="choose another output dir (--out / output.dir), move those files, "
-                            "or pass --force to overwrite them")
+                       hint="choose another output dir (--out / output.dir) or move those files"
+                            + (f", or pass {force_flag} to overwrite them" if force_flag else ""))
+
+
+def check_report_files(out_dir: Path, names: tuple[str, ...], marker: tuple[str, ...]) -> None:
+    """exit 2 when `out_dir` holds one of `names` (a batch's or explore's reports) that an
+    earlier run did not write: names[0] is JSON holding the `marker` keys when it did."""
+    doc = _read_json(Path(out_dir) / names[0])
+    owned = set(names) if isinstance(doc, dict) and all(k in doc for k in marker) else set()
+    refuse_foreign(out_dir, foreign(out_dir, names, owned), force_flag=None)
 
 
 # ----------------------------------------------------------------------------- the swap
