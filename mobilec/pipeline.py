@@ -51,6 +51,7 @@ from mobilec.util.publish import (
     DIAGNOSE_FILES,
     foreign,
     owned_files,
+    pending,
     publish,
     recover,
     refuse_foreign,
@@ -134,6 +135,9 @@ def run(recipe: Recipe, plan: Plan, *, out: str | Path | None = None,
     check_out_dir(out_dir)
     check_can_write(out_dir)  # before a long load or fine-tune, not after
     check_not_locked(out_dir)  # another run is writing there: say so now, not after load
+    if pending(out_dir):  # a killed run's half swap: settle it before judging what is ours
+        with output_lock(out_dir):
+            recover(out_dir)
     check_outputs(recipe, plan, out_dir, inputs, report=report, pin=pin, force=force)
     # The work dir is outside the output dir until load has succeeded, so a bad
     # model or recipe leaves nothing behind.

@@ -313,7 +313,7 @@ def _publish_killed_at(root: Path, n: int) -> int:
 def test_a_publish_killed_at_any_rename_is_rolled_back_or_finished(tmp_path: Path) -> None:
     """SIGKILL at every rename of the swap; the next run's recover() leaves mobilec's files
     exactly the previous run's or exactly the new run's, the user's files untouched."""
-    from mobilec.util.publish import recover
+    from mobilec.util.publish import pending, recover
 
     outcomes = []
     for n in range(1, 12):  # 4 old out, 4 new in, the commit: 9 renames, then a clean run
@@ -323,7 +323,9 @@ def test_a_publish_killed_at_any_rename_is_rolled_back_or_finished(tmp_path: Pat
             (root / rel).write_text(text)
         _stage(root, NEW)
         code = _publish_killed_at(root, n)
+        assert pending(root) == (n <= 9), n  # the next run sees it before it judges the dir
         recover(root)
+        assert not pending(root)
         got = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
         assert got in ({**OLD, **USER}, {**NEW, **USER}), (n, code, sorted(got))
         assert not [p for p in root.iterdir() if p.name.startswith(".mobilec")], n

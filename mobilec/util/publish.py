@@ -184,6 +184,11 @@ def publish(out_dir: Path, stage_dir: Path, *, retire: set[str], force: bool = F
     return new
 
 
+def pending(out_dir: Path) -> bool:
+    """Whether a killed run left a swap half done in `out_dir` (recover it first)."""
+    return any(_exists(Path(out_dir) / name) for name in (JOURNAL, COMMITTED))
+
+
 def recover(out_dir: Path) -> str | None:
     """Complete or roll back a publish that a killed run left half done. Call under the
     output-dir lock, before anything else touches the dir. Returns what it did, if anything."""
