@@ -38,25 +38,32 @@ def onnx_to_torch(path: Path) -> Any:
 
 
 def static_reshapes(gm: Any) -> Any:
-    """onnx2torch's Reshape reads its target shape from a tensor at run time, which
-    torch.export cannot trace ("Could not guard on data-dependent expression"); where that
-    tensor is a constant of the graph (an initializer) and has no 0 (copy-this-dim), the
-    reshape becomes torch.reshape with the shape as Python ints. Same arithmetic."""
-    import torch
-
+    """onnx2torch's Reshape, Squeeze, Unsqueeze and Pad read their shape, axes or pads from a
+    tensor at run time, which torch.export cannot trace ("Could not guard on data-dependent
+    expression"). Where that tensor is a constant of the graph (an initializer), the op
+    becomes its static form with the values as Python ints: torch.reshape (unless the shape
+    has a 0, copy-this-dim), onnx2torch's own OnnxSqueezeStaticAxes, OnnxUnsqueezeStaticAxes
+    and OnnxPadStatic. Same arithmetic."""
     changed = False
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or len(node.args) != 2 or \
-                type(gm.get_submodule(node.target)).__name__ != "OnnxReshape":
+        if node.op != "call_module" or len(node.args) < 2:
             continue
-        shape_node = node.args[1]
-        if getattr(shape_node, "op", None) != "get_attr":
+        kind = type(gm.get_submodule(node.target)).__name__
+        consts = [_constant(gm, a) for a in node.args]
+        if kind not in _STATIC or consts[1] is None or \
+                any(c is None for c in consts[2:]) and kind != "OnnxReshape":
             continue
-        shape = [int(v) for v in _attr(gm, shape_node.target).reshape(-1).tolist()]
-        if 0 in shape:
+        replacement = _STATIC[kind](gm.get_submodule(node.target), consts)
+        if replacement is None:
             continue
         with gm.graph.inserting_after(node):
-            static = gm.graph.call_function(torch.reshape, (node.args[0], tuple(shape)))
+            if isinstance(replacement, tuple):  # (function, its arguments after the input)
+                static = gm.graph.call_function(replacement[0],
+                                                (node.args[0], *replacement[1:]))
+            else:
+                name = f"{node.target.replace('.', '_')}_static"
+                gm.add_submodule(name, replacement)
+                static = gm.graph.call_module(name, (node.args[0],))
         node.replace_all_uses_with(static)
         gm.graph.erase_node(node)
         changed = True
@@ -64,6 +71,46 @@ def static_reshapes(gm: Any) -> Any:
         gm.graph.eliminate_dead_code()
         gm.recompile()
     return gm
+
+
+def _constant(gm: Any, arg: Any) -> list[Any] | None:
+    """The values of a get_attr argument (an initializer), else None."""
+    if getattr(arg, "op", None) != "get_attr":
+        return None
+    return _attr(gm, arg.target).reshape(-1).tolist()
+
+
+def _reshape(_: Any, consts: list[Any]) -> Any:
+    import torch
+
+    shape = tuple(int(v) for v in consts[1])
+    return None if 0 in shape else (torch.reshape, shape)
+
+
+def _squeeze(_: Any, consts: list[Any]) -> Any:
+    from onnx2torch.node_converters.squeeze import OnnxSqueezeStaticAxes
+
+    return OnnxSqueezeStaticAxes(axes=[int(v) for v in consts[1]] or None)
+
+
+def _unsqueeze(_: Any, consts: list[Any]) -> Any:
+    from onnx2torch.node_converters.unsqueeze import OnnxUnsqueezeStaticAxes
+
+    return OnnxUnsqueezeStaticAxes(axes=[int(v) for v in consts[1]])
+
+
+def _pad(module: Any, consts: list[Any]) -> Any:
+    from onnx2torch.node_converters.pad import OnnxPadStatic
+
+    onnx_mode = {"replicate": "edge"}.get(module.mode, module.mode)
+    value = float(consts[2][0]) if len(consts) > 2 and consts[2] else 0.0
+    return OnnxPadStatic.create_from_onnx_params(onnx_mode=onnx_mode,
+                                                 onnx_pads=[int(v) for v in consts[1]],
+                                                 constant_value=value)
+
+
+_STATIC = {"OnnxReshape": _reshape, "OnnxSqueezeDynamicAxes": _squeeze,
+           "OnnxUnsqueezeDynamicAxes": _unsqueeze, "OnnxPadDynamic": _pad}
 
 
 def _attr(gm: Any, target: str) -> Any:
