@@ -187,3 +187,24 @@ def test_an_exported_pt2_graph_is_refused(tmp_path: Path, torch_digits: Any) -> 
     state.torch_module = torch.export.export(state.torch_module, (torch.tensor(xe[:2]),)).module()
     with pytest.raises(UnsupportedError, match="exported .pt2 graph has none"):
         prune.run(state, PruneConfig(structure="channels"))
+
+
+def test_attention_heads_are_counted_not_assumed(torch_digits: Any) -> None:
+    """An encoder block: the feed-forward layers narrow, and the heads torch-pruning leaves
+    are counted from the pruned module (it keeps them whole here)."""
+    import torch
+
+    from mobilec.training.channels_torch import prune_channels
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Flatten(2), torch.nn.Linear(64, 32),
+        torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True),
+        torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
+    x = (torch.randn(2, 1, 64),)
+    before = sum(p.numel() for p in module.parameters())
+    info = prune_channels(module, x, 0.5)
+    assert info["attention_heads_before"] == 4
+    assert info["attention_heads_after"] == module[2].self_attn.num_heads
+    assert sum(p.numel() for p in module.parameters()) < before
+    assert module(*x).shape == (2, 10)

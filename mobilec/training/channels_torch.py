@@ -1,7 +1,9 @@
 """Structured (channel) pruning of a PyTorch nn.Module with torch-pruning's dependency
-graph: whole Conv filters / Linear units (and attention heads of nn.MultiheadAttention)
-removed together with everything that depends on them (BatchNorm, the next layer's
-input channels, residual adds, concatenations), in place.
+graph: whole Conv filters / Linear units removed together with everything that depends
+on them (BatchNorm, the next layer's input channels, residual adds, concatenations), in
+place. nn.MultiheadAttention modules are handed to it with their head counts (whole
+heads, not head dims) and the heads left are counted: torch-pruning 1.6.1 keeps them
+whole inside nn.TransformerEncoderLayer (measured: only its feed-forward layers narrow).
 
 The layers that give the model's outputs their width (a classifier's last Linear) are
 never pruned: they are found by running the model once and matching each output's
@@ -44,7 +46,12 @@ def prune_channels(module: Any, example: tuple[Any, ...], ratio: float) -> dict[
     if [tuple(o.shape) for o in after] != [tuple(o.shape) for o in outputs]:
         raise UnsupportedError("channel pruning changed the shape of the model's outputs",
                                hint="use prune: {structure: unstructured}")
-    return {"pruned_heads": bool(heads)}
+    if not heads:
+        return {}
+    # counted, not assumed: nn.MultiheadAttention ties its width to the residual stream, so
+    # torch-pruning may leave the heads whole and narrow only the feed-forward layers
+    return {"attention_heads_before": sum(heads.values()),
+            "attention_heads_after": sum(m.num_heads for m in heads)}
 
 
 def require_layers(module: Any) -> None:
