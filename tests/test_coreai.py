@@ -163,3 +163,35 @@ def _state(torch_digits: dict[str, Any], tmp: Path) -> Any:
     state.input_layout = "NCHW"
     state.data = Dataset(Split(xe, ye), Split(xe, ye), Split(xe[:100]))
     return state
+
+
+def test_the_bridge_makes_constant_shape_ops_static(tmp_path: Path) -> None:
+    """onnx2torch reads Reshape's shape, Pad's pads and (Un)Squeeze's axes from tensors at run
+    time, which torch.export cannot trace; the bridge makes them static where the tensor is
+    an initializer, and the exported program still computes what onnxruntime does."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mobilec.formats.coreai_bridge import onnx_to_torch
+    from mobilec.formats.coreai_convert import export_decomposed
+
+    def const(name: str, values: list[int]) -> Any:
+        return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"]),  # N,C,5,5 -> N,C,6,6
+             helper.make_node("Reshape", ["padded", "shape"], ["flat"]),  # -> N, C*36
+             helper.make_node("Unsqueeze", ["flat", "axes"], ["u"]),  # -> N, 1, C*36
+             helper.make_node("Squeeze", ["u", "axes"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 72])],
+        [const("pads", [0, 0, 0, 0, 0, 0, 1, 1]), const("shape", [-1, 72]), const("axes", [1])])
+    path = tmp_path / "shapes.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(0).standard_normal((3, 2, 5, 5)).astype(np.float32)
+    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    ep, dynamic = export_decomposed(onnx_to_torch(path), (x[:1],))
+    assert dynamic
+    np.testing.assert_allclose(ep.module()(torch.tensor(x)).numpy(), want, atol=1e-6)
