@@ -60,8 +60,7 @@ class Route:
     delegate: bool  # XNNPACK partitioner; False: portable kernels only
     quantizer: str = "per-channel"  # int8 only: per-channel (all ops) | per-op (conv/linear)
     int8_only: bool = False
-    # int8 only: quantize the program after run_decompositions() (the graph XNNPACK lowers),
-    # not the exported one: what ExecuTorch documents for int8 that will not lower whole
+    # int8 only: quantize the program after run_decompositions(), not the exported one
     quantize_decomposed: bool = False
     backend: str = "xnnpack"  # the partitioner: xnnpack | coreml
 
@@ -77,8 +76,7 @@ ROUTES = (
           int8_only=True),
     Route("xnnpack-int8-decomposed-per-op", decompose=True, delegate=True, quantizer="per-op",
           int8_only=True, quantize_decomposed=True),
-    # Last: no delegate. For a target that promises XNNPACK the convert stage reports it
-    # `degraded` with the fraction of ops delegated (0), never plain ok.
+    # Last, no delegate: for an XNNPACK target convert reports it `degraded`, never ok.
     Route("portable", decompose=True, delegate=False),
 )
 
@@ -248,6 +246,14 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
                                    hint="add a data: section, or ask for float32")
         module = quantize_pt2e(module, example, calibration, route.quantizer,
                                route.quantize_decomposed)
+        if not any("quantize" in str(n.target) for n in module.graph.nodes):
+            # an XNNPACK int8 route would ship the float program: the portable one says so
+            if route.delegate:
+                raise ConversionError("XNNPACKQuantizer annotated no op of this program "
+                                      "(nothing would be int8)")
+            if notes is not None:
+                notes.append("no op of this program is one XNNPACKQuantizer quantizes: the "
+                             "int8 .pte holds float32 ops")
     elif mode in executorch_quant.PRECISION:
         module, mode_notes = executorch_quant.prepare(module, example, mode)
         if notes is not None:
@@ -304,7 +310,9 @@ def quantize_pt2e(module: Any, example: Inputs, calibration: Inputs, variant: st
 
     def graph(**kw: Any) -> Any:
         ep = export_program(module, args, **kw)
-        return (ep.run_decompositions() if decomposed else ep).module()
+        # {}: functional ATen with conv2d/linear kept (a full decomposition turns them into
+        # convolution/addmm, which XNNPACKQuantizer's annotators do not match: nothing int8)
+        return (ep.run_decompositions({}) if decomposed else ep).module()
 
     try:
         gm, step = graph(dynamic_batch=True), CALIBRATION_BATCH
