@@ -46,6 +46,7 @@ def pt2_state(path: Path, digits: Any, tmp: Path, labels: bool = True) -> Any:
     """A ModelState loaded from a .pt2 as the load stage does, with the digits data."""
     from mobilec.recipe.schema import Recipe
     from mobilec.sources.data import Dataset, Split
+    from mobilec.sources.labels import LabelOutput
     from mobilec.sources.torch_load import load_pt2_source
     from mobilec.state import ModelState
     from mobilec.util.metrics import accuracy
@@ -57,6 +58,7 @@ def pt2_state(path: Path, digits: Any, tmp: Path, labels: bool = True) -> Any:
     state.data = Dataset(Split(xt, yt if labels else None), Split(xe, ye), Split(xt[:100]))
     state.reference = eager(state.torch_module, xe)
     state.reference_accuracy = accuracy(state.reference[0], ye)
+    state.label_output = LabelOutput(0, state.outputs[0].name, "only-fit", "one output")
     return state
 
 
@@ -138,6 +140,7 @@ def module_state(module: Any, train_xy: tuple[np.ndarray, Any], eval_xy: tuple[n
     """A ModelState holding an eager module as the load stage does for model.module."""
     from mobilec.recipe.schema import Recipe
     from mobilec.sources.data import Dataset, Split
+    from mobilec.sources.labels import LabelOutput
     from mobilec.sources.pytorch import describe_io, export_program
     from mobilec.state import ModelState
 
@@ -150,6 +153,7 @@ def module_state(module: Any, train_xy: tuple[np.ndarray, Any], eval_xy: tuple[n
     state.input_layout = "NCHW"
     state.data = Dataset(Split(*train_xy), Split(*eval_xy), Split(train_xy[0][:64]))
     state.reference = eager(module, eval_xy[0])
+    state.label_output = LabelOutput(0, state.outputs[0].name, "only-fit", "one output")
     return state
 
 
@@ -325,3 +329,58 @@ def test_distill_pt2_student_file(tmp_path: Path, cnn_pt2: Path, digits: Any) ->
                                                 epochs=2))
     assert metrics["params_after"] == sum(p.numel() for p in small.parameters())
     assert metrics["student_accuracy"] >= 0.85, metrics
+
+
+# ---------------------------------------------------------------- item 5: factorize
+
+def test_factorize_digits_module_fixed_rank_with_finetune(tmp_path: Path, cnn: Any,
+                                                          digits: Any) -> None:
+    """rank 0.25 on the eager digits CNN: the hidden Linear and the 2nd conv become factor
+    pairs (first layer and head skipped), exact at full rank, fine-tuned back."""
+    from mobilec.recipe.schema import FactorizeConfig
+    from mobilec.stages import factorize
+    from mobilec.stages.factorize_torch import factorize_module
+
+    (xt, yt), (xe, ye) = digits
+    full, done, _ = factorize_module(cnn, rank=1.0, energy=None, only={"3", "7"})
+    assert {d["name"] for d in done} <= {"3", "7"}
+    state = module_state(cnn, (xt, yt), (xe, ye), tmp_path)
+    metrics = factorize.run(state, FactorizeConfig(rank=0.25, epochs=1, learning_rate=1e-3))
+    names = {d["name"] for d in metrics["layers_factorized"]}
+    assert names == {"3", "7"} and set(metrics["layers_skipped"]) >= {"0", "9"}, metrics
+    assert metrics["params_after"] < 0.5 * metrics["params_before"]
+    assert metrics["accuracy_after"] >= metrics["accuracy_before"] - 0.02, metrics
+    np.testing.assert_allclose(eager(state.torch_program.module(), xe)[0],
+                               eager(state.torch_module, xe)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["torch_resnet_bn", "torch_mobilenet_v2_ir"])
+def test_factorize_corpus_modules_rank_auto(tmp_path: Path, name: str) -> None:
+    from mobilec.recipe.schema import FactorizeConfig
+    from mobilec.stages import factorize
+
+    module, train_xy, eval_xy = corpus(name)
+    state = module_state(module, train_xy, eval_xy, tmp_path)
+    metrics = factorize.run(state, FactorizeConfig(rank="auto", max_drop=0.05, min_share=0.01))
+    assert metrics["rank_search"]["metric"] == "accuracy drop"
+    assert metrics["params_after"] <= metrics["params_before"]
+    if metrics["layers_factorized"]:
+        assert state.model_version == 1
+
+
+# ---------------------------------------------------------------- item 6: explore
+
+def test_explore_searches_prune_on_pytorch_sources() -> None:
+    """A .pt2 explores prune sparsities (factorize needs modules); a module source both."""
+    from mobilec.explore.run import build_space
+    from mobilec.recipe.schema import ExploreConfig, Recipe
+
+    recipe = Recipe.model_validate({"model": {"path": "m.pt2"},
+                                    "targets": ["android-executorch"]})
+    pt2 = build_space(recipe, ExploreConfig(), "pt2")
+    assert pt2.sparsities == [None, 0.5, 0.8, 0.9] and pt2.factorize == ["off"]
+    assert any(".pt2 program has none" in n for n in pt2.notes)
+    module = build_space(recipe, ExploreConfig(), "torch-module")
+    assert module.factorize == ["off", "auto"] and module.sparsities[1:] == [0.5, 0.8, 0.9]
+    onnx = build_space(recipe, ExploreConfig(), "onnx")
+    assert onnx.sparsities == [None] and onnx.factorize == ["off"]

@@ -17,7 +17,7 @@ from mobilec.recipe.schema import CoreMLConfig, QuantizeConfig, Recipe
 TRAINING_STAGES = ("distill", "factorize", "prune")
 TORCH_FORMATS = ("pt2", "torch-module")
 # The training stages that run on PyTorch sources too (training/torch_*.py).
-TORCH_TRAINING = ("prune", "quantize", "distill")
+TORCH_TRAINING = ("prune", "quantize", "distill", "factorize")
 KERAS_FORMATS = ("keras", "h5", "savedmodel")
 
 

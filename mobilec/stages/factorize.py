@@ -1,4 +1,5 @@
 """factorize: replace large Dense/Conv kernels by truncated-SVD low-rank factor pairs.
+PyTorch sources: stages/factorize_torch.py (same SVD, same rank search).
 
 A kernel W (fan-in x out; a k x k conv's kernel flattened to k*k*cin x cout) is
 W ~ (U_r S_r^1/2)(S_r^1/2 V_r^T). Dense(n) becomes Dense(r, linear, no bias) ->
@@ -25,7 +26,6 @@ any), so it also works on unlabelled train data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,9 @@ import numpy as np
 from mobilec.errors import RecipeError, StageError, UnsupportedError
 from mobilec.formats.runtime import source_runner
 from mobilec.recipe.schema import FactorizeConfig
+from mobilec.stages import factorize_torch
 from mobilec.stages.factorize_auto import MIN_SAVING, auto_ranks, predict
+from mobilec.stages.factorize_core import LowRank, low_rank
 from mobilec.state import ModelState
 from mobilec.training import kd
 from mobilec.training.finetune import require_train_data
@@ -48,6 +50,7 @@ from mobilec.training.surgery import (
     same_layer,
     unique_name,
 )
+from mobilec.training.torch_model import is_torch
 from mobilec.util.tfenv import import_tf_keras, set_seed
 
 # Fine-tuning: soft targets at a mild temperature carry the model's own
@@ -57,16 +60,9 @@ FINETUNE_ALPHA = 0.5
 SEED = 0
 
 
-@dataclass
-class LowRank:
-    rank: int
-    full_rank: int
-    energy: float  # fraction of sum(s^2) the kept singular values hold
-    first: np.ndarray  # U_r S_r^1/2, reshaped as the first layer's kernel
-    second: np.ndarray  # S_r^1/2 V_r^T, reshaped as the second layer's kernel
-
-
 def run(state: ModelState, config: FactorizeConfig) -> dict[str, Any]:
+    if is_torch(state):
+        return factorize_torch.run(state, config)
     model = state.keras_model
     if model is None:
         raise UnsupportedError(
@@ -211,36 +207,6 @@ def factorize_model(model: Any, *, rank: float | None, energy: float | None,
         return _pair(layer, low, bias, unique_name(model, f"{layer.name}_lowrank", taken))
 
     return rebuild(model, replace), factored, skipped
-
-
-def low_rank(kernel: np.ndarray, *, rank: float | None, energy: float | None,
-             keep: int | None = None) -> LowRank:
-    """Truncated SVD of a Dense/Conv kernel, split evenly (S^1/2 each side).
-
-    keep: an absolute rank, instead of the fraction `rank` or the `energy` share.
-    """
-    matrix = kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
-    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
-    full = len(s)
-    power = s ** 2
-    total = float(power.sum())
-    if keep is not None:
-        r = max(1, keep)
-    elif rank is not None:
-        r = max(1, int(round(rank * full)))
-    elif total == 0.0:
-        r = 1
-    else:
-        # The smallest r whose singular values hold `energy` of the spectrum.
-        r = int(np.searchsorted(np.cumsum(power) / total, (energy or 1.0) - 1e-12) + 1)
-    r = min(r, full)
-    root = np.sqrt(s[:r])
-    first = (u[:, :r] * root).astype(kernel.dtype)
-    second = (root[:, None] * vt[:r]).astype(kernel.dtype)
-    spatial = kernel.shape[:-2] if kernel.ndim > 2 else ()
-    return LowRank(rank=r, full_rank=full, energy=float(power[:r].sum() / total) if total else 1.0,
-                   first=first.reshape(*kernel.shape[:-1], r),
-                   second=second.reshape(*((1,) * len(spatial)), r, kernel.shape[-1]))
 
 
 def _eligible(layer: Any, tfk: Any) -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 from mobilec.errors import UnsupportedError
 from mobilec.formats.runtime import batched
 from mobilec.recipe.schema import FactorizeConfig
+from mobilec.sources.pytorch import eager_runner
 from mobilec.state import ModelState
 from mobilec.util.metrics import accuracy, snr_db
 
@@ -157,7 +158,10 @@ class _Probe:
 
 
 def predict(model: Any, x: np.ndarray) -> list[np.ndarray]:
-    """Every output of a Keras model on x, in batches."""
+    """Every output of a Keras model (or a PyTorch module) on x, in batches."""
+    if callable(getattr(model, "named_modules", None)):  # torch.nn.Module
+        return eager_runner(model)(x)
+
     def run(batch: np.ndarray) -> list[np.ndarray]:
         out = model(batch, training=False)
         return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]

@@ -21,12 +21,12 @@ from mobilec.errors import ModelLoadError, UnsupportedError
 from mobilec.formats.runtime import source_runner
 from mobilec.recipe.schema import DistillConfig, StudentWidth
 from mobilec.sources.batch import as_list
-from mobilec.sources.pytorch import count_params, load_factory, load_pt2, to_tensor
+from mobilec.sources.pytorch import load_factory, load_pt2, to_tensor
 from mobilec.state import ModelState
 from mobilec.training import kd
-from mobilec.training.channels_torch import macs, prune_channels
+from mobilec.training.channels_torch import prune_channels
 from mobilec.training.torch_fit import SEED, Targets, first_output, fit
-from mobilec.training.torch_model import commit, is_exported, set_mode
+from mobilec.training.torch_model import commit, cost, is_exported, set_mode
 from mobilec.util.metrics import accuracy
 
 
@@ -47,7 +47,7 @@ def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
     labels = kd.hard_labels(train.y, teacher_out.shape, where=str(state.recipe.source))
     _check_fits(state, student, example, teacher_out)
     teacher_acc = _eval_accuracy(state)
-    before = (count_params(teacher), _macs(teacher, example))
+    before = cost(teacher, example)
     for p in student.parameters():
         p.requires_grad_(True)
     set_mode(student, train=True)
@@ -58,7 +58,7 @@ def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
     trained = fit(state, student, epochs=config.epochs, batch_size=config.batch_size,
                   learning_rate=config.learning_rate, what="distill", targets=targets)
     commit(state, student)
-    after = (count_params(student), _macs(student, example))
+    after = cost(student, example)
     metrics: dict[str, Any] = {
         "student": described, "params_before": before[0], "params_after": after[0],
         "flops_before": before[1], "flops_after": after[1],
@@ -149,13 +149,6 @@ def _check_fits(state: ModelState, student: Any, example: tuple[Any, ...],
         raise UnsupportedError(f"the student gives {shape}, the teacher gives "
                                f"{tuple(teacher.shape[1:])}", where=state.recipe.source,
                                hint="the student needs the teacher's output shape")
-
-
-def _macs(module: Any, example: tuple[Any, ...]) -> int | None:
-    try:
-        return macs(module, example)
-    except Exception:  # noqa: BLE001 - the counter cannot trace every graph: say unknown
-        return None
 
 
 def _eval_accuracy(state: ModelState) -> float | None:

@@ -17,6 +17,7 @@ from typing import Any
 from mobilec.errors import UnsupportedError, first_line
 from mobilec.sources.pytorch import count_params, export_program
 from mobilec.state import ModelState
+from mobilec.training.channels_torch import macs
 from mobilec.training.finetune import require_train_data
 
 
@@ -99,8 +100,12 @@ def commit(state: ModelState, module: Any) -> Any:
     return program
 
 
-def params(module: Any) -> int:
-    return count_params(module)
+def cost(module: Any, example: tuple[Any, ...]) -> tuple[int, int | None]:
+    """(parameters, multiply-adds of one call or None when the counter cannot trace it)."""
+    try:
+        return count_params(module), macs(module, example)
+    except Exception:  # noqa: BLE001 - the counter cannot trace every graph: say unknown
+        return count_params(module), None
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:
