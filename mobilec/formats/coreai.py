@@ -31,7 +31,6 @@ from mobilec.state import Artifact, ModelState
 
 TORCH_ROUTE = "torch-export"
 BRIDGE_PREFIX = "onnx2torch-"
-RUNTIME = "coreai-core Linux runtime (AIModelAsset.executable), in a child process"
 
 
 class CoreAIFormat:
