@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 
+@pytest.mark.slow  # a fresh process importing TensorFlow, jax, torch and coremltools
 def test_the_stack_imports_with_ml_dtypes_0_6() -> None:
     """coreai-core caps ml-dtypes at 0.6.0; TensorFlow, jax (litert-torch), torch, coremltools
     and Core AI must all import and compute with it in one process."""
