@@ -9,6 +9,7 @@ fine-tuned, re-exported, and every format rebuilt from the trained model.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ def test_pt2_module_trains_with_batchnorm_and_is_reexported(tmp_path: Path, cnn_
     eval), and the re-exported program computes exactly what the trained module does."""
     from mobilec.training.torch_fit import fit
     from mobilec.training.torch_model import commit, trainable_module
+    from mobilec.util import progress
 
     _, (xe, ye) = digits
     state = pt2_state(cnn_pt2, digits, tmp_path)
@@ -87,8 +89,11 @@ def test_pt2_module_trains_with_batchnorm_and_is_reexported(tmp_path: Path, cnn_
     module = trainable_module(state, "prune")
     stats = {n: b.clone() for n, b in module.named_buffers() if "running_mean" in n}
     assert stats, "the digits CNN has a BatchNorm"
-    metrics = fit(state, module, epochs=1, batch_size=64, learning_rate=1e-3, what="prune")
+    shown = io.StringIO()
+    with progress.active(progress.Progress(stream=shown)):
+        metrics = fit(state, module, epochs=1, batch_size=64, learning_rate=1e-3, what="prune")
     assert metrics["loss"] == "cross-entropy (logits)" and metrics["final_loss"] < 0.5
+    assert "prune: epoch 1/1 loss" in shown.getvalue()  # long runs show progress
     moved = {n: b for n, b in module.named_buffers() if n in stats}
     assert any(not torch.equal(stats[n], moved[n]) for n in stats), "BatchNorm never trained"
     version = state.model_version

@@ -119,7 +119,7 @@ def fit(state: ModelState, module: Any, *, epochs: int, batch_size: int, learnin
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         losses.append(total / max(1, seen))
-        _epoch_line(what, epoch, epochs, losses[-1])
+        progress.epoch(what, epoch, epochs, losses[-1])
         if not np.isfinite(losses[-1]):
             raise StageError(f"{what}: fine-tuning diverged (loss {losses[-1]}) in epoch {epoch}",
                              hint=f"lower stages.{what}.learning_rate")
@@ -129,18 +129,3 @@ def fit(state: ModelState, module: Any, *, epochs: int, batch_size: int, learnin
 
 def steps_per_epoch(state: ModelState, batch_size: int) -> int:
     return max(1, -(-len(state.data.train) // batch_size))
-
-
-def _epoch_line(what: str, n: int, total: int, loss: float) -> None:
-    report = getattr(progress, "epoch", None)  # the progress API's epoch line, once it exists
-    if report is not None:
-        report(what, n, total, loss)
-    else:
-        progress_info(f"{what}: epoch {n}/{total} loss {loss:.4g}")
-
-
-def progress_info(text: str) -> None:
-    """A plain line on stderr, until util/progress reports steps of a stage."""
-    import sys
-
-    print(f"[mobilec]   {text}", file=sys.stderr, flush=True)
