@@ -342,6 +342,21 @@ def test_pte_float16_int4_dynamic_verified(tmp_path: Path, cnn: Any, digits: Any
     assert sizes["int4"] < sizes["dynamic"] < sizes["float16"]
 
 
+def test_int4_of_an_exported_graph_goes_through_pt2e(cnn: Any, digits: Any) -> None:
+    """A .pt2's ep.module() has no nn.Linear for torchao's 8da4w: its Linear ops get int4
+    per-channel weights through PT2E instead (the CLI run: 111.9 KB .pte, verified)."""
+    from mobilec.formats.executorch_quant import prepare
+
+    _, (xe, _) = digits
+    graph = torch.export.export(cnn, (torch.tensor(xe[:1]),)).module()
+    quantized, notes = prepare(graph, xe[:1], "int4")
+    targets = {str(n.target) for n in quantized.graph.nodes if n.op == "call_function"}
+    assert any("choose_qparams" in t for t in targets)  # dynamic int8 activations
+    assert "PT2E" in notes[0]
+    eager_q, eager_notes = prepare(cnn, xe[:1], "int4")  # an nn.Module: torchao 8da4w
+    assert "2 Linear layers in int4" in eager_notes[0]
+
+
 @pytest.mark.slow
 def test_perturbed_pte_is_caught(tmp_path: Path, cnn: Any, digits: Any,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
