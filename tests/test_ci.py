@@ -502,13 +502,13 @@ def test_targets_table_fits_and_wraps_constraints_below(width: int):
 @pytest.fixture(scope="session")
 def demo_runs(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The demo model compressed twice for real: int8 (within budget) and int4 with a size
-    budget the float32 artifacts break."""
+    budget its int4 .tflite (about 48 KB) breaks; the float32 baselines are not budgeted."""
     d = tmp_path_factory.mktemp("ci_runs")
     recipe = write_recipe(d, demo_keras, name="digits", stages=[{"quantize": {"mode": "int8"}}],
                           budget={"max_accuracy_drop": 0.01})
     r8 = compress(recipe, out=d / "int8")
     r4 = compress(recipe, out=d / "int4",
-                  overrides=["quantize.mode=int4", "budget.max_size_bytes=60000"])
+                  overrides=["quantize.mode=int4", "budget.max_size_bytes=40000"])
     return {"recipe": recipe, "int8": r8, "int4": r4, "dir": d}
 
 
