@@ -389,3 +389,26 @@ def test_explore_searches_prune_on_pytorch_sources() -> None:
     assert module.factorize == ["off", "auto"] and module.sparsities[1:] == [0.5, 0.8, 0.9]
     onnx = build_space(recipe, ExploreConfig(), "onnx")
     assert onnx.sparsities == [None] and onnx.factorize == ["off"]
+
+
+def test_plan_check_lets_training_through_for_pytorch_and_refuses_module_rewrites() -> None:
+    """Up front, before any load: every training stage passes for .pt2 and module sources,
+    except the ones that rewrite nn.Modules on a .pt2 (its graph has none)."""
+    from mobilec.errors import UnsupportedError
+    from mobilec.policy.plancheck import check_plan
+    from mobilec.recipe.schema import Recipe
+
+    def recipe(stage: dict[str, Any]) -> Any:
+        return Recipe.model_validate({"model": {"path": "m.pt2"}, "stages": [stage],
+                                      "data": {"source": "npz", "train": "t.npz"},
+                                      "targets": ["android-executorch"]})
+
+    for stage in ({"prune": {}}, {"quantize": {"mode": "qat"}}, {"distill": {"student": "s.pt2"}},
+                  {"distill": {}}, {"factorize": {"rank": 0.5}}):
+        check_plan(recipe(stage), "torch-module")
+    for stage in ({"prune": {}}, {"quantize": {"mode": "qat"}}, {"distill": {"student": "s.pt2"}}):
+        check_plan(recipe(stage), "pt2")
+    for stage in ({"distill": {}}, {"factorize": {"rank": 0.5}}):
+        with pytest.raises(UnsupportedError, match="a .pt2 program has none") as err:
+            check_plan(recipe(stage), "pt2")
+        assert err.value.exit_code == 2 and "model.module" in err.value.hint
