@@ -215,8 +215,10 @@ def test_litert_torch_tflite_takes_the_source_input_names_and_dtypes(tmp_path: P
     mask = np.ones_like(ids)
     mask[:, 5:] = 0
     model = two_input_encoder()
-    path = torch_to_tflite(model, (ids[:1], mask[:1]), tmp_path / "enc.tflite", "float32",
-                           input_names=["input_ids", "attention_mask"])
+    # a .pt2 source: the ExportedProgram's module takes positional inputs only
+    program = torch.export.export(model, (torch.from_numpy(ids[:1]), torch.from_numpy(mask[:1])))
+    path = torch_to_tflite(program.module(), (ids[:1], mask[:1]), tmp_path / "enc.tflite",
+                           "float32", input_names=["input_ids", "attention_mask"])
     it = Interpreter(model_path=str(path))
     assert it.get_signature_list()["serving_default"]["inputs"] == ["attention_mask", "input_ids"]
     assert {np.dtype(d["dtype"]) for d in it.get_input_details()} == {np.dtype("int64")}

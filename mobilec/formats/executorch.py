@@ -28,7 +28,7 @@ import numpy as np
 from mobilec.delegates.snippets import kotlin_executorch, swift_executorch
 from mobilec.errors import ConversionError, MobilecError, UnsupportedError, stop_if_interrupted
 from mobilec.formats import executorch_quant
-from mobilec.formats.executorch_runtime import run_isolated
+from mobilec.formats.executorch_runtime import run_isolated, timed_latency, timed_run
 from mobilec.sources.batch import (
     Inputs,
     as_list,
@@ -148,7 +148,7 @@ class ExecuTorchFormat:
             return None  # the Core ML backend has no runtime here: structural check instead
         path, transpose = artifact.path, artifact.input_transpose
         kernels = _kernels(artifact)
-        return lambda x: run_isolated(path, _transposed(x, transpose), kernels=kernels)
+        return lambda x: timed_run(state, path, _transposed(x, transpose), kernels)
 
     def describe_io(self, path: Path, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
         return dict((artifact.delegation or {}).get("io") or {"inputs": [], "outputs": []})
@@ -183,8 +183,9 @@ class ExecuTorchFormat:
 
     def latency(self, state: ModelState, artifact: Artifact, sample: Inputs
                 ) -> dict[str, float]:
-        x1 = _transposed(first_n(sample, 1), artifact.input_transpose)
-        return run_isolated(artifact.path, x1, latency=True, kernels=_kernels(artifact))
+        x1 = _transposed(first_n(sample, 1), artifact.input_transpose)  # unless verify timed it:
+        return timed_latency(state, artifact.path) or \
+            run_isolated(artifact.path, x1, latency=True, kernels=_kernels(artifact))
 
 
 def _transposed(x: Inputs, transpose: tuple[int, ...] | None) -> Inputs:

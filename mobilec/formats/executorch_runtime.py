@@ -6,6 +6,7 @@ route, not mobilec. The price is ~4 s of imports per run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from mobilec.sources.batch import (
     take,
 )
 from mobilec.sources.pytorch import to_tensor
+from mobilec.state import ModelState
 from mobilec.util.child import last_error_line, run_child, signal_name
 
 RUN_TIMEOUT_S = 600
@@ -52,20 +54,73 @@ def run_isolated(path: Path, x: Inputs, latency: bool = False,
     of one sample). A runtime crash becomes a ConversionError naming the signal.
     `kernels`: the kernel libraries the program needs (executorch.kernel_libraries); the
     child registers exactly those, as an app linking them would (None: all of them)."""
+    outputs, timing = _child_run(path, x, "--latency" if latency else None, kernels)
+    return timing if latency else outputs
+
+
+def run_and_time(path: Path, x: Inputs, kernels: list[str] | None = None
+                 ) -> tuple[list[np.ndarray], dict[str, float]]:
+    """Outputs on `x` and the latency of one sample, from one child: each child imports
+    torch and ExecuTorch again (seconds), so a .pte's verification also times it."""
+    outputs, timing = _child_run(path, x, "--and-latency", kernels)
+    assert timing is not None
+    return outputs, timing
+
+
+def _child_run(path: Path, x: Inputs, flag: str | None, kernels: list[str] | None
+               ) -> tuple[list[np.ndarray], dict[str, float] | None]:
     with tempfile.TemporaryDirectory(prefix="mobilec-pte-") as tmp:
         xin, out = Path(tmp) / "x.npz", Path(tmp) / "out.npz"
         np.savez(xin, *[np.ascontiguousarray(a) for a in as_list(x)])
-        args = [str(path), str(xin), str(out)] + (["--latency"] if latency else [])
+        args = [str(path), str(xin), str(out)] + ([flag] if flag else [])
         if kernels is not None:
             args.append("--kernels=" + ",".join(kernels))
         proc = run_child("mobilec.formats.executorch_runtime:child_main", args,
                          timeout_s=RUN_TIMEOUT_S, what="the .pte")
         if proc.returncode != 0:
             raise ConversionError(_child_failure(proc.returncode, proc.stderr))
-        if latency:
-            return json.loads(out.read_text())
+        timing = json.loads(_timing(out).read_text()) if flag else None
+        if flag == "--latency":
+            return [], timing
         with np.load(out) as z:
-            return [z[f"arr_{i}"] for i in range(len(z.files))]
+            return [z[f"arr_{i}"] for i in range(len(z.files))], timing
+
+
+def _timing(out: Path) -> Path:
+    return out.with_suffix(".json")
+
+
+def timed_run(state: ModelState, path: Path, x: Inputs, kernels: list[str] | None
+               ) -> list[np.ndarray]:
+    """A .pte's outputs on `x`, from a child that also times it. Each child imports torch and
+    ExecuTorch (seconds on a busy machine): the same file on the same inputs (verification,
+    then evaluate once the file is published under its final name) runs once, and its
+    latency is not a third child."""
+    file = file_digest(path)
+    key = ("pte_run", file, _inputs_digest(x), tuple(kernels or ()))
+    if key not in state.memo:
+        outputs, timing = run_and_time(path, x, kernels)
+        state.memo[key] = outputs
+        state.memo[("pte_latency", file)] = timing
+    return state.memo[key]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _inputs_digest(x: Inputs) -> str:
+    h = hashlib.sha256()
+    for a in as_list(x):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def timed_latency(state: ModelState, path: Path) -> dict[str, float] | None:
+    """The latency timed_run measured for this very file, if it ran."""
+    return state.memo.get(("pte_latency", file_digest(path)))
 
 
 def _child_failure(code: int, stderr: str) -> str:
@@ -76,14 +131,17 @@ def _child_failure(code: int, stderr: str) -> str:
 
 
 def child_main(argv: list[str]) -> None:
-    """Child process entry: run the .pte on the saved inputs, save the outputs."""
+    """Child process entry: run the .pte on the saved inputs, save the outputs (and/or, with
+    --latency / --and-latency, the latency of one sample as JSON beside them)."""
     path, xin, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
     given = [a.split("=", 1)[1] for a in argv[3:] if a.startswith("--kernels=")]
     kernels = [k for k in given[0].split(",") if k] if given else None
     with np.load(xin) as z:
         parts = [z[f"arr_{i}"] for i in range(len(z.files))]
     x = parts[0] if len(parts) == 1 else parts
-    if "--latency" in argv[3:]:
+    if "--latency" not in argv[3:]:
+        np.savez(out, *pte_runner(path, kernels)(x))
+    if {"--latency", "--and-latency"} & set(argv[3:]):
         # One thread, like every latency mobilec reports (a throwaway process: the
         # "unsafe" reset cannot race anything here).
         try:
@@ -95,9 +153,7 @@ def child_main(argv: list[str]) -> None:
         method = _load_method(path, kernels)
 
         inputs = tuple(to_tensor(a) for a in as_list(first_n(x, 1)))
-        out.write_text(json.dumps(measure_latency(lambda: method.execute(inputs))))
-        return
-    np.savez(out, *pte_runner(path, kernels)(x))
+        _timing(out).write_text(json.dumps(measure_latency(lambda: method.execute(inputs))))
 
 
 def _load_method(path: Path, kernels: list[str] | None = None) -> Any:

@@ -95,14 +95,20 @@ def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mo
     module = eval_mode(module)
     args = tuple(to_tensor(a) for a in example_inputs)
     quant_config = None
-    named = _keyword_inputs(module, args, input_names)
     x64 = any(a.dtype in (torch.int64, torch.float64) for a in args)
     try:
         with _quiet():
             if mode != "float32":
                 module, quant_config = _litert_pt2e(module, args, mode, calibration)
-            edge = litert_torch.convert(module, () if named else args, named,
-                                        quant_config=quant_config, enable_x64=x64)
+            named_module, named = _keyword_inputs(module, args, input_names)
+            try:
+                edge = litert_torch.convert(named_module, () if named else args, named,
+                                            quant_config=quant_config, enable_x64=x64)
+            except Exception as exc:  # noqa: BLE001 - a module that will not take keywords
+                if named is None or "keyword" not in str(exc):
+                    raise
+                edge = litert_torch.convert(module, args, quant_config=quant_config,
+                                            enable_x64=x64)
             edge.export(str(dest))
     except UnsupportedError:
         raise
@@ -112,17 +118,25 @@ def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mo
 
 
 def _keyword_inputs(module: Any, args: tuple[Any, ...], names: list[str] | None
-                    ) -> dict[str, Any] | None:
-    """{name: example} when `names` are the module's forward parameters, in that order."""
-    import inspect
+                    ) -> tuple[Any, dict[str, Any] | None]:
+    """(a module taking the inputs by keyword, {name: example}); (module, None) when the names
+    cannot be keywords. An ExportedProgram's module takes positional inputs only: a wrapper
+    maps the keywords back to positions."""
+    import torch
 
-    if not names or len(names) != len(args) or len(set(names)) != len(names):
-        return None
-    try:
-        params = list(inspect.signature(module.forward).parameters)
-    except (TypeError, ValueError):
-        return None
-    return dict(zip(names, args, strict=True)) if params[: len(names)] == names else None
+    if not names or len(names) != len(args) or len(set(names)) != len(names) or \
+            not all(n.isidentifier() for n in names):
+        return module, None
+
+    class NamedInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, **inputs: Any) -> Any:
+            return self.inner(*[inputs[n] for n in names])
+
+    return NamedInputs(), dict(zip(names, args, strict=True))
 
 
 def _litert_pt2e(module: Any, args: tuple[Any, ...], mode: str,
