@@ -169,8 +169,9 @@ def test_float_outputs_retry_of_a_pytorch_tflite_reaches_onnx2tf(
         tmp_path: Path, detector_pt2: tuple[Path, Path]) -> None:
     """The int8 .tflite's last resort (output ops kept in float) started from litert_torch,
     which has no TensorFlow graph: "no TensorFlow form of the model is available"."""
+    from mobilec.formats.intermediate import verification_inputs
     from mobilec.formats.tflite import TFLiteFormat, interpreter
-    from mobilec.stages.verify import verification_inputs, verify
+    from mobilec.stages.verify import verify
     from mobilec.state import Artifact
 
     state = loaded_state(tmp_path, *detector_pt2)
