@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,14 @@ class ModelState:
         if index is None or self.eval_y is None:
             return None
         return accuracy(outs[index], self.eval_y)
+
+    def eval_accuracy(self, runner: Callable[[Any], list[np.ndarray]]) -> float | None:
+        """Accuracy of `runner` (a model as a function of its inputs) on the eval data, from
+        the label output, rounded as the report gives it; None without eval labels."""
+        if self.eval_x is None or self.eval_y is None:
+            return None
+        acc = self.label_accuracy(runner(self.eval_x))
+        return None if acc is None else round(acc, 6)
 
     def sample_inputs(self, n: int) -> Any:
         """Up to n model inputs to run: eval data, else calibration data, else seeded

@@ -49,7 +49,7 @@ def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
     _check_fits(state, student, teacher_targets)
     labels = kd.hard_labels(train.y, teacher_targets.shape, where=str(state.recipe.source))
     before = _cost(state)
-    teacher_acc = _eval_accuracy(state, source_runner(state))
+    teacher_acc = state.eval_accuracy(source_runner(state))
 
     schedule = kd.Schedule(temperature=config.temperature, alpha=config.alpha, epochs=config.epochs,
                            batch_size=config.batch_size, learning_rate=config.learning_rate, seed=SEED)
@@ -66,7 +66,7 @@ def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
         "epochs": config.epochs, "temperature": config.temperature,
         "alpha": config.alpha if labels is not None else 1.0,
         "labels": labels is not None, "final_loss": round(losses[-1], 5),
-        "teacher_accuracy": teacher_acc, "student_accuracy": _eval_accuracy(state, source_runner(state)),
+        "teacher_accuracy": teacher_acc, "student_accuracy": state.eval_accuracy(source_runner(state)),
     }
     if after.uncounted:
         metrics["flops_uncounted"] = after.uncounted
@@ -159,12 +159,6 @@ def _cost(state: ModelState) -> tuple[int | None, int | None]:
         return cost.params, cost.flops
     return (state.source.params if state.source else None), None
 
-
-def _eval_accuracy(state: ModelState, runner: Any) -> float | None:
-    if state.eval_x is None or state.eval_y is None:
-        return None
-    acc = state.label_accuracy(runner(state.eval_x))
-    return None if acc is None else round(acc, 6)
 
 
 def _shape(dims: list[Any]) -> str:

@@ -99,13 +99,13 @@ def run(state: ModelState, config: FactorizeConfig) -> dict[str, Any]:
         state.note("factorize: no layer would get smaller at this rank/energy; model unchanged")
         return {**metrics, "params_after": before.params, "flops_after": before.flops,
                 "layers_factorized": [], "layers_skipped": skipped}
-    acc_before = _eval_accuracy(state)
-    acc_svd = _eval_accuracy_of(state, new)
+    acc_before = state.eval_accuracy(source_runner(state))
+    acc_svd = state.eval_accuracy(lambda x: predict(new, x))
     if config.epochs:
         metrics.update(_finetune(state, model, new, config))
     state.replace_model(new)
     after = model_cost(new)
-    acc_after = _eval_accuracy(state)
+    acc_after = state.eval_accuracy(source_runner(state))
     metrics.update({
         "params_after": after.params, "flops_after": after.flops,
         "params_ratio": round(after.params / before.params, 4) if before.params else None,
@@ -255,16 +255,3 @@ def _finetune(state: ModelState, original: Any, new: Any, config: FactorizeConfi
             "finetune": "distilled from the unfactorized model" + (" and labels" if labels is
                                                                      not None else "")}
 
-
-def _eval_accuracy(state: ModelState) -> float | None:
-    if state.eval_x is None or state.eval_y is None:
-        return None
-    acc = state.label_accuracy(source_runner(state)(state.eval_x))
-    return None if acc is None else round(acc, 6)
-
-
-def _eval_accuracy_of(state: ModelState, model: Any) -> float | None:
-    if state.eval_x is None or state.eval_y is None:
-        return None
-    acc = state.label_accuracy(predict(model, state.eval_x))
-    return None if acc is None else round(acc, 6)

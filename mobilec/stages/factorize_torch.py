@@ -77,14 +77,14 @@ def run(state: ModelState, config: FactorizeConfig) -> dict[str, Any]:
         state.note("factorize: no layer would get smaller at this rank/energy; model unchanged")
         return {**metrics, "params_after": before[0], "flops_after": before[1],
                 "layers_factorized": []}
-    acc_before = _accuracy(state, module)
-    acc_svd = _accuracy(state, new)
+    acc_before = state.eval_accuracy(eager_runner(module))
+    acc_svd = state.eval_accuracy(eager_runner(new))
     if config.epochs:
         metrics.update(_finetune(state, new, config))
     torch.manual_seed(0)
     commit(state, new)
     after = cost(new, example)
-    acc_after = _accuracy(state, new)
+    acc_after = state.eval_accuracy(eager_runner(new))
     return {**metrics, "params_after": after[0], "flops_after": after[1],
             "params_ratio": round(after[0] / before[0], 4) if before[0] else None,
             "layers_factorized": factored, "accuracy_before": acc_before,
@@ -211,12 +211,6 @@ def _finetune(state: ModelState, new: Any, config: FactorizeConfig) -> dict[str,
     return {"epochs": config.epochs, "final_loss": trained["final_loss"],
             "finetune": targets.name}
 
-
-def _accuracy(state: ModelState, module: Any) -> float | None:
-    if state.eval_x is None or state.eval_y is None:
-        return None
-    acc = state.label_accuracy(eager_runner(module)(state.eval_x))
-    return None if acc is None else round(acc, 6)
 
 
 def _drop(before: float | None, after: float | None) -> float | None:

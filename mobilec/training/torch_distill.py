@@ -27,7 +27,6 @@ from mobilec.training import kd
 from mobilec.training.channels_torch import prune_channels
 from mobilec.training.torch_fit import SEED, Targets, first_output, fit
 from mobilec.training.torch_model import commit, cost, is_exported, set_mode
-from mobilec.util.metrics import accuracy
 
 
 def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
@@ -46,7 +45,7 @@ def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
     teacher_out = kd.to_logits(source_runner(state)(train.x)[0])
     labels = kd.hard_labels(train.y, teacher_out.shape, where=str(state.recipe.source))
     _check_fits(state, student, example, teacher_out)
-    teacher_acc = _eval_accuracy(state)
+    teacher_acc = state.eval_accuracy(source_runner(state))
     before = cost(teacher, example)
     for p in student.parameters():
         p.requires_grad_(True)
@@ -66,7 +65,7 @@ def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
         "epochs": config.epochs, "temperature": config.temperature,
         "alpha": config.alpha if labels is not None else 1.0, "labels": labels is not None,
         "final_loss": trained["final_loss"], "framework": "pytorch",
-        "teacher_accuracy": teacher_acc, "student_accuracy": _eval_accuracy(state)}
+        "teacher_accuracy": teacher_acc, "student_accuracy": state.eval_accuracy(source_runner(state))}
     if labels is None and config.alpha < 1.0:
         state.note("distill: data.train has no labels, so the student learned from the teacher "
                    "alone (alpha taken as 1)")
@@ -149,10 +148,3 @@ def _check_fits(state: ModelState, student: Any, example: tuple[Any, ...],
         raise UnsupportedError(f"the student gives {shape}, the teacher gives "
                                f"{tuple(teacher.shape[1:])}", where=state.recipe.source,
                                hint="the student needs the teacher's output shape")
-
-
-def _eval_accuracy(state: ModelState) -> float | None:
-    if state.eval_x is None or state.eval_y is None:
-        return None
-    acc = accuracy(source_runner(state)(state.eval_x)[0], state.eval_y)
-    return None if acc is None else round(acc, 6)
