@@ -147,6 +147,25 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def torch_state(module: Any, train: tuple[Any, Any], evaluate: tuple[Any, Any], calibration: Any,
+                tmp: Path) -> Any:
+    """A ModelState for a PyTorch module as load leaves it (a dynamic-batch program, NCHW)."""
+    from mobilec.recipe.schema import Recipe
+    from mobilec.sources.data import Dataset, Split
+    from mobilec.sources.pytorch import describe_io, export_program
+    from mobilec.state import ModelState
+
+    xe = evaluate[0]
+    state = ModelState(recipe=Recipe.model_validate({"model": {"path": "model.pt2"}}),
+                       out_dir=tmp / "out", work_dir=tmp / "work")
+    state.torch_module = module
+    state.torch_program = export_program(module, (xe[:1],), dynamic_batch=True)
+    state.inputs, state.outputs = describe_io(state.torch_program)
+    state.input_layout = "NCHW"
+    state.data = Dataset(Split(*train), Split(*evaluate), Split(calibration))
+    return state
+
+
 def compress(recipe: Path, **kw: Any) -> dict[str, Any]:
     """In-process compress (TensorFlow is imported once per test session)."""
     from mobilec.api import compress as _compress

@@ -149,21 +149,10 @@ def test_keras_reaches_coreai_through_the_onnx_bridge(demo_keras: Path, tmp_path
 
 
 def _state(torch_digits: dict[str, Any], tmp: Path) -> Any:
-    from mobilec.recipe.schema import Recipe
-    from mobilec.sources.data import Dataset, Split
-    from mobilec.sources.pytorch import describe_io, export_program
-    from mobilec.state import ModelState
+    from conftest import torch_state
 
     xe, ye = torch_digits["eval"]
-    model = torch_digits["model"]
-    state = ModelState(recipe=Recipe.model_validate({"model": {"path": "model.pt2"}}),
-                       out_dir=tmp / "out", work_dir=tmp / "work")
-    state.torch_module = model
-    state.torch_program = export_program(model, (xe[:1],), dynamic_batch=True)
-    state.inputs, state.outputs = describe_io(state.torch_program)
-    state.input_layout = "NCHW"
-    state.data = Dataset(Split(xe, ye), Split(xe, ye), Split(xe[:100]))
-    return state
+    return torch_state(torch_digits["model"], (xe, ye), (xe, ye), xe[:100], tmp)
 
 
 def test_the_bridge_makes_constant_shape_ops_static(tmp_path: Path) -> None:

@@ -76,20 +76,10 @@ def cnn(digits: Any) -> Any:
 
 
 def make_state(module: Any, digits: Any, tmp: Path) -> Any:
-    from mobilec.recipe.schema import Recipe
-    from mobilec.sources.data import Dataset, Split
-    from mobilec.sources.pytorch import describe_io, export_program
-    from mobilec.state import ModelState
+    from conftest import torch_state
 
     (xt, yt), (xe, ye) = digits
-    state = ModelState(recipe=Recipe.model_validate({"model": {"path": "model.pt2"}}),
-                       out_dir=tmp / "out", work_dir=tmp / "work")
-    state.torch_module = module
-    state.torch_program = export_program(module, (xe[:1],), dynamic_batch=True)
-    state.inputs, state.outputs = describe_io(state.torch_program)
-    state.input_layout = "NCHW"
-    state.data = Dataset(Split(xt, yt), Split(xe, ye), Split(xt[:200]))
-    return state
+    return torch_state(module, (xt, yt), (xe, ye), xt[:200], tmp)
 
 
 def eager(module: Any, x: np.ndarray) -> np.ndarray:
