@@ -9,8 +9,11 @@ runs `mobilec.api.compress` once per quantization plan (RUNS: int8 gives the flo
 float16 .aimodel; PyTorch entries: torch and coreai), under one timeout per entry.
 Each compress writes its result.json before the next starts, so a crash or a timeout loses only
 what had not finished. Every planned artifact becomes one cell {model, source, format,
-quantization, status, route, top1_agreement, snr_db, size_ratio, seconds, reason}; `seconds` is
-the wall time of the compress run that made it. status is the report row's status, or `crash`
+quantization, status, route, top1_agreement, snr_db, size_ratio, seconds, reason, accuracy,
+source_accuracy, label_output, labels, outputs}; `seconds` is the wall time of the compress run
+that made it; `accuracy` is the artifact's on the eval labels, `label_output` the output mobilec
+read them from (report model.label_output), `labels` the corpus entry's (which output they were
+made on, and the accuracy the source must show there). status is the report row's status, or `crash`
 (an internal error, a traceback or a dying child: always a mobilec bug), `timeout`, or `failed`
 when no row exists (with the failing stage's message as reason).
 """
@@ -102,17 +105,22 @@ def child(job_path: Path) -> int:
             continue
         out = Path(job["out"]) / run.name
         result_path = out.parent / f"{run.name}.result.json"
-        if job.get("resume") and result_path.exists():
+        if job.get("resume") and reusable(result_path, job["entry"]):
             continue
         out.mkdir(parents=True, exist_ok=True)
         recipe = out.parent / f"{run.name}.recipe.yaml"
         recipe.write_text(json.dumps(recipe_for(job["entry"], run, Path(job["corpus"]), out), indent=1))
-        result: dict[str, Any] = {"run": run.name, "report": None, "error": None, "error_kind": None}
+        # `labels`: the corpus entry's, so that --resume reruns an entry whose labels changed
+        result: dict[str, Any] = {"run": run.name, "report": None, "error": None, "error_kind": None,
+                                  "labels": job["entry"].get("labels")}
         start = time.perf_counter()
         try:
             report = api.compress(recipe, quiet=True)
             result["report"] = {k: report.get(k) for k in ("mobilec_version", "stages", "artifacts",
                                                            "notes", "exit_code")}
+            model = report.get("model") or {}
+            result["report"]["model"] = {k: model.get(k) for k in ("accuracy", "label_output",
+                                                                   "outputs")}
         except MobilecError as exc:  # refusals are answers (exit 2/3): a reason, not a crash
             result.update(error=exc.render(), error_kind="mobilec")
         except Exception:  # noqa: BLE001 - a traceback out of the API is the crash we count
@@ -122,6 +130,17 @@ def child(job_path: Path) -> int:
         if not job.get("keep"):
             _drop_artifacts(out)
     return 0
+
+
+def reusable(result_path: Path, entry: dict[str, Any]) -> bool:
+    """A result --resume keeps: it exists and was made with the entry's current labels (a
+    result from before the corpus had labels has none, like an entry without a class output)."""
+    if not result_path.exists():
+        return False
+    try:
+        return json.loads(result_path.read_text()).get("labels") == entry.get("labels")
+    except (OSError, ValueError):
+        return False
 
 
 def _drop_artifacts(out: Path) -> None:
@@ -182,14 +201,22 @@ def _tail(log: Path, lines: int = 6) -> str:
 def cell(entry: dict[str, Any], fmt: str, q: str, status: str, *, route: str | None = None,
          top1: float | None = None, snr: float | None = None, ratio: float | None = None,
          seconds: float | None = None, reason: str | None = None,
-         worst_channel: float | None = None, max_abs_err: float | None = None) -> dict[str, Any]:
+         worst_channel: float | None = None, max_abs_err: float | None = None,
+         accuracy: float | None = None, model: dict[str, Any] | None = None) -> dict[str, Any]:
     if reason and status not in ("crash", "timeout") and any(m in reason for m in CRASH_MARKERS):
         status = "crash"
+    model = model or {}
     return {"model": entry["model"], "source": entry["source"], "format": fmt, "quantization": q,
             "status": status, "route": route, "top1_agreement": top1, "snr_db": snr,
             "size_ratio": ratio, "seconds": seconds, "reason": reason,
             # beyond the issue's fields: a zeroed slice of a mixed-range output shows only here
-            "worst_channel_snr_db": worst_channel, "max_abs_err": max_abs_err}
+            "worst_channel_snr_db": worst_channel, "max_abs_err": max_abs_err,
+            # on the labels (eval npz `y`): this artifact's, the source's, the output mobilec
+            # read them from (report model.label_output) and the one the corpus made them on
+            "accuracy": accuracy, "source_accuracy": model.get("accuracy"),
+            "label_output": model.get("label_output"), "labels": entry.get("labels"),
+            "outputs": [{"name": o.get("name"), "shape": o.get("shape")}
+                        for o in model.get("outputs") or []] or None}
 
 
 def _worst(fid: dict[str, Any], key: str) -> float | None:
@@ -225,7 +252,8 @@ def cells_for(entry: dict[str, Any], run: Run, result: dict[str, Any] | None, ti
             failed = [s for s in report["stages"] if s["status"] == "failed"]
             reason = (f"{failed[0]['name']}: {failed[0].get('error')}" if failed
                       else "the report has no row for this artifact")
-            out.append(cell(entry, fmt, q, "failed", seconds=seconds, reason=reason))
+            out.append(cell(entry, fmt, q, "failed", seconds=seconds, reason=reason,
+                            model=report.get("model")))
             continue
         row = rows[0]
         fid = row.get("fidelity") or {}
@@ -233,6 +261,7 @@ def cells_for(entry: dict[str, Any], run: Run, result: dict[str, Any] | None, ti
         out.append(cell(entry, fmt, q, row["status"], route=row.get("route"),
                         top1=_worst(fid, "top1_agreement"), snr=_worst(fid, "snr_db"),
                         ratio=row.get("size_ratio"), seconds=seconds,
+                        accuracy=row.get("accuracy"), model=report.get("model"),
                         worst_channel=_worst(fid, "worst_channel_snr_db"),
                         max_abs_err=fid.get("max_abs_err"),
                         reason=text if row["status"] != "ok" else row.get("note")))
@@ -245,7 +274,7 @@ def _finished(entry: dict[str, Any], args: argparse.Namespace) -> bool:
     if entry.get("error") or not (work / "job.json").exists():
         return False
     runs = json.loads((work / "job.json").read_text())["runs"]
-    return all((work / f"{n}.result.json").exists() for n in runs)
+    return all(reusable(work / f"{n}.result.json", entry) for n in runs)
 
 
 def _build_seconds(corpus: Path) -> float | None:

@@ -39,6 +39,9 @@ class Arch:
     settle_bn: bool = False
     # fit the last Dense layer to random labels on the eval data (see `fit_head`)
     fit_head: bool = False
+    # the output the eval labels are made from (see `class_labels`); None: the only output of
+    # class-score shape [batch, classes], if there is one
+    label_output: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,6 +84,47 @@ def app(name: str, cls: str, size: int, mode: str, onnx_fn: bool = False, keras3
                 fit_head=True)
 
 
+def model_arrays(model: Any, data: dict[str, np.ndarray]) -> Any:
+    """The eval arrays in the model's input order (one array for one input)."""
+    names = [t.name.split(":")[0] for t in model.inputs]
+    arrays = [data[n] if n in data else list(data.values())[i] for i, n in enumerate(names)]
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+# ------------------------------------------------------------------------------- eval labels
+
+LABEL_NOISE = 0.1  # the share of labels moved off the model's own decision
+
+
+def class_labels(outputs: list[np.ndarray], names: list[str], pick: int | None = None,
+                 seed: int = 0) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Eval labels: the source model's own top-1 on its class output, with LABEL_NOISE of them
+    (drawn at random) moved to another class, so that the source is LABEL_NOISE short of 100 %
+    and an accuracy read from any other output (or a broken one) shows. None when no output
+    has the shape of class scores [batch, classes] (regression, per-cell or per-pixel outputs).
+
+    `pick`: the class output (needed when several have that shape). The dict is the corpus
+    entry's `labels`: which output, its width, and the accuracy the source must show on it."""
+    classifiers = [i for i, o in enumerate(outputs) if o.ndim == 2 and o.shape[1] >= 2]
+    if pick is None:
+        if not classifiers:
+            return None
+        if len(classifiers) > 1:
+            raise ValueError(f"outputs {[names[i] for i in classifiers]} are all class scores: "
+                             "set the architecture's label_output")
+        pick = classifiers[0]
+    own = outputs[pick].argmax(axis=1)
+    classes = int(outputs[pick].shape[1])
+    rng = np.random.default_rng(seed)
+    moved = rng.choice(len(own), int(round(LABEL_NOISE * len(own))), replace=False)
+    y = own.astype("int64")
+    y[moved] = (y[moved] + rng.integers(1, classes, len(moved))) % classes  # never its own class
+    return y, {"output": names[pick], "index": pick, "classes": classes, "noise": LABEL_NOISE,
+               "accuracy": round(float(np.mean(y == own)), 6),
+               "outputs": [{"name": n, "shape": [None, *o.shape[1:]]}
+                           for n, o in zip(names, outputs, strict=True)]}
+
+
 def settle_batchnorm(model: Any, data: dict[str, np.ndarray]) -> None:
     """Give every BatchNorm the moving statistics of its own input on the eval data.
 
@@ -96,9 +140,7 @@ def settle_batchnorm(model: Any, data: dict[str, np.ndarray]) -> None:
     saved = [bn.momentum for bn in bns]
     for bn in bns:
         bn.momentum = 0.0
-    names = [t.name.split(":")[0] for t in model.inputs]
-    arrays = [data[n] if n in data else list(data.values())[i] for i, n in enumerate(names)]
-    model(arrays[0] if len(arrays) == 1 else arrays, training=True)
+    model(model_arrays(model, data), training=True)
     for bn, m in zip(bns, saved, strict=True):
         bn.momentum = m
 
@@ -120,10 +162,8 @@ def fit_head(model: Any, data: dict[str, np.ndarray], seed: int = 0, margin: flo
                 None)
     if head is None or int(np.prod(head.kernel.shape[:-2])) != 1:
         return
-    names = [t.name.split(":")[0] for t in model.inputs]
-    arrays = [data[n] if n in data else list(data.values())[i] for i, n in enumerate(names)]
     features_of = type(model)(model.inputs, head.input)
-    f = np.asarray(features_of(arrays[0] if len(arrays) == 1 else arrays), np.float64)
+    f = np.asarray(features_of(model_arrays(model, data)), np.float64)
     f = f.reshape(len(f), -1)
     kernel_shape = tuple(head.kernel.shape)
     if f.shape[1] != kernel_shape[-2]:
@@ -149,6 +189,13 @@ def condition(model: Any, arch: Arch, data: dict[str, np.ndarray]) -> None:
         settle_batchnorm(model, data)
     if arch.fit_head:
         fit_head(model, data)
+
+
+def keras_labels(model: Any, arch: Arch, data: dict[str, np.ndarray]) -> Any:
+    """`class_labels` from the Keras model's outputs on its eval data."""
+    out = model.predict(model_arrays(model, data), batch_size=64, verbose=0)
+    outs = [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+    return class_labels(outs, [str(n) for n in model.output_names], arch.label_output)
 
 
 # ------------------------------------------------------------------- non-vision models
@@ -244,6 +291,21 @@ def detector(k: Any) -> Any:
     return k.Model(img, [boxes, scores], name="detector")
 
 
+def face_attributes(k: Any) -> Any:
+    """A face-attribute model's three heads on one backbone: age (regression [N, 1]), emotion
+    logits [N, 7] and gender logits [N, 2]. Two outputs have class-score shape and the
+    labelled one (gender) is last: mobilec must pick it by the source's accuracy."""
+    img = k.Input((32, 32, 3), name="image")
+    h = k.layers.Rescaling(1 / 255.0)(img)
+    h = k.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
+    h = k.layers.Conv2D(32, 3, strides=2, activation="relu")(h)
+    h = k.layers.GlobalAveragePooling2D()(h)
+    age = k.layers.Dense(1, name="age")(h)
+    emotion = k.layers.Dense(7, name="emotion")(h)
+    gender = k.layers.Dense(2, name="gender")(h)  # the last layer: fit_head fits it
+    return k.Model(img, [age, emotion, gender], name="face_attributes")
+
+
 def yolo_head(k: Any) -> Any:
     """One output packs boxes in pixels (0-320) and sigmoid class scores: a mixed-range tensor."""
     img = k.Input((64, 64, 3), name="image")
@@ -311,6 +373,9 @@ CUSTOM = [
          note="image 0-255 + feature vector", copies=True),
     Arch("detector", detector, lambda r, n: {"image": images(r, n, 64)},
          note="two outputs: boxes, sigmoid scores"),
+    Arch("face_attributes", face_attributes, lambda r, n: {"image": images(r, n, 32)},
+         note="three outputs: age [N,1], emotion [N,7], gender [N,2]; labels on the last",
+         copies=True, fit_head=True, label_output=2),
     Arch("yolo_head", yolo_head, lambda r, n: {"image": images(r, n, 64)},
          note="one output: boxes 0-320 px concatenated with sigmoid scores [silent int8 failure]",
          copies=True),

@@ -10,9 +10,14 @@ with --all-copies) also model.h5, export/ (model.export()), tfsave/ (tf.saved_mo
 model.onnx (tf2onnx from the export's serving signature); model.pt2 for PyTorch; one
 eval-<source>.npz per source) and DIR/corpus.json: one entry per (model, source) with the path,
 the inputs (name, shape, dtype) as that source sees them and the eval npz (arrays keyed by input
-name; `x` for a single input; no labels). Fidelity needs no trained weights, but random weights
+name; `x` for a single input; `y`: labels). Fidelity needs no trained weights, but random weights
 hide broken conversions behind a near-uniform softmax, so every classifier outputs logits
-(`classifier_activation=None`). A model already built in DIR (its entries.json exists) is kept.
+(`classifier_activation=None`). A model with an output of class-score shape [batch, classes]
+gets labels `y`: its own top-1 there with 10 % moved to another class (conformance_archs.
+class_labels), so the source is 90 % accurate on its class output and visibly not on any
+other; the entry's `labels` says which output ({output, index, classes, noise, accuracy,
+outputs}; null: no class output, no `y`). A model already built in DIR (its entries.json
+exists and has `labels`) is kept; one built before labels existed is rebuilt.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from conformance_archs import ARCHS, QUICK, Arch, condition  # noqa: E402 - path above
+from conformance_archs import ARCHS, QUICK, Arch, condition, keras_labels  # noqa: E402 - path above
 from conformance_torch import TORCH_ARCHS, build_torch  # noqa: E402
 
 SOURCES = ("keras", "h5", "export", "tfsave", "onnx", "onnx-fn")
@@ -123,15 +128,18 @@ def stray(name: str) -> bool:
     return head.isdigit() and tail.isdigit()
 
 
-def _npz(dest: Path, specs: list[dict[str, Any]], data: dict[str, np.ndarray]) -> None:
-    """Arrays keyed by the source's input names (`x` for one input), matched by position."""
+def _npz(dest: Path, specs: list[dict[str, Any]], data: dict[str, np.ndarray],
+         y: np.ndarray | None = None) -> None:
+    """Arrays keyed by the source's input names (`x` for one input), matched by position, and
+    the labels `y` when there are any."""
     arrays = list(data.values())
+    labels = {} if y is None else {"y": y}
     specs = [s for s in specs if not stray(s["name"])]  # no data exists for them: the entry says so
     if len(specs) == 1:
-        np.savez(dest, x=arrays[0])
+        np.savez(dest, x=arrays[0], **labels)
         return
     if {s["name"] for s in specs} == set(data):
-        np.savez(dest, **data)
+        np.savez(dest, **data, **labels)
         return
     # tf.saved_model.save names a Keras 3 model's inputs by position (inputs, inputs_1, ...):
     # map them in the model's input order; anything else is refused rather than guessed.
@@ -143,7 +151,7 @@ def _npz(dest: Path, specs: list[dict[str, Any]], data: dict[str, np.ndarray]) -
 
     if not all(position(s["name"]) is not None for s in specs):
         raise ValueError(f"cannot match inputs {[s['name'] for s in specs]} to arrays {list(data)}")
-    np.savez(dest, **{s["name"]: arrays[position(s["name"])] for s in specs})
+    np.savez(dest, **{s["name"]: arrays[position(s["name"])] for s in specs}, **labels)
 
 
 def build_one(arch: Arch, root: Path, rng_seed: int = 0,
@@ -157,6 +165,9 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0,
     d.mkdir(parents=True, exist_ok=True)
     data = arch.data(np.random.default_rng(rng_seed), EVAL_SAMPLES)
     entries: list[dict[str, Any]] = []
+    # (y, labels) per source: the primary model's, unless a copy was built apart (the .h5 of
+    # a Keras 3 model: tf_keras draws other random weights, so other decisions)
+    labels: dict[str, Any] = {}
 
     def step(source: str, rel: str, save: Callable[[], list[dict[str, Any]]]) -> None:
         start = time.perf_counter()
@@ -165,8 +176,9 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0,
         try:
             specs = save()
             npz = f"{arch.name}/eval-{source}.npz"
-            _npz(root / npz, specs, data)
-            entry.update(inputs=specs, eval=npz)
+            y, about = labels.get(source, labels["primary"]) or (None, None)
+            _npz(root / npz, specs, data, y)
+            entry.update(inputs=specs, eval=npz, labels=about)
             if any(stray(s["name"]) for s in specs):
                 entry["stray_inputs"] = [s["name"] for s in specs if stray(s["name"])]
             if rel.endswith(".onnx"):  # kept either way: users have such files; mobilec must say so
@@ -185,6 +197,7 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0,
     try:
         model = arch.build(primary_mod)
         condition(model, arch, data)
+        labels["primary"] = keras_labels(model, arch, data)
     except Exception as exc:  # noqa: BLE001 - this Keras cannot build it: every source says so
         return [{"model": arch.name, "source": src, "path": None, "note": arch.note,
                  "error": f"build: {type(exc).__name__}: {str(exc).strip()[:300]}"}
@@ -218,6 +231,7 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0,
             tfk.utils.set_random_seed(rng_seed)
             legacy = arch.build(tfk)
             condition(legacy, arch, data)
+            labels["h5"] = keras_labels(legacy, arch, data)
             legacy.save(d / "model.h5")
             tfk.backend.clear_session()
             return _specs_keras(legacy)
@@ -228,6 +242,11 @@ def build_one(arch: Arch, root: Path, rng_seed: int = 0,
         e.update(build_seconds=round(build_s, 2), params=int(model.count_params()))
     primary_mod.backend.clear_session()
     return entries
+
+
+def _labelled(done: Path) -> bool:
+    """Built since the corpus has labels: every saved entry says which output (or null)."""
+    return all("labels" in e for e in json.loads(done.read_text()) if not e.get("error"))
 
 
 def main() -> None:
@@ -250,7 +269,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in names:
         done = args.out / name / "entries.json"
-        if done.exists() and not args.force:
+        if done.exists() and not args.force and _labelled(done):
             print(f"{name}: cached")
             continue
         start = time.perf_counter()

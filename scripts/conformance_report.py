@@ -49,9 +49,101 @@ def totals(cells: list[dict[str, Any]]) -> dict[str, Any]:
                                          for c in real),
             "unverified": sum(c["status"] == "unverified" for c in real),
             # the issue's count: ok / unverified / degraded / failed per format
-            "by_format": {f: {s: sum(c["status"] == s for c in real if c["format"] == f)
-                              for s in STATUS_COLUMNS}
-                          for f in dict.fromkeys(c["format"] for c in real)}}
+            "by_format": {f: _by_status([c for c in real if c["format"] == f])
+                          for f in dict.fromkeys(c["format"] for c in real)},
+            "label_outputs": label_count(cells)}
+
+
+def _by_status(cells: list[dict[str, Any]]) -> dict[str, int]:
+    """Every status column, then any other status present (crash, timeout)."""
+    counts = {s: sum(c["status"] == s for c in cells) for s in STATUS_COLUMNS}
+    for c in cells:
+        if c["status"] not in counts:
+            counts[c["status"]] = sum(d["status"] == c["status"] for d in cells)
+    return counts
+
+
+# ------------------------------------------------------------------ multi-output entries
+
+ACCURACY_TOLERANCE = 0.02  # the source's accuracy on the labelled output, as the corpus made it
+
+
+def multi_output_entries(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (model, source) with several outputs: the outputs, the output the corpus
+    made the labels on, what mobilec chose and why, the accuracies, and the verdict `on_class`
+    (True: the source's accuracy is the one the labels were made to give on their output;
+    None: no class-score output, no labels)."""
+    entries: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        entries.setdefault((c["model"], c["source"]), []).append(c)
+    records = []
+    for (model, source), group in entries.items():
+        labels = next((c.get("labels") for c in group if c.get("labels")), None)
+        outputs = next((c.get("outputs") for c in group if c.get("outputs")), None) or \
+            (labels or {}).get("outputs") or []
+        if len(outputs) < 2:
+            continue
+        chosen = {json.dumps(c["label_output"], sort_keys=True): c["label_output"]
+                  for c in group if c.get("label_output")}
+        sources = sorted({c["source_accuracy"] for c in group
+                          if c.get("source_accuracy") is not None})
+        on_class: bool | None = None
+        if labels:
+            on_class = bool(sources) and all(abs(a - labels["accuracy"]) <= ACCURACY_TOLERANCE
+                                            for a in sources) and \
+                all(ch.get("index") is not None for ch in chosen.values())
+        records.append({"model": model, "source": source, "outputs": outputs, "labels": labels,
+                        "chosen": list(chosen.values()), "source_accuracy": sources,
+                        "artifacts": [(c["format"], c["quantization"], c.get("accuracy"),
+                                       c["status"]) for c in group],
+                        "on_class": on_class})
+    return records
+
+
+def label_count(cells: list[dict[str, Any]]) -> dict[str, int]:
+    """The issue's measure: multi-output entries whose accuracy is read from the class output."""
+    records = multi_output_entries(cells)
+    labelled = [r for r in records if r["on_class"] is not None]
+    return {"multi_output": len(records), "with_class_output": len(labelled),
+            "read_from_class_output": sum(bool(r["on_class"]) for r in labelled)}
+
+
+def _acc(a: float | None) -> str:
+    return "null" if a is None else f"{a:.3f}"
+
+
+def multi_output_section(cells: list[dict[str, Any]]) -> list[str]:
+    records = multi_output_entries(cells)
+    if not records:
+        return []
+    n = label_count(cells)
+    lines = ["", "## Multi-output entries: which output accuracy is read from", "",
+             f"Multi-output entries whose accuracy is read from the class output: "
+             f"**{n['read_from_class_output']}/{n['with_class_output']}** "
+             f"({n['multi_output'] - n['with_class_output']} more have no output of class-score "
+             "shape [batch, classes]: no labels, accuracy null by design). The corpus makes the "
+             "labels on the class output (the source's own top-1 with 10% moved to another "
+             "class), so the source must show that accuracy there; any other output shows "
+             "another.", ""]
+    for r in records:
+        outs = ", ".join(f"{o['name']} {o['shape']}" for o in r["outputs"])
+        labels = r["labels"]
+        made = (f"labels on output {labels['index']} ('{labels['output']}', {labels['classes']} "
+                f"classes), source accuracy there {labels['accuracy']:.3f}" if labels
+                else "no class-score output: no labels")
+        chosen = "; ".join(f"'{c['name']}' (index {c['index']}, {c['chosen_by']}: {c['reason']})"
+                           if c.get("index") is not None else f"none ({c['reason']})"
+                           for c in r["chosen"]) or "not reported (no run got past load)"
+        verdict = {True: "read from the class output", False: "**NOT the class output**",
+                   None: "n/a"}[r["on_class"]]
+        arts = ", ".join(f"{f} {q} {_acc(a)}" for f, q, a, st in r["artifacts"]
+                         if st != "not-built")
+        lines += [f"- **{r['model']} / {r['source']}** — {verdict}",
+                  f"  - outputs: {outs}; {made}",
+                  f"  - mobilec chose: {chosen}",
+                  f"  - source accuracy: {', '.join(_acc(a) for a in r['source_accuracy']) or 'null'}"
+                  f"; artifacts: {arts or 'none'}"]
+    return lines
 
 
 def _fmt_cell(c: dict[str, Any] | None) -> str:
@@ -67,6 +159,8 @@ def _fmt_cell(c: dict[str, Any] | None) -> str:
         nums.append(f"{c['snr_db']:.1f} dB")
     if c.get("worst_channel_snr_db") is not None and c["worst_channel_snr_db"] != c["snr_db"]:
         nums.append(f"worst ch {c['worst_channel_snr_db']:.1f} dB")
+    if c.get("accuracy") is not None:
+        nums.append(f"acc {c['accuracy']:.2f}")
     if c["size_ratio"] is not None:
         nums.append(f"{c['size_ratio']:.1f}x")
     if c["seconds"] is not None:
@@ -107,9 +201,14 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any],
              f"(**{t['float_verified_pct']}%**; top-1 >= 0.99 on class outputs, else SNR >= 40 dB)",
              f"- int8 cells: {t['int8_ok']} ok, {t['int8_failed_with_snr']} not ok with a measured "
              f"SNR, {t['int8_failed_unmeasured']} failed before anything could be measured",
-             f"- cells not ok without a reason: **{t['failed_without_reason']}**", "",
+             f"- cells not ok without a reason: **{t['failed_without_reason']}**",
+             *([f"- multi-output entries whose accuracy is read from the class output: "
+                f"**{t['label_outputs']['read_from_class_output']}/"
+                f"{t['label_outputs']['with_class_output']}** (see below)"]
+               if t.get("label_outputs", {}).get("multi_output") else []), "",
              "## Matrix", "",
-             "Each cell: status, route, worst top-1 agreement / SNR, size ratio vs float32, "
+             "Each cell: status, route, worst top-1 agreement / SNR, accuracy on the eval labels, "
+             "size ratio vs float32, "
              "seconds of the compress run that made it (SNR is absent when the outputs are "
              "identical, e.g. an .onnx passed through).", ""]
     head = ["model", "source"] + [f"{f} {q}" for f, q in columns]
@@ -118,6 +217,7 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any],
     for model, source in dict.fromkeys((c["model"], c["source"]) for c in cells):
         row = [model, source] + [_fmt_cell(index.get((model, source, f, q))) for f, q in columns]
         lines.append("| " + " | ".join(row) + " |")
+    lines += multi_output_section(cells)
     notes = meta.get("corpus_notes") or []
     if notes:
         lines += ["", "## What the corpus files are", ""] + [f"- {n}" for n in notes]

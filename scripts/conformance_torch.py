@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conformance_archs import TORCH_MEAN, TORCH_STD, images
+from conformance_archs import TORCH_MEAN, TORCH_STD, class_labels, images
 
 
 @dataclass
@@ -30,6 +30,7 @@ class TorchArch:
     # set: saved as an .onnx at this opset by the TorchScript exporter (what older tools and
     # model zoos ship) instead of a .pt2
     onnx_opset: int | None = None
+    label_output: int | None = None  # as Arch.label_output
 
 
 def _nchw(size: int) -> Callable[[np.random.Generator, int], np.ndarray]:
@@ -330,7 +331,7 @@ TORCH_ARCHS: dict[str, TorchArch] = {a.name: a for a in [
     TorchArch("torch_bert_two_input", bert_two_input, _bert_data,
               "small BERT: int64 input_ids + attention_mask"),
     TorchArch("torch_face_multi_head", face_multi_head, _nchw(32),
-              "boxes, landmarks, class logits: the class output last"),
+              "boxes, landmarks, class logits: the class output last", label_output=2),
     TorchArch("onnx11_ocr_recognizer", ocr_recognizer, _normal((1, 32, 64)),
               "CRNN-style recognizer saved as opset-11 .onnx (TorchScript exporter)",
               onnx_opset=11),
@@ -351,7 +352,9 @@ def _randomize_batchnorm(module: Any, gen: Any) -> None:
 
 def build_torch(arch: TorchArch, root: Path, seed: int = 0, samples: int = 32) -> list[dict[str, Any]]:
     """Build, export at batch 1, save `model.pt2` and `eval-pt2.npz` (`x`, or one array per
-    forward argument): one corpus entry. With `onnx_opset`: `model.onnx` and `eval-onnx.npz`."""
+    forward argument, and labels `y` when an output has class-score shape: see
+    conformance_archs.class_labels): one corpus entry. With `onnx_opset`: `model.onnx` and
+    `eval-onnx.npz`."""
     import torch
 
     d = root / arch.name
@@ -377,8 +380,13 @@ def build_torch(arch: TorchArch, root: Path, seed: int = 0, samples: int = 32) -
                               dynamic_axes={k: {0: "batch"} for k in [*arrays, "probs"]})
         else:
             torch.export.save(torch.export.export(module, example), str(root / rel))
-        np.savez(d / f"eval-{source}.npz", **arrays)
-        entry.update(eval=f"{arch.name}/eval-{source}.npz",
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(a) for a in arrays.values()))
+        outs = [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
+        got = class_labels(outs, [f"output_{i}" for i in range(len(outs))], arch.label_output)
+        y, about = got or (None, None)
+        np.savez(d / f"eval-{source}.npz", **arrays, **({} if y is None else {"y": y}))
+        entry.update(eval=f"{arch.name}/eval-{source}.npz", labels=about,
                      inputs=[{"name": k, "shape": [None, *a.shape[1:]], "dtype": str(a.dtype)}
                              for k, a in arrays.items()],
                      params=int(sum(p.numel() for p in module.parameters())))
