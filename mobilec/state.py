@@ -12,7 +12,7 @@ import numpy as np
 
 from mobilec.formats import FORMATS
 from mobilec.recipe.schema import ConvertConfig, Recipe
-from mobilec.sources.batch import first_n, synthetic_inputs
+from mobilec.sources.batch import first_n, sample_shape, synthetic_inputs
 from mobilec.sources.data import Dataset
 from mobilec.sources.labels import LabelOutput
 from mobilec.util.metrics import accuracy
@@ -23,9 +23,20 @@ class TensorSpec:
     name: str
     shape: list[int | None]
     dtype: str = "float32"
+    # The dim the samples go along (`state` [2, batch, 128]: 1); None for a rank-0 input, one
+    # value for the whole batch. mobilec's data holds every input samples first
+    # (sources/batch.py: to_model / from_model move them where the model takes them).
+    batch_axis: int | None = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+        out: dict[str, Any] = {"name": self.name, "shape": self.shape, "dtype": self.dtype}
+        if self.batch_axis != 0:  # the usual batch-first input says nothing more
+            out["batch_axis"] = self.batch_axis
+        return out
+
+    def sample_shape(self) -> list[int | None]:
+        """The shape of one sample: the batch dim left out (a scalar's is [])."""
+        return sample_shape(self.shape, self.batch_axis)
 
 
 @dataclass

@@ -354,3 +354,48 @@ def mobilenet_v3_se_block(directory: Path) -> Path:
     np.savez(directory / "mnv3_se-train.npz", x=x[:64])  # a feature map: no labels
     np.savez(directory / "mnv3_se-eval.npz", x=x[64:])
     return path
+
+
+def stateful_stream_model(directory: Path) -> Path:
+    """A streaming voice-activity model as silero-vad ships it: `input` [batch, sequence]
+    float32 (sequence dynamic), `state` [2, batch, 128] float32 (the batch is NOT the first
+    dim) and `sr` int64 rank 0 (one sample rate for the whole batch); outputs `output`
+    [batch, 2] (speech probabilities) and `stateN` [2, batch, 128]. The data
+    (`stateful-train.npz`, `stateful-eval.npz`) holds each input as the model takes it, the
+    samples along its batch dim (`state` [2, N, 128]) and `sr` as one 0-d value; `y` is the
+    model's own decision, so the source is 100 % accurate."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    decay = rng.uniform(0.5, 1.0, 128).astype("float32")
+    w = rng.standard_normal((128, 2)).astype("float32")
+    consts = {"decay": decay, "w": w, "gain": (rng.standard_normal(128) * 2).astype("float32"),
+              "rate": np.array(1 / 16000, "float32")}
+    nodes = [helper.make_node("ReduceMean", ["input"], ["level"], axes=[1], keepdims=1),
+             helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["srf", "rate"], ["scale"]),
+             helper.make_node("Mul", ["level", "scale"], ["drive"]),  # [batch, 1]
+             helper.make_node("Mul", ["drive", "gain"], ["drive128"]),  # [batch, 128]
+             helper.make_node("Mul", ["state", "decay"], ["kept"]),  # [2, batch, 128]
+             helper.make_node("Add", ["kept", "drive128"], ["pre"]),
+             helper.make_node("Tanh", ["pre"], ["stateN"]),
+             helper.make_node("ReduceMean", ["stateN"], ["pooled"], axes=[0], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["output"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "stateful",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "sequence"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 128]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", 128])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    path = save_helper_model(graph, directory / "stateful.onnx")
+    for role, n in (("train", 96), ("eval", 64)):
+        x = (rng.standard_normal((n, 32)) + rng.uniform(-1, 1, (n, 1))).astype("float32")
+        state = (rng.standard_normal((2, n, 128)) * 0.5).astype("float32")
+        h = np.tanh(state * decay + x.mean(axis=1, keepdims=True) * consts["gain"])  # sr 16000
+        y = (h.mean(axis=0) @ w).argmax(axis=1)
+        np.savez(directory / f"stateful-{role}.npz", input=x, state=state,
+                 sr=np.array(16000, "int64"), y=y)
+    return path

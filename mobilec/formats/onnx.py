@@ -70,7 +70,8 @@ class OnnxFormat:
     def latency(self, state: ModelState, artifact: Artifact, sample: Any) -> dict[str, float]:
         sess, _ = ort_session(artifact.path)
         names = ort_feed_names(sess, [t.name for t in state.inputs])
-        feed = ort_feed(sess, names, first_n(sample, 1), artifact.input_transpose)
+        feed = ort_feed(sess, names, first_n(sample, 1), artifact.input_transpose,
+                        state.inputs)
         return measure_latency(lambda: sess.run(None, feed))
 
     def describe_io(self, path: Path, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:

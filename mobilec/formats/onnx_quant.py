@@ -103,7 +103,8 @@ def _static(state: ModelState, float_path: Path, dest: Path, exclude: list[str],
     names = ort_feed_names(sess, [t.name for t in state.inputs])
     x = state.data.calibration.x
     # an ONNX graph takes the recipe data in its own layout: no transpose
-    samples = [ort_feed(sess, names, take(x, slice(i, i + 1)), None) for i in range(length(x))]
+    samples = [ort_feed(sess, names, take(x, slice(i, i + 1)), None, state.inputs)
+               for i in range(length(x))]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mobilec.errors import ConversionError
-from mobilec.sources.batch import as_list, batched, match_names
+from mobilec.sources.batch import as_list, batch_axes, batched, from_model, match_names, to_model
 from mobilec.sources.pytorch import eager_runner
 from mobilec.state import ModelState, TensorSpec
 from mobilec.util.tfenv import import_tf
@@ -154,13 +154,15 @@ def ort_feed_names(sess: Any, model_inputs: list[str]) -> list[str]:
     return names if None in matched else [m for m in matched if m is not None]
 
 
-def ort_feed(sess: Any, names: list[str], x: Any, transpose: tuple[int, ...] | None
-             ) -> dict[str, np.ndarray]:
+def ort_feed(sess: Any, names: list[str], x: Any, transpose: tuple[int, ...] | None,
+             inputs: list[TensorSpec] | None = None) -> dict[str, np.ndarray]:
     """{graph input: array} with each array in the graph's dtype; the layout permutation
-    applies to the 4-D float (image) inputs only."""
+    applies to the 4-D float (image) inputs only. With the model's `inputs`, the samples-first
+    data goes where each takes its batch (sources/batch.py: to_model)."""
     types = {i.name: i.type for i in sess.get_inputs()}
     feed = {}
-    for name, a in zip(names, as_list(x), strict=True):
+    parts = to_model(x, batch_axes(inputs)) if inputs else as_list(x)
+    for name, a in zip(names, parts, strict=True):
         if transpose and a.ndim == len(transpose) and a.dtype.kind == "f":
             a = np.transpose(a, transpose)
         feed[name] = a.astype(ORT_DTYPES.get(types[name], a.dtype), copy=False)
@@ -172,11 +174,14 @@ def ort_session_runner(path: Path, outputs: list[TensorSpec],
     sess, _ = ort_session(path)
     in_names = ort_feed_names(sess, [t.name for t in inputs])
     names = [o.name for o in sess.get_outputs()]
-    fixed_batch = sess.get_inputs()[0].shape[0]
+    in_axes, out_axes = batch_axes(inputs), batch_axes(outputs)
+    first = next((i for i, a in enumerate(in_axes) if a is not None), 0)
+    fixed_batch = (sess.get_inputs()[first].shape or [None])[in_axes[first] or 0]
     size = fixed_batch if isinstance(fixed_batch, int) and fixed_batch > 0 else 256
 
     def run(x: Any) -> list[np.ndarray]:
-        res = sess.run(None, ort_feed(sess, in_names, x, transpose))
-        return align_outputs(outputs, names, [np.asarray(r, dtype=np.float32) for r in res])
+        res = sess.run(None, ort_feed(sess, in_names, x, transpose, inputs))
+        got = align_outputs(outputs, names, [np.asarray(r, dtype=np.float32) for r in res])
+        return from_model(got, out_axes)
 
     return lambda x: batched(run, x, size=size)

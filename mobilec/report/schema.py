@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 ArtifactStatus = Literal["ok", "unverified", "degraded", "failed", "failed-verification",
                          "skipped"]
@@ -33,6 +33,16 @@ class Tensor(_Model):
     name: str
     shape: list[int | None]
     dtype: str = "float32"
+    batch_axis: int | None = Field(
+        0, description="The dim samples go along, when not the first (`state` [2, batch, 128]: "
+                       "1); null for a rank-0 input, one value for the whole batch.")
+
+    @model_serializer(mode="wrap")
+    def _batch_first_says_nothing(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("batch_axis") == 0:  # only an input that differs carries the field
+            del out["batch_axis"]
+        return out
 
 
 class LabelOutput(_Model):

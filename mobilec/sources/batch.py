@@ -1,6 +1,12 @@
 """Model inputs as data: one array for a one-input model, a list (in the model's input
 order) for several. Every runner, metric and data loader takes either form; these
 helpers slice, count and fabricate them without caring which it is.
+
+Data is always samples first, whatever the model takes: an input whose batch is another
+dim (`state` [2, batch, 128]) is held as [N, 2, 128], a rank-0 input (`sr`) as [N] (the
+same value in every sample). A runner moves them where the model takes them right at its
+call (`to_model`) and its outputs back (`from_model`), so slicing, batching and metrics
+never need to know.
 """
 
 from __future__ import annotations
@@ -43,13 +49,46 @@ def is_float(a: np.ndarray) -> bool:
     return np.asarray(a).dtype.kind == "f"
 
 
+def sample_shape(shape: list[Any], axis: int | None) -> list[Any]:
+    """A tensor's shape without its batch dim (`axis`; None: a scalar, whose sample is [])."""
+    if axis is None:
+        return []
+    return [d for i, d in enumerate(shape) if i != axis]
+
+
+def batch_axes(specs: list[Any]) -> list[int | None]:
+    return [getattr(s, "batch_axis", 0) for s in specs]
+
+
+def to_model(x: Inputs, axes: list[int | None]) -> list[np.ndarray]:
+    """Samples-first data as the model takes it: each input's samples moved to its batch dim;
+    a rank-0 input gets the one value its samples share (load checks they do)."""
+    out = []
+    for a, axis in zip(as_list(x), axes, strict=True):
+        if axis is None:
+            a = np.asarray(np.asarray(a)[0] if np.ndim(a) else a)
+        elif axis:
+            a = np.moveaxis(a, 0, axis)
+        out.append(a)
+    return out
+
+
+def from_model(outs: list[np.ndarray], axes: list[int | None]) -> list[np.ndarray]:
+    """A model's outputs samples first (the inverse of to_model, for outputs whose batch is
+    another dim: `stateN` [2, batch, 128] -> [batch, 2, 128])."""
+    if len(axes) != len(outs):
+        return outs
+    return [np.moveaxis(o, axis, 0) if axis and np.ndim(o) > axis else o
+            for o, axis in zip(outs, axes, strict=True)]
+
+
 def synthetic_inputs(specs: list[Any], n: int, seed: int = 0) -> Inputs:
     """Seeded stand-ins when a recipe has no data: normal noise for float inputs, zeros
     for integer and bool inputs (0 is a valid token id and index in any vocabulary)."""
     rng = np.random.default_rng(seed)
     parts = []
     for spec in specs:
-        shape = [n] + [d or 1 for d in spec.shape[1:]]
+        shape = [n] + [d or 1 for d in sample_shape(spec.shape, getattr(spec, "batch_axis", 0))]
         dtype = np.dtype(spec.dtype if spec.dtype != "string" else "float32")
         if dtype.kind == "f":
             parts.append(rng.standard_normal(shape).astype(dtype))

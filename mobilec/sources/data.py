@@ -2,7 +2,8 @@
 
 Sources: `digits` (scikit-learn's bundled 8x8 digits, offline, fixed split),
 `npz` (one array per model input, named after the input — `x` is the one-input
-shorthand — and optional labels `y`; never unpickled), `images` (one folder per
+shorthand — and optional labels `y`; never unpickled; each input as the model takes it,
+samples along its batch dim, a rank-0 input as one value), `images` (one folder per
 class), and a `python: module:function` hook, which runs code named by the recipe
 and so only with --trust-code.
 
@@ -66,7 +67,10 @@ def digits_split() -> tuple[Split, Split]:
     return Split(x[:DIGITS_TRAIN], y[:DIGITS_TRAIN]), Split(x[DIGITS_TRAIN:], y[DIGITS_TRAIN:])
 
 
-def load_npz(path: Path, role: str) -> Split:
+def load_npz(path: Path, role: str, inputs: list[Any] | None = None) -> Split:
+    """The file's arrays ({name: array}, samples first) and labels `y`. With the model's
+    `inputs` (TensorSpecs), an input whose batch is another dim has its samples moved first
+    and a rank-0 input's one value is given to every sample."""
     if not path.exists():
         raise DataError(f"data.{role} file not found", where=str(path))
     check_regular(path, f"data.{role}", DataError)
@@ -87,18 +91,54 @@ def load_npz(path: Path, role: str) -> Split:
         raise DataError(f"cannot read npz: {exc}", where=str(path)) from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"cannot read npz: {exc}", where=str(path)) from None
+    scalars = _samples_first(arrays, inputs or [], str(path))
     for name, x in arrays.items():
         if x.dtype.kind not in "fiub":
             raise DataError(f"array '{name}' has dtype {x.dtype}; expected numbers",
                             where=str(path))
+        if name in scalars:
+            continue
         if x.ndim == 0 or len(x) == 0:
             raise DataError(f"array '{name}' is empty", where=str(path))
         if y is not None and len(y) != len(x):
             raise DataError(f"'{name}' has {len(x)} samples but 'y' has {len(y)}", where=str(path))
-    if len({len(x) for x in arrays.values()}) > 1:
+    counts = {n: len(x) for n, x in arrays.items() if n not in scalars or x.ndim}
+    if len(set(counts.values())) > 1:
         raise DataError("the input arrays have different sample counts: " + ", ".join(
-            f"{n}: {len(x)}" for n, x in arrays.items()), where=str(path))
+            f"{n}: {c}" for n, c in counts.items()), where=str(path))
+    n = next(iter(counts.values()), len(y) if y is not None else 1)
+    for name in scalars:  # one value for every sample
+        if arrays[name].ndim == 0:
+            arrays[name] = np.full(n, arrays[name], dtype=arrays[name].dtype)
     return Split(arrays, y)
+
+
+def _samples_first(arrays: dict[str, np.ndarray], inputs: list[Any], where: str) -> set[str]:
+    """Move each batch-not-first input's samples to dim 0, in place; returns the arrays of
+    rank-0 inputs (a 0-d value, or one per sample that must all be the same)."""
+    if not inputs:
+        return set()
+    names = [t.name for t in inputs]
+    matched = ["x"] if len(names) == 1 and "x" in arrays else match_names(names, list(arrays))
+    scalars = set()
+    for spec, array in zip(inputs, matched, strict=True):
+        axis = getattr(spec, "batch_axis", 0)
+        if array is None or axis == 0:
+            continue
+        a = arrays[array]
+        if axis is None:
+            scalars.add(array)
+            if a.ndim > 1 or (a.ndim == 1 and len(np.unique(a)) > 1):
+                seen = ", ".join(str(v) for v in np.unique(a)[:4]) if a.ndim == 1 else \
+                    f"shape {list(a.shape)}"
+                raise DataError(
+                    f"input '{spec.name}' is a scalar (rank 0): the model takes one value for "
+                    f"a whole batch, and array '{array}' holds several ({seen})", where=where,
+                    hint=f"store '{array}' as one value (np.array(v)), or split the data into "
+                         "one file per value")
+        elif a.ndim > axis:
+            arrays[array] = np.moveaxis(a, axis, 0)
+    return scalars
 
 
 def _load_images(path: Path, spec: DataSpec) -> Split:
@@ -156,8 +196,8 @@ def load_dataset(spec: DataSpec | None, base_dir: Path, inputs: list[Any] | None
     elif spec.source == "digits":
         train, ev = digits_split()
     elif spec.source == "npz":
-        train = load_npz(spec.train, "train") if spec.train else None
-        ev = load_npz(spec.eval, "eval") if spec.eval else None
+        train = load_npz(spec.train, "train", inputs) if spec.train else None
+        ev = load_npz(spec.eval, "eval", inputs) if spec.eval else None
     else:
         train = _load_images(spec.train, spec) if spec.train else None
         ev = _load_images(spec.eval, spec) if spec.eval else None

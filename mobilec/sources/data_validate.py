@@ -50,7 +50,7 @@ def check_data(recipe: Recipe, model_format: str) -> dict[str, Any]:
         path = getattr(spec, role)
         if path is None:
             continue
-        split = load_npz(Path(path), role)  # names, dtypes, equal sample counts
+        split = load_npz(Path(path), role, declared.inputs)  # names, dtypes, sample counts
         where = str(path)
         check_finite(arrays_of(split.x, split.y), where, role)
         result["splits"][role] = {
@@ -76,9 +76,10 @@ def _check_inputs(x: Any, inputs: list[Any], where: str, layout: str) -> None:
     bound = bind_inputs(x, inputs, where)
     for spec, a in zip(inputs, as_list(bound), strict=True):
         label = f"{where} (input {spec.name})" if len(inputs) > 1 else where
-        if a.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f":
-            a, _ = adapt_layout(a, spec.shape, layout, "unknown")
-        fit_to_input(a, spec.shape, label, spec.dtype)
+        shape = [None, *spec.sample_shape()]  # load_npz put the samples first
+        if a.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f" and spec.batch_axis == 0:
+            a, _ = adapt_layout(a, shape, layout, "unknown")
+        fit_to_input(a, shape, label, spec.dtype)
 
 
 def _check_labels(y: np.ndarray, classes: int | None, where: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.sources.detect import keras_archive_config
+from mobilec.sources.input_shapes import batch_axes
 from mobilec.state import TensorSpec
 
 # An .onnx past this is read by `compress`, not by `validate` (which must stay quick).
@@ -100,13 +101,21 @@ def _from_onnx(path: Path) -> Declared:
         return Declared(None, None, f"cannot read the .onnx graph ({exc})")
     inits = {i.name for i in graph.initializer}
 
-    def spec(v: Any) -> TensorSpec:
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                for d in v.type.tensor_type.shape.dim]
-        elem = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
-        return TensorSpec(v.name, dims, str(elem))
+    def named(v: Any) -> list[Any] | None:
+        shape = v.type.tensor_type.shape
+        if v.type.tensor_type.HasField("shape") and not shape.dim:
+            return None  # rank 0
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
+                (d.dim_param or None) for d in shape.dim]
 
-    inputs = [spec(v) for v in graph.input if v.name not in inits]
+    def spec(v: Any, axis: int | None = 0) -> TensorSpec:
+        dims = [d if isinstance(d, int) else None for d in named(v) or []]
+        elem = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+        return TensorSpec(v.name, dims, str(elem), batch_axis=axis)
+
+    ins = [v for v in graph.input if v.name not in inits]
+    axes = batch_axes({v.name: named(v) for v in ins})  # as load reads them
+    inputs = [spec(v, axes[v.name]) for v in ins]
     out = spec(graph.output[0]) if graph.output else None
     classes = out.shape[-1] if out is not None and len(out.shape) == 2 and \
         isinstance(out.shape[-1], int) and out.shape[-1] >= 2 else None

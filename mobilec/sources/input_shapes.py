@@ -6,6 +6,11 @@ their buffers from them). A dim the model leaves dynamic is fixed, in this order
 `model.input_shape` (the one-input shorthand, for the first input); else by the recipe's
 npz data, when every array of that input has the same size there (said in the report);
 else the load is refused, naming the per-input key to set.
+
+The batch is the first dim, except where the model says otherwise: the dim that carries
+the name the other inputs' first dims share (`state` [2, batch, 128] next to `input`
+[batch, sequence]: dim 1), and none for a rank-0 input (`sr`: one value for every sample).
+The npz holds each input as the model takes it, samples along that dim.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ModelLoadError, RecipeError
-from mobilec.sources.batch import match_names
+from mobilec.errors import ModelLoadError, RecipeError, UnsupportedError
+from mobilec.sources.batch import match_names, sample_shape
 
 Dims = list[Any]  # int for a static dim; str (symbolic name) or None for a dynamic one
 
@@ -38,9 +43,39 @@ def recipe_shapes(recipe: Any, names: list[str]) -> dict[str, list[int]]:
     return {}
 
 
-def data_shapes(recipe: Any, names: list[str]) -> dict[str, list[tuple[str, list[int]]]]:
-    """For each input, (file, sample shape) of its array in each of the recipe's npz files.
-    Files that cannot be read are left to the data loader, which says why."""
+def batch_axes(dims: dict[str, Dims | None]) -> dict[str, int | None]:
+    """The dim each input takes its samples on ({name: dims}, None for a rank-0 input):
+    the first, unless it is static and a later dim bears the name the other inputs' dynamic
+    first dims share ('batch'); None for a rank-0 input."""
+    firsts = [d[0] for d in dims.values() if d and isinstance(d[0], str)]
+    batch = max(set(firsts), key=firsts.count) if firsts else None
+    out: dict[str, int | None] = {}
+    for name, d in dims.items():
+        if d is None:
+            out[name] = None
+        elif d and isinstance(d[0], int) and batch is not None and batch in d:
+            out[name] = d.index(batch)
+        else:
+            out[name] = 0
+    return out
+
+
+def require_batch_first(inputs: list[Any], tool: str) -> None:
+    """Refuse, naming them, inputs `tool` cannot take: batch not first, or rank 0."""
+    odd = [f"'{t.name}' " + ("is rank 0" if t.batch_axis is None else
+                             f"takes its batch on dim {t.batch_axis}")
+           for t in inputs if t.batch_axis != 0]
+    if odd:
+        raise UnsupportedError(f"{tool} takes batch-first inputs only: {', '.join(odd)}",
+                               hint="ship the .onnx artifact, or export the model with every "
+                                    "input batch first")
+
+
+def data_shapes(recipe: Any, names: list[str], axes: dict[str, int | None] | None = None
+                ) -> dict[str, list[tuple[str, list[int]]]]:
+    """For each input, (file, sample shape) of its array in each of the recipe's npz files
+    (the batch dim, `axes[name]`, left out). Files that cannot be read are left to the data
+    loader, which says why."""
     d = recipe.data
     if d is None or d.source != "npz" or d.python:
         return {}
@@ -55,8 +90,9 @@ def data_shapes(recipe: Any, names: list[str]) -> dict[str, list[tuple[str, list
         arrays = [a for a in shapes if a != "y"]
         matched = ["x"] if len(names) == 1 and "x" in arrays else match_names(names, arrays)
         for name, array in zip(names, matched, strict=True):
-            if array is not None:
-                seen.setdefault(name, []).append((str(path), shapes[array][1:]))
+            axis = (axes or {}).get(name, 0)
+            if array is not None and axis is not None and len(shapes[array]) > axis:
+                seen.setdefault(name, []).append((str(path), sample_shape(shapes[array], axis)))
     return seen
 
 
@@ -76,11 +112,12 @@ def _npz_shapes(path: Path) -> dict[str, list[int]]:
 
 
 def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
-                 seen: list[tuple[str, list[int]]], model_where: str, single: bool = False
-                 ) -> tuple[list[int | None], list[str], dict[int, str]]:
-    """Every dim of input `name` but the batch made static. Returns the dims (the batch None
-    when dynamic), notes for the report (a dim fixed from the data), and the dims only the
-    data fixed ({index: symbolic name}): formats that keep dynamic dims leave them open."""
+                 seen: list[tuple[str, list[int]]], model_where: str, single: bool = False,
+                 axis: int = 0) -> tuple[list[int | None], list[str], dict[int, str]]:
+    """Every dim of input `name` but the batch (dim `axis`) made static. Returns the dims (the
+    batch None when dynamic), notes for the report (a dim fixed from the data), and the dims
+    only the data fixed ({index: symbolic name}): formats that keep dynamic dims leave them
+    open."""
     key = "model.inputs" if recipe.model.inputs is not None or recipe.model.input_shape is None \
         else "model.input_shape"
     key_where = recipe.where(*key.split("."), *([name] if key == "model.inputs" else []))
@@ -94,10 +131,14 @@ def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
         raise ModelLoadError(f"input '{name}' has no shape in the model", where=model_where,
                              hint="set model.input_shape in the recipe" if single else
                              f"set model.inputs.{name} in the recipe")
-    fixed: list[int | None] = [dims[0] if isinstance(dims[0], int) else None]
+    fixed: list[int | None] = []
     notes = []
     opened: dict[int, str] = {}
-    for i, d in enumerate(dims[1:], start=1):
+    for i, d in enumerate(dims):
+        if i == axis:
+            fixed.append(d if isinstance(d, int) else None)
+            continue
+        j = i if i < axis else i - 1  # the dim's place in a sample's shape
         if isinstance(d, int):
             if want is not None and want[i] != d:
                 raise ModelLoadError(f"{_key(key, name)} {want} does not fit input '{name}' "
@@ -106,7 +147,7 @@ def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
         elif want is not None:
             fixed.append(int(want[i]))
         else:
-            sizes = {s[i - 1] for _, s in seen if len(s) == len(dims) - 1}
+            sizes = {s[j] for _, s in seen if len(s) == len(dims) - 1}
             label = f"'{d}'" if d else "unnamed"
             if seen and len(sizes) == 1 and all(len(s) == len(dims) - 1 for _, s in seen):
                 size = sizes.pop()
@@ -116,8 +157,8 @@ def resolve_dims(recipe: Any, name: str, dims: Dims, want: list[int] | None,
                 notes.append(f"input '{name}' dim {i} ({label}) fixed to {size} from the data "
                              f"({files}); set {_key('model.inputs', name)} to choose")
                 continue
-            example = "[" + ", ".join(["1"] + [str(x) if isinstance(x, int) else "?"
-                                               for x in dims[1:]]) + "]"
+            example = "[" + ", ".join("1" if k == axis else str(x) if isinstance(x, int)
+                                      else "?" for k, x in enumerate(dims)) + "]"
             why = "" if not seen else (
                 f"; the data does not fix it (sizes {sorted(sizes)} in "
                 f"{', '.join(Path(f).name for f, _ in seen)})" if len(sizes) > 1 else

@@ -31,16 +31,16 @@ import numpy as np
 
 from mobilec.errors import ConversionError, UnsupportedError, first_line
 from mobilec.sources.batch import match_names
+from mobilec.sources.input_shapes import require_batch_first
 from mobilec.sources.onnx2tf_rewrite import conv2d_as_conv1d, prepare
 from mobilec.sources.onnx2tf_saved import signature_name, write_saved_model  # noqa: F401 - re-exported (formats.coreml)
 from mobilec.sources.onnx_input import graph_inputs
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf
 
-# Test hooks (module attributes, None in normal runs). `before_onnx2tf(path)` gets the temp
-# copy onnx2tf is about to read; `after_onnx2tf(outputs)` maps the TF output tensors before
-# the SavedModel is written. tests/test_onnx.py uses them to break a conversion on purpose
-# and prove verification catches it.
+# Test hooks (None in normal runs): `before_onnx2tf(path)` gets the copy onnx2tf will read;
+# `after_onnx2tf(outputs)` maps the TF outputs before the SavedModel is written.
+# tests/test_onnx.py uses them to break a conversion and prove verification catches it.
 before_onnx2tf: Callable[[Path], None] | None = None
 after_onnx2tf: Callable[[list[Any]], list[Any]] | None = None
 
@@ -109,6 +109,7 @@ def convert(state: ModelState, onnx_path: Path | None = None) -> TFGraph:
 
     import onnx
 
+    require_batch_first(state.inputs, "onnx2tf")  # rank 0 becomes rank 1, NCW becomes NWC
     start = time.perf_counter()
     work = state.work_dir / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.errors import ModelLoadError, first_line
-from mobilec.sources.input_shapes import data_shapes, recipe_shapes, resolve_dims
+from mobilec.sources.input_shapes import batch_axes, data_shapes, recipe_shapes, resolve_dims
 from mobilec.state import ModelState, TensorSpec
 
 #: where the working copy lives inside state.work_dir
@@ -225,24 +225,31 @@ def load_onnx(state: ModelState, path: Path) -> int:
     # else from the data; the working copy gets them, the user's file is never touched.
     names = [v.name for v in ins]
     wants = recipe_shapes(state.recipe, names)
-    seen = data_shapes(state.recipe, names)
+    # A rank-0 input (a sample rate) takes one value for the whole batch; an input whose
+    # first dim is static takes its samples on the dim named like the others' batch.
+    axes = batch_axes({v.name: None if _is_scalar(v) else dims_of(v) for v in ins})
+    seen = data_shapes(state.recipe, names, axes)
     specs = []
     for v in ins:
-        if v.type.tensor_type.HasField("shape") and not v.type.tensor_type.shape.dim:
-            raise ModelLoadError(
-                f"input '{v.name}' is a scalar (rank 0); mobilec feeds every input batch "
-                "first (calibration, verification, evaluation), so it cannot feed this one",
-                where=str(path), hint=f"export the model with '{v.name}' as a constant, or "
-                "give it a batch dim ([batch]) and one value per sample in the data")
+        axis = axes[v.name]
+        if axis is None:
+            specs.append(TensorSpec(v.name, [], dtype_of(v), batch_axis=None))
+            state.note(f"input '{v.name}' is a scalar (rank 0): every sample of a batch gets "
+                       "one value (the data's, which must be the same for all samples)")
+            continue
         fixed, notes, opened = resolve_dims(state.recipe, v.name, dims_of(v), wants.get(v.name),
-                                            seen.get(v.name, []), str(path), single=len(ins) == 1)
+                                            seen.get(v.name, []), str(path), single=len(ins) == 1,
+                                            axis=axis)
         if opened:
             state.open_dims[v.name] = opened
         _write_dims(v, fixed)
-        specs.append(TensorSpec(v.name, fixed, dtype_of(v)))
+        specs.append(TensorSpec(v.name, fixed, dtype_of(v), batch_axis=axis))
+        if axis:
+            state.note(f"input '{v.name}' takes its batch on dim {axis} "
+                       f"('{dims_of(v)[axis]}'): the data's samples go along that dim")
         for note in notes:
             state.note(note)
-    shape = specs[0].shape
+    shape = next((t.shape for t in specs if t.batch_axis == 0), specs[0].shape)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - inference is a help, not a requirement
@@ -251,13 +258,28 @@ def load_onnx(state: ModelState, path: Path) -> int:
     save_model(model, copy)
     state.onnx_path = copy
     state.inputs = specs
+    batch = next((dims_of(v)[a] for v in ins if (a := axes[v.name]) is not None
+                  and isinstance(dims_of(v)[a], str)), None)
     state.outputs = [TensorSpec(v.name, [d if isinstance(d, int) else None for d in dims_of(v)],
-                                dtype_of(v)) for v in model.graph.output]
+                                dtype_of(v), batch_axis=_output_axis(dims_of(v), batch))
+                     for v in model.graph.output]
     state.input_layout = guess_layout(shape)
     params = count_params(model)
     if state.source is not None:
         state.source.params = params
     return params
+
+
+def _is_scalar(v: Any) -> bool:
+    return v.type.tensor_type.HasField("shape") and not v.type.tensor_type.shape.dim
+
+
+def _output_axis(dims: list[int | str | None], batch: str | None) -> int:
+    """An output's batch dim: the first, unless it is static and a later one is the inputs'
+    batch by name (`stateN` [2, batch, 128])."""
+    if dims and isinstance(dims[0], int) and batch is not None and batch in dims:
+        return dims.index(batch)
+    return 0
 
 
 def _tensor(v: Any) -> dict[str, Any]:

@@ -229,11 +229,12 @@ def _load_data(state: ModelState) -> None:
         where = data_where(recipe.data, role) if recipe.data else "data"
         parts = []
         for spec, x in zip(state.inputs, as_list(split.x), strict=True):
-            if is_float(x) and np.dtype(spec.dtype).kind == "f":
-                x, note = adapt_layout(x, spec.shape, layout, state.input_layout)
+            shape = [None, *spec.sample_shape()]  # the data is samples first
+            if is_float(x) and np.dtype(spec.dtype).kind == "f" and spec.batch_axis == 0:
+                x, note = adapt_layout(x, shape, layout, state.input_layout)
                 if note:
                     state.note(note)
-            parts.append(fit_to_input(x, spec.shape, f"{where} (input {spec.name})"
+            parts.append(fit_to_input(x, shape, f"{where} (input {spec.name})"
                                       if len(state.inputs) > 1 else where, spec.dtype))
         split.x = from_list(parts)
     run_model = source_runner(state)
