@@ -85,7 +85,7 @@ class Artifact:
     delegation: dict[str, Any] | None = None  # ExecuTorch: delegated vs. portable ops
     not_run_reason: str | None = None  # why this host cannot execute the artifact
     # The intermediate graphs it was built from, each verified against the source
-    # (formats/intermediate.py): {graph, samples, top1_agreement, snr_db, max_abs_err}.
+    # (formats/intermediate.py): {graph, samples, top1_agreement, snr_db, max_abs_err[, accuracy]}.
     built_from: list[dict[str, Any]] | None = None
     op_compat: dict[str, Any] | None = None
     inputs: list[dict[str, Any]] | None = None  # the file's own inputs: name, shape, dtype
@@ -128,6 +128,9 @@ class ModelState:
     # quantize qat on a PyTorch source: the trained PT2E QAT graph the .pte qat is converted
     # from (the other formats quantize torch_module, the float model it fine-tuned).
     torch_qat: Any = None
+    # ... and, when a Core ML artifact is planned, the finalized coremltools LinearQuantizer
+    # model its int8 is converted from (training/coreml_qat.py; None: weight-quantized).
+    coreml_qat: Any = None
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     input_layout: str = "NHWC"
@@ -189,6 +192,7 @@ class ModelState:
         """A stage produced a new model (pruned, distilled, …)."""
         self.keras_model = keras_model
         self.torch_qat = None
+        self.coreml_qat = None
         self.graph_dir = None
         self.onnx_path = None
         self.model_version += 1

@@ -5,6 +5,9 @@ demo digits CNN (scripts/make_demo_model.py, `.keras`, 85k params) each go throu
 `mobilec compress` (the real pipeline: the figures are the ones report.json holds):
 
 - int8 alone (PTQ) · prune 0.5 unstructured + int8 · quantize qat · distill width 0.5
+- PyTorch only, `qat-coreml`: quantize qat with an ios-coreml target, whose int8
+  `.mlpackage` is trained by coremltools' LinearQuantizer; Core ML cannot run here, so its
+  accuracy is the finalized QAT model's (the graph the file is built from, `built_from`)
 
 and the script prints, per framework, the shipped format's gzip bytes and accuracy
 drop against the loaded model, with the issue's bars:
@@ -12,7 +15,7 @@ prune+int8 gzip <= 0.70x int8 alone and <= 1 pt drop; qat >= PTQ int8 - 0.1 pt a
 0.5 pt of float32; distill width 0.5 <= 0.3x params and <= 2 pt drop. PyTorch ships `.pte`
 (XNNPACK), Keras `.tflite`.
 
-    .venv/bin/python scripts/bench_torch_training.py [--rows int8 prune qat distill]
+    .venv/bin/python scripts/bench_torch_training.py [--rows int8 prune qat distill qat-coreml]
 """
 
 from __future__ import annotations
@@ -35,8 +38,12 @@ ROWS = {
     "qat": [{"quantize": {"mode": "qat", "epochs": 2, "learning_rate": 0.0001}}],
     "distill": [{"distill": {"student": {"width": 0.5}, "epochs": 15, "learning_rate": 0.002,
                              "temperature": 4, "alpha": 0.7}}],
+    "qat-coreml": [{"quantize": {"mode": "qat", "epochs": 2, "learning_rate": 0.0001}}],
 }
 SHIPS = {"pytorch": ("executorch", "android-executorch"), "keras": ("tflite", "cpu")}
+# rows that ship another format: (format, target, the artifact's quantization)
+ROW_SHIPS = {"qat-coreml": ("coreml", "ios-coreml", "int8")}
+MODULE_ROWS = ("distill", "qat-coreml")  # need nn.Modules: the model.module factory
 
 
 def torch_model(work: Path) -> tuple[Path, dict[str, Any]]:
@@ -82,9 +89,11 @@ def run_row(work: Path, framework: str, model: Path, data: dict[str, Any], row: 
     from mobilec.api import compress
 
     fmt, target = SHIPS[framework]
+    if row in ROW_SHIPS:
+        fmt, target, _ = ROW_SHIPS[row]
     recipe = work / f"{framework}-{row}.yaml"
     spec: dict[str, Any] = {"path": str(model)}
-    if framework == "pytorch" and row == "distill":
+    if framework == "pytorch" and row in MODULE_ROWS:
         spec = {"module": "torch_digits_net.py:build", "dynamic_batch": True}
     recipe.write_text(yaml.safe_dump({
         "version": 1, "name": f"{framework}-{row}", "model": spec, "data": data,
@@ -94,7 +103,8 @@ def run_row(work: Path, framework: str, model: Path, data: dict[str, Any], row: 
     report = compress(recipe, trust_code=True)
     seconds = time.perf_counter() - start
     arts = {a["quantization"]: a for a in report["artifacts"] if a["format"] == fmt}
-    shipped = arts.get(ROWS[row][-1]["quantize"]["mode"] if "quantize" in ROWS[row][-1] else
+    shipped = arts.get(ROW_SHIPS[row][2] if row in ROW_SHIPS else
+                       ROWS[row][-1]["quantize"]["mode"] if "quantize" in ROWS[row][-1] else
                        "float32")
     stage = {s["name"]: s for s in report["stages"]}
     return {"report": report, "float32": arts.get("float32"), "shipped": shipped,
@@ -112,7 +122,8 @@ def verdict(ok: bool) -> str:
 
 def summarize(framework: str, res: dict[str, dict[str, Any]]) -> list[str]:
     lines: list[str] = []
-    int8, prune, qat, distill = (res.get(k) for k in ("int8", "prune", "qat", "distill"))
+    int8, prune, qat, distill, apple = (res.get(k) for k in ("int8", "prune", "qat", "distill",
+                                                             "qat-coreml"))
     base = next(iter(res.values()))["base_accuracy"]
     lines.append(f"| {framework} | float32 (loaded) | {pct(base)} | - | "
                  f"{next(iter(res.values()))['params']:,} params | |")
@@ -136,6 +147,16 @@ def summarize(framework: str, res: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"| {framework} | qat | {pct(a['accuracy'])} | {pct(a['accuracy_drop'])} | "
                      f"{a['gzip_bytes']:,} B gzip; vs PTQ {pct(ptq)} (bar >= PTQ - 0.1 pt, within "
                      f"0.5 pt of float32): {verdict(ok)} | {qat['seconds']:.0f}s |")
+    if apple:
+        a = apple["shipped"]
+        graph = next(f for f in a["built_from"] or [] if "QAT model" in f["graph"])
+        acc, ptq = graph["accuracy"], int8["shipped"]["accuracy"] if int8 else None
+        ok = ptq is not None and acc >= ptq - 0.001 and base - acc <= 0.005
+        lines.append(f"| {framework} | qat Core ML int8 (LinearQuantizer; accuracy of the "
+                     f"finalized QAT graph the .mlpackage is built from, status {a['status']}) | "
+                     f"{pct(acc)} | {pct(base - acc)} | {a['size_bytes']:,} B ({a['route']}); vs "
+                     f"PTQ int8 {pct(ptq)} (bar >= PTQ - 0.1 pt, within 0.5 pt of float32): "
+                     f"{verdict(ok)} | {apple['seconds']:.0f}s |")
     if distill:
         m = distill["stages"]["distill"]["metrics"]
         a = distill["float32"]
@@ -169,6 +190,8 @@ def main() -> None:
             model, data = torch_model(work) if framework == "pytorch" else keras_model()
             res = {}
             for row in args.rows:
+                if row in ROW_SHIPS and framework != "pytorch":
+                    continue  # Core ML's own QAT is a PyTorch (coremltools.optimize.torch) row
                 res[row] = run_row(work, framework, model, data, row)
                 print(f"  {framework} {row}: {res[row]['seconds']:.0f}s", file=sys.stderr,
                       flush=True)

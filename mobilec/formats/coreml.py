@@ -41,11 +41,12 @@ from mobilec.formats.coreml_structure import describe_io, structural_check
 from mobilec.formats.coreml_tools import coreml_config, feature_name, import_coremltools, quiet
 from mobilec.formats.intermediate import record, require_verified
 from mobilec.formats.runtime import align_outputs, batched, measure_latency
-from mobilec.formats.torch_routes import torch_to_coreml
+from mobilec.formats.torch_routes import QAT_QUANTIZER, qat_to_coreml, torch_to_coreml
 from mobilec.policy.coreml import deployment_target
 from mobilec.policy.modes import format_modes
 from mobilec.recipe.schema import CoreMLConfig
 from mobilec.sources import onnx2tf_bridge
+from mobilec.sources.batch import as_list
 from mobilec.sources.keras_rnn import rnn_layers
 from mobilec.sources.pytorch import eager_runner
 from mobilec.state import Artifact, ModelState
@@ -95,6 +96,32 @@ class CoreMLFormat:
         if sys.platform != "darwin":
             artifact.not_run_reason = NOT_RUN_REASON
 
+    def _build_qat(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
+        """The finalized LinearQuantizer model (training/coreml_qat.py) to an int8 mlpackage.
+        That model is the graph the file is built from: verified (quality floor, it is
+        quantized) and its eval accuracy measured here, where Core ML cannot run the file."""
+        module = state.coreml_qat
+        graph = "the finalized QAT model (coremltools.optimize.torch)"
+        figures = require_verified(state, graph, id(module), lambda: eager_runner(module),
+                                   quantized=True)
+        accuracy = state.eval_accuracy(eager_runner(module))
+        record(artifact, {**figures, "accuracy": accuracy})
+        _, artifact.route = qat_to_coreml(
+            module, tuple(as_list(state.sample_inputs(1))), dest,
+            [feature_name(t.name) for t in state.inputs],
+            [feature_name(t.name) for t in state.outputs], state.torch_batch is None)
+        artifact.quantizer = QAT_QUANTIZER
+        artifact.precision = "int8 weights (per channel) and activations (quantization-aware " \
+                             "trained), float32 compute"
+        artifact.input_layout, artifact.input_transpose = state.input_layout, None
+        artifact.coreml = {"kind": "mlpackage", "minimum_deployment_target": "iOS17",
+                           "compute_units": state.convert_config.coreml.compute_units}
+        if accuracy is not None:
+            artifact.notes.append(f"accuracy {accuracy} is of {graph}, the graph this "
+                                  ".mlpackage is built from (built_from)")
+        if sys.platform != "darwin":
+            artifact.not_run_reason = NOT_RUN_REASON
+
     def precheck(self, state: ModelState) -> None:
         """Before any build: a model Core ML cannot be made from is a usage error (exit 2)."""
         if state.keras_model is not None or state.graph_dir is not None or \
@@ -119,6 +146,10 @@ class CoreMLFormat:
         return "swift", swift(artifact, manifest)
 
     def build(self, state: ModelState, artifact: Artifact, dest: Path) -> None:
+        if state.torch_program is not None and state.coreml_qat is not None and \
+                artifact.quantization == "int8":  # the plan's qat, through Core ML's own QAT
+            self._build_qat(state, artifact, dest)
+            return
         if state.torch_program is not None:
             self._build_torch(state, artifact, dest)
             return

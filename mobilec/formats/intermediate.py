@@ -27,7 +27,7 @@ from mobilec.sources.batch import as_list, batched, length
 from mobilec.sources.onnx2tf_bridge import ensure_graph, tf_input_layout
 from mobilec.sources.onnx2tf_saved import signature_name, unique_names
 from mobilec.state import Artifact, ModelState
-from mobilec.util.metrics import fidelity, passes
+from mobilec.util.metrics import QUANT_FLOOR_DB, below_floor, fidelity, passes
 from mobilec.util.tfenv import import_tf
 
 VERIFY_SAMPLES = 128
@@ -48,16 +48,19 @@ def reference_outputs(state: ModelState, x: Any) -> list[np.ndarray]:
 
 
 def require_verified(state: ModelState, graph: str, ident: Any,
-                     runner: Callable[[], Callable[[Any], list[np.ndarray]]]) -> dict[str, Any]:
+                     runner: Callable[[], Callable[[Any], list[np.ndarray]]],
+                     quantized: bool = False) -> dict[str, Any]:
     """Verify the intermediate `graph` (a human name, e.g. "onnx2tf's TensorFlow graph";
     `ident` tells two graphs of one kind apart) against the source, once per model version.
 
     `runner()` makes a callable batch -> outputs in the source's output order (recipe data
     layout in). Returns the figures; raises ConversionError when the graph differs or fails.
+    `quantized`: the graph is itself quantized (a QAT model), held to the quality floor
+    quantized artifacts are held to, not to the float gates.
     """
     key = (MEMO, graph, str(ident), state.model_version)
     if key not in state.memo:
-        state.memo[key] = _check(state, graph, runner)
+        state.memo[key] = _check(state, graph, runner, quantized)
     verdict = state.memo[key]
     if isinstance(verdict, ConversionError):
         raise verdict
@@ -72,7 +75,7 @@ def record(artifact: Artifact, figures: dict[str, Any]) -> None:
     artifact.built_from = rows
 
 
-def _check(state: ModelState, graph: str, runner: Callable[[], Any]) -> Any:
+def _check(state: ModelState, graph: str, runner: Callable[[], Any], quantized: bool) -> Any:
     cfg = state.recipe.verify
     x = verification_inputs(state)
     ref = reference_outputs(state, x)
@@ -84,7 +87,11 @@ def _check(state: ModelState, graph: str, runner: Callable[[], Any]) -> Any:
         return ConversionError(f"{graph} does not run: {type(exc).__name__}: "
                                f"{first_line(exc, 300)}")
     fid = fidelity(ref, got, names=[t.name for t in state.outputs], axis=cfg.channel_axis)
-    ok, why = passes(fid, cfg.min_top1_agreement, cfg.min_snr_db)
+    if quantized:
+        why = str(fid.get("error") or below_floor(fid, QUANT_FLOOR_DB) or "")
+        ok = not why
+    else:
+        ok, why = passes(fid, cfg.min_top1_agreement, cfg.min_snr_db)
     figures = {"graph": graph, "samples": len(ref[0]) if ref else 0,
                "top1_agreement": fid.get("top1_agreement"), "snr_db": fid.get("snr_db"),
                "max_abs_err": fid.get("max_abs_err")}

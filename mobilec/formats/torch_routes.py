@@ -29,6 +29,7 @@ CALIBRATION_LIMIT = 200
 # and only down-converts them on request, which leaves graphs onnxruntime rejects at 17
 # ("Unrecognized attribute: num_outputs for operator Split"): it never goes below 18.
 DYNAMO_MIN_OPSET = 18
+QAT_QUANTIZER = "coremltools.optimize.torch LinearQuantizer (qat)"
 
 
 def torch_to_onnx(program_or_module: Any, example_inputs: tuple[Any, ...], dest: Path,
@@ -206,6 +207,47 @@ def torch_to_coreml(program: Any, dest: Path, mode: str = "float32",
         except Exception as exc:  # noqa: BLE001 - coremltools raises many types
             failures.append(f"{route}: {first_line(exc, 400)}")
     raise ConversionError("coremltools could not convert the program: " + "; ".join(failures))
+
+
+def qat_to_coreml(module: Any, example_inputs: tuple[Any, ...], dest: Path,
+                  input_names: list[str], output_names: list[str], dynamic_batch: bool
+                  ) -> tuple[Path, str]:
+    """coremltools on a finalized LinearQuantizer model (coremltools.optimize.torch): its
+    quantize/dequantize pairs become Core ML int8 weights and quantized activations (iOS17);
+    returns (path, route). Such a model goes through TorchScript, as coremltools documents:
+    torch.export refuses its reference-quantized graph (aten.dequantize.self). Float32
+    compute, so the file computes what the measured PyTorch graph computes."""
+    import coremltools as ct
+    import torch
+
+    args = tuple(to_tensor(a)[:1] for a in example_inputs)
+    batch: Any = ct.RangeDim(1, 4096, 1) if dynamic_batch else 1
+    try:
+        with _quiet(), torch.no_grad():
+            traced = torch.jit.trace(eval_mode(module), args)
+            mlmodel = ct.convert(
+                traced, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                compute_precision=ct.precision.FLOAT32, skip_model_load=True,
+                inputs=[ct.TensorType(name=n, shape=(batch, *a.shape[1:]))
+                        for n, a in zip(input_names, args, strict=True)],
+                outputs=[ct.TensorType(name=n) for n in output_names])
+            # TorchScript leaves the output shapes empty: the traced ones (batch 1), as the
+            # structural check and an app's code read them from the spec
+            spec = mlmodel.get_spec()
+            outs = [t for t in torch.utils._pytree.tree_leaves(traced(*args))
+                    if isinstance(t, torch.Tensor)]
+            for feature, out in zip(spec.description.output, outs, strict=False):
+                if not feature.type.multiArrayType.shape:
+                    feature.type.multiArrayType.shape.extend(list(out.shape))
+            mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir,
+                                        skip_model_load=True)
+            if Path(dest).exists():
+                shutil.rmtree(dest)
+            mlmodel.save(str(dest))
+    except Exception as exc:  # noqa: BLE001 - tracing and coremltools raise many types
+        raise ConversionError(f"coremltools could not convert the QAT model: "
+                              f"{first_line(exc, 400)}") from exc
+    return Path(dest), "coreml-qat-torchscript"
 
 
 def coreml_structure(dest: Path) -> dict[str, Any]:

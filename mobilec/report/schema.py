@@ -130,7 +130,8 @@ class ArtifactRow(_Model):
         None, description="The intermediate graphs this file was built from (onnx2tf's "
                           "TensorFlow graph, a bridge .onnx, a decomposed ExportedProgram), "
                           "each verified against the source first: graph, samples, "
-                          "top1_agreement, snr_db, max_abs_err.")
+                          "top1_agreement, snr_db, max_abs_err; a QAT model the file is "
+                          "converted from (Core ML qat) also its eval accuracy.")
     status: ArtifactStatus = Field(description=STATUS_HELP)
     error: str | None = None
     note: str | None = None

@@ -13,12 +13,9 @@ from typing import Any
 from mobilec.errors import first_line
 from mobilec.formats.intermediate import reference_outputs
 from mobilec.state import Artifact, ModelState
-from mobilec.util.metrics import below_floor, fidelity, passes
+from mobilec.util.metrics import QUANT_FLOOR_DB, below_floor, fidelity, passes
 
 GATED_MODES = ("float32", "float16")
-#: A quantized route below this SNR on any output (or output channel) is not the one to ship
-#: when another route may do better; it is also the default floor of the evaluate stage.
-QUANT_FLOOR_DB = 10.0
 
 
 def verify(state: ModelState, fmt: Any, work: Artifact, x: Any) -> tuple[bool, str]:

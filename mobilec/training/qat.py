@@ -1,5 +1,6 @@
 """Quantization-aware training with tfmot: fake-quantize, fine-tune, hand back the model.
-PyTorch sources: training/torch_qat.py (PT2E).
+PyTorch sources: training/torch_qat.py (PT2E), and training/coreml_qat.py (coremltools'
+LinearQuantizer) for a Core ML artifact.
 
 The QAT model replaces the live model; the converters then emit int8 from its
 learned ranges (TFLite: Optimize.DEFAULT, mode "qat").
@@ -15,14 +16,19 @@ from mobilec.errors import UnsupportedError, first_line
 from mobilec.recipe.schema import QuantizeConfig
 from mobilec.stages.prune import import_tfmot
 from mobilec.state import ModelState
-from mobilec.training import torch_qat
+from mobilec.training import coreml_qat, torch_qat
 from mobilec.training.finetune import fit, require_trainable, training_targets
 from mobilec.training.torch_model import is_torch
 
 
 def quantization_aware_train(state: ModelState, cfg: QuantizeConfig) -> dict[str, Any]:
     if is_torch(state):
-        return torch_qat.quantization_aware_train(state, cfg)
+        # Core ML's QAT starts from the model as found, so it trains before PT2E commits
+        apple, metrics = coreml_qat.quantization_aware_train(state, cfg) \
+            if coreml_qat.wanted(state) else (None, {})
+        metrics = {**torch_qat.quantization_aware_train(state, cfg), **metrics}
+        state.coreml_qat = apple  # after the commit, which clears it
+        return metrics
     model = require_trainable(state, "quantize mode qat")
 
     tfmot = import_tfmot()

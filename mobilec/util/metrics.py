@@ -107,6 +107,11 @@ def fidelity(ref: list[np.ndarray], got: list[np.ndarray], names: list[str] | No
             "worst_channel_snr_db": worst("worst_channel_snr_db", min), "outputs": outputs}
 
 
+#: A quantized graph below this SNR on any output (or output channel) is not one to ship
+#: when another route may do better; also the default floor of the evaluate stage.
+QUANT_FLOOR_DB = 10.0
+
+
 def below_floor(fid: dict[str, Any], floor_db: float) -> str | None:
     """Why these outputs fall below the quality floor, or None. Every output is held by its
     worst channel, so a crushed slice of a mixed tensor shows (a detector's scores
