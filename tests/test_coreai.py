@@ -185,3 +185,87 @@ def test_the_bridge_makes_constant_shape_ops_static(tmp_path: Path) -> None:
     ep, dynamic = export_decomposed(onnx_to_torch(path), (x[:1],))
     assert dynamic
     np.testing.assert_allclose(ep.module()(torch.tensor(x)).numpy(), want, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_one_warm_runtime_child_serves_every_run_and_a_dead_one_is_replaced(
+        tmp_path: Path) -> None:
+    """Every .aimodel run of a process goes to one runtime child (its imports paid once);
+    a file the runtime rejects fails that run only; a child that died is replaced."""
+    import os
+    import signal
+
+    import torch
+
+    from mobilec.errors import ConversionError
+    from mobilec.formats import coreai_runtime
+    from mobilec.formats.coreai_convert import convert, export_decomposed, save
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    ep, _ = export_decomposed(model, (x[:1],))
+    save(convert(ep, "float32"), tmp_path / "m.aimodel")
+    want = model(torch.tensor(x)).detach().numpy()
+
+    coreai_runtime.shutdown()
+    coreai_runtime.prestart()
+    pid = coreai_runtime.worker_pid()
+    names, outs, lat = coreai_runtime.run_isolated(tmp_path / "m.aimodel", x, latency=True)
+    np.testing.assert_allclose(outs[0], want, atol=1e-5)
+    assert lat["median"] > 0 and len(names) == 1
+    coreai_runtime.run_isolated(tmp_path / "m.aimodel", x)
+    assert coreai_runtime.worker_pid() == pid  # the same warm child for every run
+
+    # An empty .aimodel directory crashes coreai-core's runtime (SIGSEGV, measured): that
+    # run fails with the signal's name, mobilec lives on, the next run gets a new child.
+    (tmp_path / "bad.aimodel").mkdir()
+    with pytest.raises(ConversionError, match="crashed|failed in the Core AI runtime"):
+        coreai_runtime.run_isolated(tmp_path / "bad.aimodel", x)
+    np.testing.assert_allclose(coreai_runtime.run_isolated(tmp_path / "m.aimodel", x)[1][0],
+                               want, atol=1e-5)
+    second = coreai_runtime.worker_pid()
+    assert second not in (None, pid)
+
+    os.kill(second, signal.SIGKILL)  # a child that died between runs is replaced too
+    while coreai_runtime.worker_pid() == second:
+        os.sched_yield()
+    coreai_runtime.run_isolated(tmp_path / "m.aimodel", x)
+    assert coreai_runtime.worker_pid() not in (None, second)
+    coreai_runtime.shutdown()
+
+
+def test_the_bridge_folds_shapes_computed_at_run_time(tmp_path: Path) -> None:
+    """tf2onnx writes a Keras Reshape as Shape -> Slice -> Concat -> Reshape: onnx2torch then
+    reads the shape at run time and torch.export cannot trace it. The bridge folds it at one
+    sample's shapes and exports at batch 1; the program computes what onnxruntime does."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mobilec.errors import MobilecError
+    from mobilec.formats.coreai_bridge import bridged_program, onnx_to_torch
+    from mobilec.formats.coreai_convert import export_decomposed
+
+    def const(name: str, values: list[int]) -> Any:
+        return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Slice", ["s", "zero", "one"], ["batch"]),
+             helper.make_node("Concat", ["batch", "rest"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["r"]),  # N,4,6 -> N,3,8
+             helper.make_node("Expand", ["r", "s2"], ["y"])]  # s2 from the shape too
+    nodes.insert(3, helper.make_node("Concat", ["batch", "rest"], ["s2"], axis=0))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 8])],
+        [const("zero", [0]), const("one", [1]), const("rest", [3, 8])])
+    path = tmp_path / "runtime_shape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(0).standard_normal((1, 4, 6)).astype(np.float32)
+    with pytest.raises(MobilecError):  # what the bridge did before folding
+        export_decomposed(onnx_to_torch(path), (x,))
+    ep, dynamic, folded = bridged_program(path, (x,))
+    assert folded and not dynamic
+    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ep.module()(torch.tensor(x)).numpy(), want, atol=1e-6)

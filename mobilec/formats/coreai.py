@@ -21,12 +21,12 @@ from typing import Any
 
 from mobilec.delegates.snippets import swift_coreai
 from mobilec.errors import UnsupportedError
-from mobilec.formats.coreai_bridge import onnx_to_torch
+from mobilec.formats.coreai_bridge import bridged_program
 from mobilec.formats.coreai_convert import convert, export_decomposed, precision_text, save
-from mobilec.formats.coreai_runtime import FUNCTION, run_isolated
+from mobilec.formats.coreai_runtime import FUNCTION, prestart, timed_latency, timed_outputs
 from mobilec.formats.onnx import float32_onnx, route_names
 from mobilec.formats.runtime import align_outputs
-from mobilec.sources.batch import as_list, first_n
+from mobilec.sources.batch import as_list
 from mobilec.state import Artifact, ModelState
 
 TORCH_ROUTE = "torch-export"
@@ -62,10 +62,16 @@ class CoreAIFormat:
               route: str | None = None) -> None:
         """Export, convert, compress and save the .aimodel directory at `dest`."""
         route = route or self.routes(state, artifact)[0][0]
+        prestart()  # the runtime child's imports overlap this conversion
         mode = artifact.quantization
         bits = int((state.plan.options if state.plan else {}).get("bits", 4))
-        ep, dynamic = export_decomposed(_module(state, route),
-                                        tuple(as_list(state.sample_inputs(1))))
+        example = tuple(as_list(state.sample_inputs(1)))
+        folded = False
+        if route == TORCH_ROUTE:
+            ep, dynamic = export_decomposed(_torch_module(state), example)
+        else:
+            ep, dynamic, folded = bridged_program(
+                float32_onnx(state, route[len(BRIDGE_PREFIX):]), example)
         save(convert(ep, mode, bits, [t.name for t in state.inputs],
                      [t.name for t in state.outputs]), dest)
         artifact.route = route
@@ -79,18 +85,22 @@ class CoreAIFormat:
             artifact.notes.append(f"reached Core AI through the ONNX bridge: "
                                   f"{route[len(BRIDGE_PREFIX):]} .onnx -> onnx2torch -> "
                                   "torch.export -> coreai-torch")
+        if folded:
+            artifact.notes.append("the .onnx computes shapes from its inputs at run time: "
+                                  "folded into constants at one sample's input shapes "
+                                  "(onnxsim) before onnx2torch")
 
     def runner(self, state: ModelState, artifact: Artifact) -> Any:
         path = artifact.path
 
         def run(x: Any) -> list[Any]:
-            names, outs = run_isolated(path, x)
+            names, outs = timed_outputs(state, path, x)
             return align_outputs(state.outputs, names, outs)
 
         return run
 
     def latency(self, state: ModelState, artifact: Artifact, sample: Any) -> dict[str, float]:
-        return run_isolated(artifact.path, first_n(sample, 1), latency=True)
+        return timed_latency(state, artifact.path, sample)
 
     def describe_io(self, path: Path, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
         """The .aimodel's own function signature (names, shapes with None for a dynamic
@@ -120,12 +130,10 @@ def _is_torch(state: ModelState) -> bool:
     return state.torch_module is not None or state.torch_program is not None
 
 
-def _module(state: ModelState, route: str) -> Any:
-    """The eager module this route exports: the PyTorch source, or the bridged .onnx."""
-    if route == TORCH_ROUTE:
-        return state.torch_module if state.torch_module is not None else \
-            state.torch_program.module()
-    return onnx_to_torch(float32_onnx(state, route[len(BRIDGE_PREFIX):]))
+def _torch_module(state: ModelState) -> Any:
+    """The eager module of a PyTorch source."""
+    return state.torch_module if state.torch_module is not None else \
+        state.torch_program.module()
 
 
 def _summary(path: Path, statistics: bool) -> Any:

@@ -9,16 +9,26 @@ RoiAlign) only. torchvision is a second multi-GB torch build this project does n
 so when it is missing a stand-in is visible for the duration of that one import: a graph
 that really uses those ops fails its route with a reason instead of mobilec failing to
 start the bridge.
+
+onnx2torch's Slice, Resize, Expand, Tile and Reshape read their sizes from tensors at run
+time; where a graph computes those from its inputs' shapes (Shape -> Gather -> Concat, as
+tf2onnx writes for every Keras Reshape with a batch dim), torch.export cannot trace them
+(".numpy() is not supported for tensor subclasses", data-dependent guards). When the graph
+as it is does not export, `bridged_program` folds those computations into constants at the
+input shapes of one sample (onnxsim, the same simplifier onnx2tf runs) and exports at
+batch 1, what a phone runs.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Any
 
-from mobilec.errors import ConversionError, UnsupportedError, first_line
+from mobilec.errors import ConversionError, MobilecError, UnsupportedError, first_line
+from mobilec.formats.coreai_convert import export_decomposed
 
 
 def onnx_to_torch(path: Path) -> Any:
@@ -35,6 +45,49 @@ def onnx_to_torch(path: Path) -> Any:
                               hint="another route may reach Core AI (see routes_failed)"
                               ) from exc
     return static_reshapes(module).eval()
+
+
+def bridged_program(path: Path, example: tuple[Any, ...]) -> tuple[Any, bool, bool]:
+    """The .onnx as a decomposed ExportedProgram: (program, dynamic batch, shapes folded).
+    The graph as it is first; if onnx2torch or torch.export fails on it, the graph with its
+    shape computations folded at `example`'s shapes (one sample), exported at batch 1."""
+    try:
+        return (*export_decomposed(onnx_to_torch(path), example), False)
+    except MobilecError as exc:
+        first = exc
+    with tempfile.TemporaryDirectory(prefix="mobilec-fold-") as tmp:
+        folded = Path(tmp) / "folded.onnx"
+        try:
+            fold_shapes(path, example, folded)
+            module = onnx_to_torch(folded)
+            ep, _ = export_decomposed(module, example, dynamic_batch=False)
+        except MobilecError as exc:
+            if exc.message == first.message:
+                raise first from None
+            raise ConversionError(f"{first.message}; with its shape computations folded at "
+                                  f"one sample's shapes: {exc.message}", hint=first.hint
+                                  ) from exc
+    return ep, False, True
+
+
+def fold_shapes(path: Path, example: tuple[Any, ...], dest: Path) -> None:
+    """Write to `dest` the .onnx with its inputs fixed to `example`'s shapes and every
+    computation that then depends on constants only (shape arithmetic) folded (onnxsim)."""
+    import onnx
+    import onnxsim
+
+    model = onnx.load(str(path))
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != len(example):
+        raise ConversionError(f"the .onnx has {len(names)} inputs, the data {len(example)}")
+    shapes = {n: [int(d) for d in a.shape] for n, a in zip(names, example, strict=True)}
+    try:
+        simple, _ = onnxsim.simplify(model, overwrite_input_shapes=shapes)
+    except Exception as exc:  # noqa: BLE001 - onnxsim raises many types
+        raise ConversionError(f"onnxsim could not fold the graph: {first_line(exc, 300)}"
+                              ) from exc
+    onnx.save(simple, str(dest))
 
 
 def static_reshapes(gm: Any) -> Any:

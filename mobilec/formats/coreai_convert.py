@@ -43,15 +43,19 @@ def precision_text(mode: str, bits: int = 4) -> str:
     }[mode]
 
 
-def export_decomposed(module: Any, example: tuple[Any, ...]) -> tuple[Any, bool]:
-    """The module exported (dynamic batch if it traces so, else batch 1) and decomposed with
-    coreai_torch's table; and whether the batch is dynamic."""
+def export_decomposed(module: Any, example: tuple[Any, ...], dynamic_batch: bool = True
+                      ) -> tuple[Any, bool]:
+    """The module exported (dynamic batch if asked and it traces so, else at the example's
+    batch) and decomposed with coreai_torch's table; and whether the batch is dynamic."""
     import coreai_torch
 
-    try:
-        ep, dynamic = export_program(module, example, dynamic_batch=True), True
-    except MobilecError:
-        ep, dynamic = export_program(module, example), False
+    ep = None
+    if dynamic_batch:
+        with contextlib.suppress(MobilecError):  # then at the example's batch
+            ep = export_program(module, example, dynamic_batch=True)
+    dynamic = ep is not None
+    if ep is None:
+        ep = export_program(module, example)
     return ep.run_decompositions(coreai_torch.get_decomp_table()), dynamic
 
 

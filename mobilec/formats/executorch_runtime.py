@@ -20,6 +20,7 @@ from mobilec.sources.batch import (
     Inputs,
     as_list,
     first_n,
+    inputs_digest,
     length,
     take,
 )
@@ -97,7 +98,7 @@ def timed_run(state: ModelState, path: Path, x: Inputs, kernels: list[str] | Non
     then evaluate once the file is published under its final name) runs once, and its
     latency is not a third child."""
     file = file_digest(path)
-    key = ("pte_run", file, _inputs_digest(x), tuple(kernels or ()))
+    key = ("pte_run", file, inputs_digest(x), tuple(kernels or ()))
     if key not in state.memo:
         outputs, timing = run_and_time(path, x, kernels)
         state.memo[key] = outputs
@@ -107,15 +108,6 @@ def timed_run(state: ModelState, path: Path, x: Inputs, kernels: list[str] | Non
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _inputs_digest(x: Inputs) -> str:
-    h = hashlib.sha256()
-    for a in as_list(x):
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def timed_latency(state: ModelState, path: Path) -> dict[str, float] | None:

@@ -6,9 +6,6 @@ outputs as float arrays in the source model's output order.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +15,7 @@ from mobilec.errors import ConversionError
 from mobilec.sources.batch import as_list, batch_axes, batched, from_model, match_names, to_model
 from mobilec.sources.pytorch import eager_runner
 from mobilec.state import ModelState, TensorSpec
+from mobilec.util.latency import measure_latency as measure_latency  # its users import it here
 from mobilec.util.tfenv import import_tf
 
 
@@ -94,22 +92,6 @@ def _saved_model_runner(state: ModelState) -> Runner:
         return align_outputs(state.outputs, names, [res[n].numpy() for n in names])
 
     return lambda x: batched(run, x)
-
-
-def measure_latency(invoke: Callable[[], Any], warmup: int = 5, runs: int = 50,
-                    budget_s: float = 2.0) -> dict[str, float]:
-    """Median and p90 of single invocations, after warm-up; stops early past budget_s."""
-    for _ in range(warmup):
-        invoke()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < runs and (len(times) < 10 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        invoke()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    times.sort()
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return {"median": round(statistics.median(times), 4), "p90": round(p90, 4), "runs": len(times)}
 
 
 def count_params(model: Any) -> int | None:

@@ -11,6 +11,7 @@ never need to know.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,16 @@ def take(x: Inputs, index: Any) -> Inputs:
 
 def first_n(x: Inputs, n: int) -> Inputs:
     return take(x, slice(0, n))
+
+
+def inputs_digest(x: Inputs) -> str:
+    """sha256 of the inputs' dtypes, shapes and bytes: a memo key for runs on them."""
+    h = hashlib.sha256()
+    for a in as_list(x):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def map_inputs(x: Inputs, fn: Callable[[np.ndarray], np.ndarray]) -> Inputs:

@@ -21,16 +21,25 @@ def run_child(entry: str, args: list[str], *, timeout_s: int, what: str
     """Run `entry` ("package.module:function", called with the argument list) in a child
     process; returns it finished, whatever its exit status (see `signal_name`). A child
     that outlives `timeout_s` is killed and becomes a ConversionError about `what`."""
-    module, _, func = entry.partition(":")
-    code = f"import sys; from {module} import {func}; {func}(sys.argv[1:])"
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     try:
-        return subprocess.run([sys.executable, "-c", code, *args], env=env,
+        return subprocess.run(child_command(entry, args), env=child_env(),
                               capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         raise ConversionError(f"{what} did not finish in {timeout_s} s") from exc
+
+
+def child_command(entry: str, args: list[str]) -> list[str]:
+    """The command line that calls `entry` ("package.module:function") with `args`."""
+    module, _, func = entry.partition(":")
+    code = f"import sys; from {module} import {func}; {func}(sys.argv[1:])"
+    return [sys.executable, "-c", code, *args]
+
+
+def child_env() -> dict[str, str]:
+    """This environment with this checkout first on the child's path."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
 
 
 def signal_name(returncode: int) -> str | None:
