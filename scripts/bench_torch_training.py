@@ -4,7 +4,8 @@ The PyTorch digits CNN (scripts/torch_digits.py, a `.pt2`, 85k params) and the K
 demo digits CNN (scripts/make_demo_model.py, `.keras`, 85k params) each go through
 `mobilec compress` (the real pipeline: the figures are the ones report.json holds):
 
-- int8 alone (PTQ) · prune 0.5 unstructured + int8 · quantize qat · distill width 0.5
+- int8 alone (PTQ) · prune 0.5 unstructured + int8 · quantize qat · distill width 0.5 ·
+  factorize rank 0.25 + 2 epochs · factorize rank auto (max_drop 1 pt)
 - PyTorch only, `qat-coreml`: quantize qat with an ios-coreml target, whose int8
   `.mlpackage` is trained by coremltools' LinearQuantizer; Core ML cannot run here, so its
   accuracy is the finalized QAT model's (the graph the file is built from, `built_from`)
@@ -12,8 +13,10 @@ demo digits CNN (scripts/make_demo_model.py, `.keras`, 85k params) each go throu
 and the script prints, per framework, the shipped format's gzip bytes and accuracy
 drop against the loaded model, with the issue's bars:
 prune+int8 gzip <= 0.70x int8 alone and <= 1 pt drop; qat >= PTQ int8 - 0.1 pt and within
-0.5 pt of float32; distill width 0.5 <= 0.3x params and <= 2 pt drop. PyTorch ships `.pte`
-(XNNPACK), Keras `.tflite`.
+0.5 pt of float32; distill width 0.5 <= 0.3x params and <= 2 pt drop (factorize has no
+bar: its params ratio and drop are printed). PyTorch ships `.pte` (XNNPACK), Keras
+`.tflite`; the PyTorch rows start from the `.pt2` (distill and factorize lift its graph's
+ops into layers: training/torch_graph.py), except qat-coreml (a model.module factory).
 
     .venv/bin/python scripts/bench_torch_training.py [--rows int8 prune qat distill qat-coreml]
 """
@@ -39,11 +42,13 @@ ROWS = {
     "distill": [{"distill": {"student": {"width": 0.5}, "epochs": 15, "learning_rate": 0.002,
                              "temperature": 4, "alpha": 0.7}}],
     "qat-coreml": [{"quantize": {"mode": "qat", "epochs": 2, "learning_rate": 0.0001}}],
+    "factorize": [{"factorize": {"rank": 0.25, "epochs": 2, "learning_rate": 0.001}}],
+    "factorize-auto": [{"factorize": {"rank": "auto", "max_drop": 0.01}}],
 }
 SHIPS = {"pytorch": ("executorch", "android-executorch"), "keras": ("tflite", "cpu")}
 # rows that ship another format: (format, target, the artifact's quantization)
 ROW_SHIPS = {"qat-coreml": ("coreml", "ios-coreml", "int8")}
-MODULE_ROWS = ("distill", "qat-coreml")  # need nn.Modules: the model.module factory
+MODULE_ROWS = ("qat-coreml",)  # LinearQuantizer wraps nn.Modules: the model.module factory
 
 
 def torch_model(work: Path) -> tuple[Path, dict[str, Any]]:
@@ -58,8 +63,8 @@ def torch_model(work: Path) -> tuple[Path, dict[str, Any]]:
     ep = torch.export.export(model.eval(), (torch.tensor(xe[:2]),), dynamic_shapes=({0: batch},))
     path = work / "torch_digits.pt2"
     torch.export.save(ep, str(path))
-    # distill {width} narrows nn.Modules (a .pt2 graph has none): the same weights behind
-    # a factory, loaded as model.module with trust_code.
+    # Core ML's QAT wraps nn.Conv/nn.Linear modules: the same weights behind a factory,
+    # loaded as model.module with trust_code.
     torch.save(model.state_dict(), work / "torch_digits.pt")
     (work / "torch_digits_net.py").write_text(
         "import sys, torch\n"
@@ -124,6 +129,7 @@ def summarize(framework: str, res: dict[str, dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     int8, prune, qat, distill, apple = (res.get(k) for k in ("int8", "prune", "qat", "distill",
                                                              "qat-coreml"))
+    factorize = {k: res[k] for k in ("factorize", "factorize-auto") if k in res}
     base = next(iter(res.values()))["base_accuracy"]
     lines.append(f"| {framework} | float32 (loaded) | {pct(base)} | - | "
                  f"{next(iter(res.values()))['params']:,} params | |")
@@ -166,6 +172,16 @@ def summarize(framework: str, res: dict[str, dict[str, Any]]) -> list[str]:
                      f"{pct(a['accuracy_drop'])} | {m['params_before']:,} -> {m['params_after']:,} "
                      f"params = {ratio:.3f}x (bar <= 0.3x, <= 2 pt): {verdict(ok)} | "
                      f"{distill['seconds']:.0f}s |")
+    for row, got in factorize.items():
+        m = got["stages"]["factorize"]["metrics"]
+        a = got["float32"]
+        ranks = ", ".join(f"{r['name']}:{r['rank']}/{r['full_rank']}"
+                          for r in m["layers_factorized"])
+        lines.append(f"| {framework} | {row.replace('-', ' ')} (float32; {ranks}) | "
+                     f"{pct(a['accuracy'])} | {pct(a['accuracy_drop'])} | "
+                     f"{m['params_before']:,} -> {m['params_after']:,} params = "
+                     f"{m['params_after'] / m['params_before']:.3f}x, {a['gzip_bytes']:,} B gzip"
+                     f" | {got['seconds']:.0f}s |")
     return lines
 
 

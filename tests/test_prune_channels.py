@@ -174,19 +174,23 @@ def test_torch_residual_and_inverted_residual_blocks_prune_together(torch_digits
         torch.export.export(module, x)
 
 
-def test_an_exported_pt2_graph_is_refused(tmp_path: Path, torch_digits: Any) -> None:
+def test_an_exported_pt2_graph_prunes_like_its_module(tmp_path: Path, torch_digits: Any) -> None:
+    """ep.module() has no Conv/Linear modules (torch-pruning finds no layer in it): its ops
+    are lifted into modules first, so the same channels go; the BatchNorm narrows along."""
     import torch
     from torch_digits import cnn_layers
 
-    from mobilec.errors import UnsupportedError
     from mobilec.recipe.schema import PruneConfig
     from mobilec.stages import prune
 
     state = _torch_state(cnn_layers().eval(), torch_digits, tmp_path)
     _, (xe, _) = torch_digits
-    state.torch_module = torch.export.export(state.torch_module, (torch.tensor(xe[:2]),)).module()
-    with pytest.raises(UnsupportedError, match="exported .pt2 graph has none"):
-        prune.run(state, PruneConfig(structure="channels"))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    state.torch_module = torch.export.export(state.torch_module, (torch.tensor(xe[:2]),),
+                                             dynamic_shapes=({0: batch},)).module()
+    m = prune.run(state, PruneConfig(structure="channels", epochs=1))
+    assert m["params_before"] == 85130 and m["params_after"] == 21578, m  # the module's figures
+    assert dict(state.torch_module.named_parameters())["1.weight"].shape == (16,)
 
 
 def test_attention_heads_are_counted_not_assumed(torch_digits: Any) -> None:

@@ -307,17 +307,6 @@ def test_distill_corpus_modules_at_half_width(tmp_path: Path, name: str) -> None
     assert eager(state.torch_program.module(), eval_xy[0])[0].shape == (len(eval_xy[0]), 10)
 
 
-def test_distill_width_of_a_pt2_says_what_to_do(tmp_path: Path, cnn_pt2: Path,
-                                                digits: Any) -> None:
-    from mobilec.errors import UnsupportedError
-    from mobilec.stages import distill
-
-    state = pt2_state(cnn_pt2, digits, tmp_path)
-    with pytest.raises(UnsupportedError, match="student: student.pt2") as err:
-        distill.run(state, distill_config())
-    assert err.value.exit_code == 2
-
-
 def test_distill_pt2_student_file(tmp_path: Path, cnn_pt2: Path, digits: Any) -> None:
     """student: a .pt2 (an exported graph trains through its BatchNorm switch)."""
     from mobilec.stages import distill
@@ -373,28 +362,172 @@ def test_factorize_corpus_modules_rank_auto(tmp_path: Path, name: str) -> None:
         assert state.model_version == 1
 
 
+# ------------------------------------------- items 4, 5 on a .pt2: its ops lifted into layers
+
+def test_lift_layers_makes_modules_of_a_pt2_graph(cnn_pt2: Path, digits: Any) -> None:
+    """ep.module()'s linear/conv/batch-norm ops become the nn.Modules they came from, at
+    their own names, computing the same; BatchNorm trains in train mode only; re-exports."""
+    from mobilec.sources.pytorch import load_pt2
+    from mobilec.training.torch_graph import lift_layers, set_mode
+
+    nn = torch.nn
+    _, (xe, _) = digits
+    x = torch.tensor(xe[:64])
+    graph = load_pt2(cnn_pt2).module()
+    lifted = lift_layers(graph)
+    assert {n: type(m) for n, m in lifted.named_modules() if n in {"0", "1", "3", "7", "9"}} \
+        == {"0": nn.Conv2d, "1": nn.BatchNorm2d, "3": nn.Conv2d, "7": nn.Linear, "9": nn.Linear}
+    assert not any(isinstance(m, nn.Conv2d) for m in graph.modules())  # a copy was lifted
+    with torch.no_grad():
+        np.testing.assert_array_equal(lifted(x).numpy(), graph(x).numpy())
+        bn = lifted.get_submodule("1")
+        mean = bn.running_mean.clone()
+        set_mode(lifted, train=False)(x)
+        assert torch.equal(bn.running_mean, mean)
+        set_mode(lifted, train=True)(x)
+        assert not torch.equal(bn.running_mean, mean)
+        set_mode(lifted, train=False)
+        again = torch.export.export(lifted, (x,)).module()
+        np.testing.assert_allclose(again(x).numpy(), lifted(x).numpy(), atol=1e-5)
+
+
+def test_factorize_a_pt2_without_layers_says_so(tmp_path: Path, digits: Any) -> None:
+    """An exported program with no linear/conv op on its own weight: exit 2, what to do."""
+    from mobilec.errors import UnsupportedError
+    from mobilec.recipe.schema import FactorizeConfig
+    from mobilec.stages import factorize
+
+    class Scale(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(64))
+
+        def forward(self, x: Any) -> Any:
+            return x.flatten(1) * self.w
+
+    _, (xe, _) = digits
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    ep = torch.export.export(Scale().eval(), (torch.tensor(xe[:2]),), dynamic_shapes=({0: batch},))
+    torch.export.save(ep, str(tmp_path / "scale.pt2"))
+    state = pt2_state(tmp_path / "scale.pt2", digits, tmp_path)
+    with pytest.raises(UnsupportedError, match="no linear or conv op") as err:
+        factorize.run(state, FactorizeConfig(rank=0.5))
+    assert err.value.exit_code == 2 and "drop the factorize stage" in err.value.hint
+
+
+def npz_data(tmp_path: Path, digits: Any) -> dict[str, Any]:
+    (xt, yt), (xe, ye) = digits
+    np.savez(tmp_path / "train.npz", x=xt, y=yt)
+    np.savez(tmp_path / "eval.npz", x=xe, y=ye)
+    return {"source": "npz", "train": "train.npz", "eval": "eval.npz", "calibration_samples": 100}
+
+
+def stage_metrics(report: dict[str, Any], name: str) -> dict[str, Any]:
+    stage = next(s for s in report["stages"] if s["name"] == name)
+    assert stage["status"] == "ok", stage
+    return stage["metrics"]
+
+
+def assert_counted(metrics: dict[str, Any], cnn: Any) -> None:
+    """params before/after are the models' own counts: the source's, and the source's less
+    what each factorized layer gave up."""
+    assert metrics["params_before"] == sum(p.numel() for p in cnn.parameters())
+    rows = metrics["layers_factorized"]
+    assert metrics["params_after"] == metrics["params_before"] - sum(
+        r["params_before"] - r["params_after"] for r in rows)
+
+
+@pytest.mark.slow
+def test_factorize_pt2_fixed_rank_through_the_cli(tmp_path: Path, cnn_pt2: Path, cnn: Any,
+                                                  digits: Any) -> None:
+    """`mobilec compress` on the digits .pt2, factorize rank 0.25 + 1 epoch: the hidden conv
+    and Linear factorized, every format built from (and verified against) the factorized
+    model, accuracy drops against the loaded one."""
+    import json
+
+    from conftest import artifact, run_cli, write_recipe
+
+    recipe = write_recipe(tmp_path, cnn_pt2, name="fact", data=npz_data(tmp_path, digits),
+                          stages=[{"factorize": {"rank": 0.25, "epochs": 1,
+                                                 "learning_rate": 0.001}},
+                                  {"convert": {"formats": ["onnx"]}}])
+    res = run_cli("compress", str(recipe))
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    metrics = stage_metrics(report, "factorize")
+    assert {r["name"] for r in metrics["layers_factorized"]} == {"3", "7"}
+    assert_counted(metrics, cnn)
+    assert metrics["params_after"] <= 0.3 * metrics["params_before"]
+    row = artifact(report, "onnx", "float32", target=None)
+    assert row["status"] == "ok", row["error"]
+    assert row["verification"]["top1_agreement"] == 1.0  # built from the factorized model
+    assert row["accuracy_drop"] <= 0.03, row
+
+
+@pytest.mark.slow
+def test_factorize_pt2_rank_auto_through_the_api(tmp_path: Path, cnn_pt2: Path, cnn: Any,
+                                                 digits: Any) -> None:
+    from conftest import artifact, compress, write_recipe
+
+    recipe = write_recipe(tmp_path, cnn_pt2, name="auto", data=npz_data(tmp_path, digits),
+                          stages=[{"factorize": {"rank": "auto", "max_drop": 0.02}},
+                                  {"convert": {"formats": ["onnx"]}}])
+    report = compress(recipe)
+    metrics = stage_metrics(report, "factorize")
+    assert metrics["rank_search"]["metric"] == "accuracy drop" and metrics["layers_factorized"]
+    assert_counted(metrics, cnn)
+    assert metrics["accuracy_drop"] <= 0.02 + 1e-9, metrics
+    row = artifact(report, "onnx", "float32", target=None)
+    assert row["status"] == "ok" and row["verification"]["top1_agreement"] == 1.0, row
+
+
+@pytest.mark.slow
+def test_distill_pt2_at_half_width_through_the_api(tmp_path: Path, cnn_pt2: Path, cnn: Any,
+                                                   digits: Any) -> None:
+    """{width: 0.5} of the digits .pt2: the same topology at half the channels (torch-pruning
+    on the lifted graph), KD-trained, re-exported, the .pte built from the student."""
+    from conftest import artifact, compress, write_recipe
+
+    recipe = write_recipe(tmp_path, cnn_pt2, name="kd", data=npz_data(tmp_path, digits),
+                          stages=[{"distill": {"student": {"width": 0.5}, "epochs": 3,
+                                               "learning_rate": 0.002}},
+                                  {"convert": {"formats": ["executorch"]}}])
+    report = compress(recipe)
+    metrics = stage_metrics(report, "distill")
+    widths = [m.out_features if isinstance(m, torch.nn.Linear) else m.out_channels
+              for m in cnn.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert widths == [32, 64, 64, 10]
+    # the student: 16, 32 and 32 channels, the head's 10 kept; counted, not the request's
+    expected = (16 * 9 + 16) + 2 * 16 + (32 * 16 * 9 + 32) + (32 * 16 * 32 + 32) + (10 * 32 + 10)
+    assert metrics["params_before"] == sum(p.numel() for p in cnn.parameters())
+    assert metrics["params_after"] == expected and metrics["params_ratio"] <= 0.3
+    assert metrics["flops_before"] > metrics["flops_after"] > 0
+    assert metrics["student_accuracy"] >= 0.9, metrics
+    row = artifact(report, "executorch", "float32", target=None)
+    assert row["status"] == "ok", row["error"]
+    assert row["verification"]["top1_agreement"] == 1.0 and row["accuracy_drop"] <= 0.05, row
+
+
 # ---------------------------------------------------------------- item 6: explore
 
 def test_explore_searches_prune_on_pytorch_sources() -> None:
-    """A .pt2 explores prune sparsities (factorize needs modules); a module source both."""
+    """.pt2 and module sources explore prune sparsities and factorize; ONNX neither."""
     from mobilec.explore.run import build_space
     from mobilec.recipe.schema import ExploreConfig, Recipe
 
     recipe = Recipe.model_validate({"model": {"path": "m.pt2"},
                                     "targets": ["android-executorch"]})
     pt2 = build_space(recipe, ExploreConfig(), "pt2")
-    assert pt2.sparsities == [None, 0.5, 0.8, 0.9] and pt2.factorize == ["off"]
-    assert any(".pt2 program has none" in n for n in pt2.notes)
+    assert pt2.sparsities == [None, 0.5, 0.8, 0.9] and pt2.factorize == ["off", "auto"]
     module = build_space(recipe, ExploreConfig(), "torch-module")
     assert module.factorize == ["off", "auto"] and module.sparsities[1:] == [0.5, 0.8, 0.9]
     onnx = build_space(recipe, ExploreConfig(), "onnx")
     assert onnx.sparsities == [None] and onnx.factorize == ["off"]
 
 
-def test_plan_check_lets_training_through_for_pytorch_and_refuses_module_rewrites() -> None:
-    """Up front, before any load: every training stage passes for .pt2 and module sources,
-    except the ones that rewrite nn.Modules on a .pt2 (its graph has none)."""
-    from mobilec.errors import UnsupportedError
+def test_plan_check_lets_every_training_stage_through_for_pytorch() -> None:
+    """Up front, before any load: every training stage passes for .pt2 and module sources
+    (factorize and distill {width} on a .pt2 lift its ops into layers: test_torch_graph)."""
     from mobilec.policy.plancheck import check_plan
     from mobilec.recipe.schema import Recipe
 
@@ -405,10 +538,5 @@ def test_plan_check_lets_training_through_for_pytorch_and_refuses_module_rewrite
 
     for stage in ({"prune": {}}, {"quantize": {"mode": "qat"}}, {"distill": {"student": "s.pt2"}},
                   {"distill": {}}, {"factorize": {"rank": 0.5}}):
-        check_plan(recipe(stage), "torch-module")
-    for stage in ({"prune": {}}, {"quantize": {"mode": "qat"}}, {"distill": {"student": "s.pt2"}}):
-        check_plan(recipe(stage), "pt2")
-    for stage in ({"distill": {}}, {"factorize": {"rank": 0.5}}):
-        with pytest.raises(UnsupportedError, match="a .pt2 program has none") as err:
-            check_plan(recipe(stage), "pt2")
-        assert err.value.exit_code == 2 and "model.module" in err.value.hint
+        for kind in ("torch-module", "pt2"):
+            check_plan(recipe(stage), kind)

@@ -41,10 +41,9 @@ from mobilec.util.outguard import check_no_overlap, check_out_dir
 from mobilec.util.progress import Progress
 from mobilec.util.publish import check_report_files
 
-# prune fine-tunes Keras and PyTorch models; factorize rewrites Keras layers or PyTorch
-# modules (a .pt2 program has no modules to rewrite).
+# prune and factorize fine-tune Keras and PyTorch models (a .pt2's graph is factorized
+# once its ops are lifted into layers: training/torch_graph.py).
 TRAINABLE = ("keras", "h5", "savedmodel", "pt2", "torch-module")
-FACTORIZABLE = ("keras", "h5", "savedmodel", "torch-module")
 # The prune stage's own defaults (constant, 2 epochs, lr 1e-4) suit a gentle 0.5; explore
 # goes to 0.8-0.9, where the demo CNN needs a ramp and more epochs (measured, int8 .tflite:
 # 0.9 constant 2 epochs lr 1e-4 loses 35 points, polynomial 4 epochs lr 1e-3 loses 5,
@@ -66,10 +65,6 @@ def build_space(recipe: Recipe, cfg: ExploreConfig, model_format: str) -> Space:
         space.sparsities, space.factorize = [None], ["off"]
         space.notes.append(f"prune and factorize fine-tune Keras or PyTorch models; a "
                            f"{model_format} model explores quantization modes and formats only")
-    elif model_format not in FACTORIZABLE and space.factorize != ["off"]:
-        space.factorize = ["off"]
-        space.notes.append("factorize rewrites Linear/Conv modules and a .pt2 program has none: "
-                           "this search tries prune, quantization modes and formats")
     return space
 
 

@@ -12,7 +12,7 @@ from mobilec.errors import ModelLoadError, RecipeError, UnsupportedError
 from mobilec.policy.coreml import deployment_target
 from mobilec.policy.modes import INT8_MODES, MODES, SEARCHABLE, mode_for_format
 from mobilec.policy.targets import TARGETS
-from mobilec.recipe.schema import CoreMLConfig, QuantizeConfig, Recipe, StudentWidth
+from mobilec.recipe.schema import CoreMLConfig, QuantizeConfig, Recipe
 
 TRAINING_STAGES = ("distill", "factorize", "prune")
 TORCH_FORMATS = ("pt2", "torch-module")
@@ -72,16 +72,6 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
             raise UnsupportedError(f"{label} fine-tunes the model and needs data.train "
                                    "(eval data is never trained on)", where=where,
                                    hint="add data: {source: npz, train: train.npz} or drop the stage")
-        if model_format == "pt2" and _rewrites_modules(name, cfg):
-            # Training runs on ep.module() too, but this stage rewrites Conv/Linear modules
-            # and an exported program has none: say so before the load, not after.
-            raise UnsupportedError(
-                f"{name} rewrites the model's Conv/Linear modules and a .pt2 program has none "
-                "(its layers are plain ops)", where=where,
-                hint="load the model from its Python code (model.module: 'pkg.mod:factory' with "
-                     "--trust-code)" + (", or give the student as a .pt2 or a factory "
-                                        "(student: student.pt2)" if name == "distill" else
-                                        ", or drop the stage"))
         if trains and model_format == "onnx":
             raise UnsupportedError(
                 f"{label} needs a Keras model (tf_keras) to fine-tune; this recipe's model is ONNX",
@@ -96,11 +86,6 @@ def check_plan(recipe: Recipe, model_format: str | None) -> None:
             hint="start from the PyTorch model (model.path: x.pt2, or model.module), or drop "
                  "the executorch targets/format")
     _check_coreml(recipe)
-
-
-def _rewrites_modules(name: str, cfg: object) -> bool:
-    """factorize, and distill with a {width: w} student, rewrite nn.Modules."""
-    return name == "factorize" or (name == "distill" and isinstance(cfg.student, StudentWidth))
 
 
 def _check_quantize(recipe: Recipe, cfg: QuantizeConfig, has_data: bool) -> None:

@@ -7,7 +7,9 @@ serve both frameworks. Linear(in, out) becomes Linear(in, r, no bias) -> Linear(
 a k x k Conv becomes a k x k Conv with r filters (the original stride, padding,
 dilation) -> a 1x1 Conv with the original bias. Exact classes only, groups 1. The
 first layer and the layers that size the outputs are left alone by default
-(`skip_edges`). An exported `.pt2` graph has no modules to rewrite: refused (exit 2).
+(`skip_edges`). A `.pt2`'s graph (`ep.module()`) is factorized the same way once its
+linear/conv ops are lifted into the modules they came from (training/torch_graph.py: same
+names, so `skip` names the same layers); one with no such op is refused (exit 2).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from mobilec.training.channels_torch import output_layers
 from mobilec.training.finetune import require_train_data
 from mobilec.training.torch_distill import kd_loss
 from mobilec.training.torch_fit import Targets, first_output, fit
-from mobilec.training.torch_model import commit, cost, is_exported, set_mode
+from mobilec.training.torch_graph import is_exported, lift_layers, set_mode
+from mobilec.training.torch_model import commit, cost
 
 FINETUNE_TEMPERATURE = 2.0  # as for Keras: the model's own soft targets, labels half the weight
 FINETUNE_ALPHA = 0.5
@@ -39,13 +42,15 @@ FINETUNE_ALPHA = 0.5
 def run(state: ModelState, config: FactorizeConfig) -> dict[str, Any]:
     import torch
 
-    module = state.torch_module
-    if is_exported(module):
+    # a .pt2's ep.module(): its linear/conv ops lifted into the modules they came from
+    module = lift_layers(state.torch_module)
+    if is_exported(module) and not eligible(module):
         raise UnsupportedError(
-            "factorize rewrites Linear/Conv modules and a .pt2 program has none (its layers are "
-            "plain ops)", where=str(state.recipe.model.path),
-            hint="load the model from its Python code (model.module: 'pkg.mod:factory' with "
-                 "--trust-code), or drop the stage")
+            "factorize rewrites Linear/Conv layers and this exported program has no linear or "
+            "conv op on a weight of its own (groups 1) to factorize",
+            where=str(state.recipe.model.path),
+            hint="drop the factorize stage, or load the model from its Python code "
+                 "(model.module: 'pkg.mod:factory' with --trust-code)")
     example = tuple(to_tensor(a) for a in as_list(state.sample_inputs(2)))
     before = cost(module, example)
     allowed, reasons = candidates(module, example, config)

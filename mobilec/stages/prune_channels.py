@@ -19,6 +19,7 @@ from mobilec.sources.pytorch import to_tensor
 from mobilec.state import ModelState
 from mobilec.training import channels_keras, channels_torch, finetune, torch_fit
 from mobilec.training.flops import model_cost
+from mobilec.training.torch_graph import set_mode
 from mobilec.training.torch_model import commit, is_torch, trainable_module
 
 
@@ -60,13 +61,13 @@ def _keras_cost(model: Any, x1: Any) -> dict[str, Any]:
 
 def _torch(state: ModelState, cfg: PruneConfig, ratio: float
            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    module = trainable_module(state, "prune")
+    module = trainable_module(state, "prune", layers=True)  # a .pt2's ops lifted into layers
     channels_torch.require_layers(module)
     targets = torch_fit.training_targets(state)  # from the unpruned model
     example = tuple(to_tensor(a) for a in as_list(first_n(state.sample_inputs(1), 1)))
     before = _torch_cost(module, example)
     info = channels_torch.prune_channels(module, example, ratio)
-    module.train()
+    set_mode(module, train=True)
     trained = torch_fit.fit(state, module, epochs=cfg.epochs, batch_size=cfg.batch_size,
                             learning_rate=cfg.learning_rate, what="prune", targets=targets)
     commit(state, module)
@@ -74,7 +75,7 @@ def _torch(state: ModelState, cfg: PruneConfig, ratio: float
 
 
 def _torch_cost(module: Any, example: tuple[Any, ...]) -> dict[str, Any]:
-    module.eval()
+    set_mode(module, train=False)
     return {"params": int(sum(p.numel() for p in module.parameters())),
             "flops": channels_torch.macs(module, example),
             "weights_bytes": int(sum(p.numel() * p.element_size() for p in module.parameters())

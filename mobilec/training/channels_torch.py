@@ -8,7 +8,8 @@ whole inside nn.TransformerEncoderLayer (measured: only its feed-forward layers 
 The layers that give the model's outputs their width (a classifier's last Linear) are
 never pruned: they are found by running the model once and matching each output's
 channel width against the last Conv/Linear that produced that width. An exported
-graph (`ep.module()` of a `.pt2`) has no Conv/Linear modules to prune: refused.
+graph (`ep.module()` of a `.pt2`) is pruned once its ops are lifted into modules
+(torch_graph.lift_layers): torch-pruning finds no layer in a bare one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from mobilec.errors import UnsupportedError, first_line
 from mobilec.formats.runtime import measure_latency
+from mobilec.training.torch_graph import set_mode
 
 
 def prune_channels(module: Any, example: tuple[Any, ...], ratio: float) -> dict[str, Any]:
@@ -26,7 +28,7 @@ def prune_channels(module: Any, example: tuple[Any, ...], ratio: float) -> dict[
 
     nn = torch.nn
     require_layers(module)
-    module.eval()
+    set_mode(module, train=False)
     with torch.no_grad():
         outputs = _flat(module(*example))
     heads = {m: m.num_heads for m in module.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -62,7 +64,8 @@ def require_layers(module: Any) -> None:
     if not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) for m in module.modules()):
         raise UnsupportedError(
             "channel pruning removes Conv/Linear channels and this model has no Conv or Linear "
-            "module (an exported .pt2 graph has none: its layers are plain ops)",
+            "layer (an exported graph's linear/conv ops become layers only when they hold "
+            "weights of their own)",
             hint="load the model from its Python code (model.module: 'pkg.mod:factory' with "
                  "--trust-code), or use prune: {structure: unstructured}")
 

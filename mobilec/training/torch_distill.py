@@ -4,10 +4,13 @@
 w of its channels by torch-pruning's dependency graph (training/channels_torch.py: the
 layers that size the outputs keep theirs; BatchNorm, residual adds, depthwise convs and
 the next layer's inputs follow), then re-initialized (seed 0), as the Keras student starts
-fresh. `student:` names a `.pt2` (loaded with the same checks as a model) or a factory
-`file.py:build` / `pkg.mod:build` (user code: only with --trust-code). The loss is
-alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * cross-entropy on the labels, as
-for Keras (training/kd.py); non-classifier outputs learn the teacher's by squared error.
+fresh. A `.pt2` teacher's graph is narrowed the same way once its linear/conv/batch-norm
+ops are lifted into modules (training/torch_graph.py): torch-pruning finds no layer in a
+bare `ep.module()`, whose weights are get_attr inputs of plain ops. `student:` names a
+`.pt2` (loaded with the same checks as a model) or a factory `file.py:build` /
+`pkg.mod:build` (user code: only with --trust-code). The loss is alpha * T^2 *
+KL(teacher/T || student/T) + (1 - alpha) * cross-entropy on the labels, as for Keras
+(training/kd.py); non-classifier outputs learn the teacher's by squared error.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from mobilec.state import ModelState
 from mobilec.training import kd
 from mobilec.training.channels_torch import prune_channels
 from mobilec.training.torch_fit import SEED, Targets, first_output, fit
-from mobilec.training.torch_model import commit, cost, is_exported, set_mode
+from mobilec.training.torch_graph import lift_layers, set_mode
+from mobilec.training.torch_model import commit, cost
 
 
 def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
@@ -46,7 +50,7 @@ def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
     labels = kd.hard_labels(train.y, teacher_out.shape, where=str(state.recipe.source))
     _check_fits(state, student, example, teacher_out)
     teacher_acc = state.eval_accuracy(source_runner(state))
-    before = cost(teacher, example)
+    before = cost(lift_layers(teacher), example)  # a .pt2's MACs are counted on its layers
     for p in student.parameters():
         p.requires_grad_(True)
     set_mode(student, train=True)
@@ -78,14 +82,9 @@ def narrower_copy(teacher: Any, width: float, example: tuple[Any, ...]) -> Any:
 
     import torch
 
-    if is_exported(teacher):
-        raise UnsupportedError(
-            "distill with student {width: w} narrows the teacher's Conv/Linear modules, and a "
-            ".pt2 program has none (its layers are plain ops)",
-            hint="give the student as a .pt2 or a factory (student: student.pt2, or "
-                 "student: net.py:build with --trust-code), or load the teacher from its "
-                 "Python code (model.module: 'pkg.mod:factory')")
-    student = copy.deepcopy(teacher).eval()
+    # a .pt2 teacher's ep.module(): its linear/conv/batch-norm ops lifted into modules first
+    lifted = lift_layers(teacher)
+    student = set_mode(copy.deepcopy(teacher) if lifted is teacher else lifted, train=False)
     if width < 1.0:
         prune_channels(student, example, ratio=1.0 - width)
     torch.manual_seed(SEED)

@@ -2,11 +2,12 @@
 
 A `model.module` source is an eager `nn.Module`; a `.pt2` source is `ep.module()`, a
 GraphModule whose `train()`/`eval()` raise: its BatchNorm and dropout are switched by
-rewriting the graph (torchao's `move_exported_model_to_train/eval`). Training stages
-work on a deep copy (the loaded model stays the yardstick), then `commit` re-exports
-the trained module with torch.export so that every format is rebuilt from, and
-verified against, the trained model; accuracy drops stay measured against the
-outputs recorded at load.
+rewriting the graph (torchao's `move_exported_model_to_train/eval`: torch_graph.set_mode),
+and the stages that rewrite layers first lift its ops into modules (torch_graph.lift_layers).
+Training stages work on a deep copy (the loaded model stays the yardstick), then `commit`
+re-exports the trained module with torch.export so that every format is rebuilt from, and
+verified against, the trained model; accuracy drops stay measured against the outputs
+recorded at load.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mobilec.sources.pytorch import count_params, export_program
 from mobilec.state import ModelState
 from mobilec.training.channels_torch import macs
 from mobilec.training.finetune import require_train_data
+from mobilec.training.torch_graph import lift_layers, set_mode
 
 
 def is_torch(state: ModelState) -> bool:
@@ -26,15 +28,18 @@ def is_torch(state: ModelState) -> bool:
     return state.torch_module is not None
 
 
-def trainable_module(state: ModelState, what: str) -> Any:
+def trainable_module(state: ModelState, what: str, layers: bool = False) -> Any:
     """A trainable deep copy of the live PyTorch model, in train mode; exit-2 errors when
-    there is no data.train, no trainable parameter, or an exported graph that cannot train."""
+    there is no data.train, no trainable parameter, or an exported graph that cannot train.
+    layers: an exported graph's linear/conv/batch-norm ops lifted into modules (for the
+    stages that rewrite layers)."""
     require_train_data(state, f"{what} fine-tunes the model")
     if state.torch_module is None:
         raise UnsupportedError(f"{what} found no PyTorch module to train",
                                where=str(state.recipe.model.path))
     try:
         module = copy.deepcopy(state.torch_module)
+        module = lift_layers(module) if layers else module
     except Exception as exc:  # noqa: BLE001 - user modules can refuse deepcopy in many ways
         raise UnsupportedError(
             f"{what} trains a copy of the model and this module cannot be copied "
@@ -51,34 +56,6 @@ def trainable_module(state: ModelState, what: str) -> Any:
                  "or drop the stage and use post-training quantization")
     set_mode(module, train=True)
     return module
-
-
-def is_exported(module: Any) -> bool:
-    """An `ep.module()` GraphModule (its nodes carry export's `val` metadata)."""
-    import torch
-
-    return isinstance(module, torch.fx.GraphModule) and any(
-        "val" in n.meta for n in module.graph.nodes)
-
-
-def set_mode(module: Any, train: bool) -> Any:
-    """module.train(train), also for an exported GraphModule (graph rewrite of BatchNorm
-    and dropout, torchao's pt2e utilities)."""
-    if not is_exported(module):
-        return module.train(train)
-    from torchao.quantization.pt2e import (
-        move_exported_model_to_eval,
-        move_exported_model_to_train,
-    )
-
-    try:
-        return (move_exported_model_to_train if train else move_exported_model_to_eval)(module)
-    except Exception as exc:  # noqa: BLE001 - the pattern rewriter raises many types
-        raise UnsupportedError(
-            f"this exported program cannot be switched to {'training' if train else 'inference'}"
-            f" ({type(exc).__name__}: {first_line(exc, 200)})",
-            hint="load the model from its Python code instead (model.module: 'pkg.mod:factory' "
-                 "with --trust-code), or drop the training stage") from None
 
 
 def commit(state: ModelState, module: Any) -> Any:

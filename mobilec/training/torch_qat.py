@@ -19,7 +19,8 @@ from mobilec.sources.batch import as_list
 from mobilec.sources.pytorch import to_tensor
 from mobilec.state import ModelState
 from mobilec.training.torch_fit import fit, training_targets
-from mobilec.training.torch_model import commit, set_mode, trainable_module
+from mobilec.training.torch_graph import set_mode
+from mobilec.training.torch_model import commit, trainable_module
 from mobilec.training.torch_prune import Masks, prunable_weights
 
 
