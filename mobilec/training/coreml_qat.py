@@ -28,7 +28,8 @@ from mobilec.sources.batch import as_list
 from mobilec.sources.pytorch import eager_runner, to_tensor
 from mobilec.state import ModelState
 from mobilec.training.torch_fit import fit, steps_per_epoch
-from mobilec.training.torch_model import is_exported, trainable_module
+from mobilec.training.torch_graph import is_exported
+from mobilec.training.torch_model import trainable_module
 from mobilec.training.torch_prune import Masks, prunable_weights
 
 
