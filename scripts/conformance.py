@@ -188,8 +188,23 @@ def run_entry(entry: dict[str, Any], args: argparse.Namespace) -> list[dict[str,
     for r in runs:
         path = work / f"{r.name}.result.json"
         result = json.loads(path.read_text()) if path.exists() else None
-        cells += cells_for(entry, r, result, timed_out, rc, tail, args.timeout)
+        cells += cells_for(entry, r, _with_model(result, work / r.name / "report.json"),
+                           timed_out, rc, tail, args.timeout)
     return cells
+
+
+def _with_model(result: dict[str, Any] | None, report_path: Path) -> dict[str, Any] | None:
+    """A result from before results kept the report's `model` (accuracy, label_output,
+    outputs) gets it from the run's report.json, which --resume keeps."""
+    report = (result or {}).get("report")
+    if report is None or "model" in report or not report_path.exists():
+        return result
+    try:
+        model = json.loads(report_path.read_text()).get("model") or {}
+    except (OSError, ValueError):
+        return result
+    report["model"] = {k: model.get(k) for k in ("accuracy", "label_output", "outputs")}
+    return result
 
 
 def _tail(log: Path, lines: int = 6) -> str:

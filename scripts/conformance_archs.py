@@ -8,6 +8,7 @@ classifier's softmax is nearly uniform, and would hide a broken conversion.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,8 +120,10 @@ def class_labels(outputs: list[np.ndarray], names: list[str], pick: int | None =
     moved = rng.choice(len(own), int(round(LABEL_NOISE * len(own))), replace=False)
     y = own.astype("int64")
     y[moved] = (y[moved] + rng.integers(1, classes, len(moved))) % classes  # never its own class
+    # the digest: --resume reruns an entry whose labels changed, even to the same figures
     return y, {"output": names[pick], "index": pick, "classes": classes, "noise": LABEL_NOISE,
                "accuracy": round(float(np.mean(y == own)), 6),
+               "sha256": hashlib.sha256(y.tobytes()).hexdigest()[:16],
                "outputs": [{"name": n, "shape": [None, *o.shape[1:]]}
                            for n, o in zip(names, outputs, strict=True)]}
 

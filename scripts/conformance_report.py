@@ -87,7 +87,10 @@ def multi_output_entries(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   for c in group if c.get("label_output")}
         sources = sorted({c["source_accuracy"] for c in group
                           if c.get("source_accuracy") is not None})
-        on_class: bool | None = None
+        # an output of class-score shape with no labels: a corpus built before it had labels
+        unlabelled = not labels and any(len(o.get("shape") or []) == 2 and
+                                        (o["shape"][-1] or 0) >= 2 for o in outputs)
+        on_class: bool | None = False if unlabelled else None
         if labels:
             on_class = bool(sources) and all(abs(a - labels["accuracy"]) <= ACCURACY_TOLERANCE
                                             for a in sources) and \
@@ -130,7 +133,8 @@ def multi_output_section(cells: list[dict[str, Any]]) -> list[str]:
         labels = r["labels"]
         made = (f"labels on output {labels['index']} ('{labels['output']}', {labels['classes']} "
                 f"classes), source accuracy there {labels['accuracy']:.3f}" if labels
-                else "no class-score output: no labels")
+                else "class-score output but no labels (corpus built before labels: rebuild it)"
+                if r["on_class"] is False else "no class-score output: no labels")
         chosen = "; ".join(f"'{c['name']}' (index {c['index']}, {c['chosen_by']}: {c['reason']})"
                            if c.get("index") is not None else f"none ({c['reason']})"
                            for c in r["chosen"]) or "not reported (no run got past load)"

@@ -31,6 +31,11 @@ class TorchArch:
     # model zoos ship) instead of a .pt2
     onnx_opset: int | None = None
     label_output: int | None = None  # as Arch.label_output
+    # the attribute naming the nn.Linear that makes the class output: its bias is moved by
+    # minus the mean logit on the eval data. A random head on pooled ReLU features (all
+    # positive, alike across samples) gives every sample the same class: labels would then
+    # tell nothing a constant does not.
+    center_head: str | None = None
 
 
 def _nchw(size: int) -> Callable[[np.random.Generator, int], np.ndarray]:
@@ -331,7 +336,8 @@ TORCH_ARCHS: dict[str, TorchArch] = {a.name: a for a in [
     TorchArch("torch_bert_two_input", bert_two_input, _bert_data,
               "small BERT: int64 input_ids + attention_mask"),
     TorchArch("torch_face_multi_head", face_multi_head, _nchw(32),
-              "boxes, landmarks, class logits: the class output last", label_output=2),
+              "boxes, landmarks, class logits: the class output last", label_output=2,
+              center_head="classes"),
     TorchArch("onnx11_ocr_recognizer", ocr_recognizer, _normal((1, 32, 64)),
               "CRNN-style recognizer saved as opset-11 .onnx (TorchScript exporter)",
               onnx_opset=11),
@@ -348,6 +354,18 @@ def _randomize_batchnorm(module: Any, gen: Any) -> None:
             m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def _center(module: Any, head: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Shift `head`'s bias so that its outputs average 0 over the eval data (see center_head)."""
+    import torch
+
+    seen: list[Any] = []
+    hook = head.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        module(*(torch.from_numpy(a) for a in arrays.values()))
+        hook.remove()
+        head.bias -= seen[0].mean(0)
 
 
 def build_torch(arch: TorchArch, root: Path, seed: int = 0, samples: int = 32) -> list[dict[str, Any]]:
@@ -372,6 +390,8 @@ def build_torch(arch: TorchArch, root: Path, seed: int = 0, samples: int = 32) -
             _randomize_batchnorm(module, torch.Generator().manual_seed(seed))
         data = arch.data(np.random.default_rng(seed), samples)
         arrays = data if isinstance(data, dict) else {"x": data}
+        if arch.center_head:
+            _center(module, getattr(module, arch.center_head), arrays)
         example = tuple(torch.from_numpy(a[:1]) for a in arrays.values())
         if arch.onnx_opset:
             torch.onnx.export(module, example, str(root / rel), dynamo=False,

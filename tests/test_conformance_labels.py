@@ -38,12 +38,14 @@ def test_labels_are_the_class_outputs_decisions_with_a_tenth_moved() -> None:
         class_labels(outs, names)
 
 
+FACE = [{"name": n, "shape": [None, w]} for n, w in (("boxes", 4), ("age", 1), ("classes", 3))]
+DETECTOR = [{"name": "boxes", "shape": [None, 64, 4]}, {"name": "scores", "shape": [None, 64, 3]}]
+
+
 def _cell(source: str, chosen: int | None, source_acc: float | None,
-          labels: dict[str, Any] | None) -> dict[str, Any]:
+          labels: dict[str, Any] | None, outputs: list[dict[str, Any]] = FACE) -> dict[str, Any]:
     from conformance import cell
 
-    outputs = [{"name": n, "shape": [None, w]} for n, w in (("boxes", 4), ("age", 1),
-                                                           ("classes", 3))]
     choice = None if chosen is None else {"name": outputs[chosen]["name"], "index": chosen,
                                           "chosen_by": "source-accuracy", "reason": "r"}
     return cell({"model": "face", "source": source, "labels": labels}, "tflite", "int8", "ok",
@@ -58,17 +60,18 @@ def test_conformance_counts_entries_read_from_the_class_output() -> None:
               "outputs": []}
     cells = [_cell("keras", 2, 0.9, labels),  # right output
              _cell("onnx", 0, 0.31, labels),  # another output: the accuracy gives it away
-             _cell("h5", None, None, None)]  # no labels: n/a
+             _cell("h5", None, None, None),  # a class output but no labels (an old corpus)
+             _cell("export", None, None, None, DETECTOR)]  # no class-score output: n/a
     records = {r["source"]: r for r in multi_output_entries(cells)}
     assert records["keras"]["on_class"] is True and records["onnx"]["on_class"] is False
-    assert records["h5"]["on_class"] is None
-    assert label_count(cells) == {"multi_output": 3, "with_class_output": 2,
+    assert records["h5"]["on_class"] is False and records["export"]["on_class"] is None
+    assert label_count(cells) == {"multi_output": 4, "with_class_output": 3,
                                   "read_from_class_output": 1}
-    meta = {"mobilec_version": "x", "date": "d", "host": "h", "models": 1, "entries": 3,
+    meta = {"mobilec_version": "x", "date": "d", "host": "h", "models": 1, "entries": 4,
             "seconds": 60.0, "totals": totals(cells)}
     text = markdown(cells, meta, [("tflite", "int8")])
-    assert "read from the class output: **1/2**" in text and "**NOT the class output**" in text
-    assert "- tflite: 3 ok, 0 unverified, 0 degraded" in text
+    assert "read from the class output: **1/3**" in text and "**NOT the class output**" in text
+    assert "- tflite: 4 ok, 0 unverified, 0 degraded" in text
 
 
 def test_resume_reruns_an_entry_whose_labels_changed(tmp_path: Path) -> None:
