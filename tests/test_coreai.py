@@ -269,3 +269,53 @@ def test_the_bridge_folds_shapes_computed_at_run_time(tmp_path: Path) -> None:
     assert folded and not dynamic
     want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     np.testing.assert_allclose(ep.module()(torch.tensor(x)).numpy(), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_the_bridge_runs_onnx_lstm_and_gru_as_onnxruntime_does(tmp_path: Path, op: str) -> None:
+    """onnx2torch has no LSTM/GRU (tf2onnx writes every Keras LSTM/GRU layer as one): the
+    bridge's own converters compute what onnxruntime does, in each direction, with and
+    without an initial state, through the Slice/Expand/Tile static forms too."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mobilec.formats.coreai_bridge import onnx_to_torch
+
+    rng = np.random.default_rng(0)
+    seq, batch, feat, hidden = 5, 2, 3, 4
+    gates = 4 if op == "LSTM" else 3
+    for direction in ("forward", "reverse", "bidirectional"):
+        dirs = 2 if direction == "bidirectional" else 1
+
+        def init(name: str, shape: tuple[int, ...]) -> Any:
+            return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+        inits = [init("W", (dirs, gates * hidden, feat)), init("R", (dirs, gates * hidden, hidden)),
+                 init("B", (dirs, 2 * gates * hidden)), init("h0", (dirs, 1, hidden)),
+                 numpy_helper.from_array(np.array([1, 2, 1], dtype=np.int64), "reps"),
+                 numpy_helper.from_array(np.array([dirs, batch, hidden], dtype=np.int64), "hs"),
+                 numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+                 numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")]
+        extra = {"linear_before_reset": 1} if op == "GRU" else {}
+        state_in = ["h", "h"] if op == "LSTM" else ["h"]
+        outputs = ["Y", "Yh", "Yc"] if op == "LSTM" else ["Y", "Yh"]
+        nodes = [helper.make_node("Expand", ["h0", "hs"], ["h"]),  # [dirs, batch, hidden]
+                 helper.make_node(op, ["x", "W", "R", "B", "", *state_in], outputs,
+                                  hidden_size=hidden, direction=direction, **extra),
+                 helper.make_node("Slice", ["Y", "zero", "one", "zero"], ["first"]),
+                 helper.make_node("Tile", ["Yh", "reps"], ["tiled"]),
+                 # onnx2torch hands a whole multi-output node to a graph output: not Y itself
+                 helper.make_node("Identity", ["Y"], ["y"])]
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, feat])],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+             for n in ("y", "first", "tiled")], inits)
+        path = tmp_path / f"{op}-{direction}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        x = rng.standard_normal((seq, batch, feat)).astype(np.float32)
+        want = ort.InferenceSession(str(path)).run(None, {"x": x})
+        got = onnx_to_torch(path)(torch.tensor(x))
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g.detach().numpy(), w, atol=1e-5, err_msg=direction)

@@ -29,6 +29,7 @@ from typing import Any
 
 from mobilec.errors import ConversionError, MobilecError, UnsupportedError, first_line
 from mobilec.formats.coreai_convert import export_decomposed
+from mobilec.formats.onnx_rnn_torch import register as register_rnn
 
 
 def onnx_to_torch(path: Path) -> Any:
@@ -37,6 +38,7 @@ def onnx_to_torch(path: Path) -> Any:
     import onnx
 
     convert = _onnx2torch_convert()
+    register_rnn()  # ONNX LSTM/GRU, which onnx2torch lacks
     names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
     try:
         module = convert(str(path), save_input_names=all(n.isidentifier() for n in names))
@@ -91,12 +93,14 @@ def fold_shapes(path: Path, example: tuple[Any, ...], dest: Path) -> None:
 
 
 def static_reshapes(gm: Any) -> Any:
-    """onnx2torch's Reshape, Squeeze, Unsqueeze and Pad read their shape, axes or pads from a
-    tensor at run time, which torch.export cannot trace ("Could not guard on data-dependent
-    expression"). Where that tensor is a constant of the graph (an initializer), the op
-    becomes its static form with the values as Python ints: torch.reshape (unless the shape
-    has a 0, copy-this-dim), onnx2torch's own OnnxSqueezeStaticAxes, OnnxUnsqueezeStaticAxes
-    and OnnxPadStatic. Same arithmetic."""
+    """onnx2torch's Reshape, Squeeze, Unsqueeze, Pad, Slice, Expand and Tile read their shape,
+    axes, pads, bounds or repeats from a tensor at run time, which torch.export cannot trace
+    ("Could not guard on data-dependent expression", ".numpy() is not supported for tensor
+    subclasses"). Where that tensor is a constant of the graph (an initializer, or folded
+    into one), the op becomes its static form with the values as Python ints: torch.reshape
+    (unless the shape has a 0, copy-this-dim), onnx2torch's own OnnxSqueezeStaticAxes,
+    OnnxUnsqueezeStaticAxes and OnnxPadStatic, static_slice, static_expand, static_tile.
+    Same arithmetic."""
     changed = False
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or len(node.args) < 2:
@@ -162,8 +166,49 @@ def _pad(module: Any, consts: list[Any]) -> Any:
                                                  constant_value=value)
 
 
+def _slice(_: Any, consts: list[Any]) -> Any:
+    starts, ends = consts[1], consts[2]
+    axes = consts[3] if len(consts) > 3 else list(range(len(starts)))
+    steps = consts[4] if len(consts) > 4 else [1] * len(starts)
+    return (static_slice, tuple((int(a), int(b), int(e), int(st))
+                                for b, e, a, st in zip(starts, ends, axes, steps, strict=True)))
+
+
+def static_slice(x: Any, spec: tuple[tuple[int, int, int, int], ...]) -> Any:
+    """ONNX Slice with constant (axis, start, end, step)s, as onnx2torch computes it: a
+    negative step slices the axis flipped."""
+    import torch
+
+    for axis, start, end, step in spec:
+        if step < 0:
+            x = torch.flip(x, [axis])
+            start, end, step = -start - 1, -end - 1, -step
+        x = x[(slice(None),) * (axis % x.dim()) + (slice(start, end, step),)]
+    return x
+
+
+def _expand(_: Any, consts: list[Any]) -> Any:
+    return (static_expand, tuple(int(v) for v in consts[1]))
+
+
+def static_expand(x: Any, shape: tuple[int, ...]) -> Any:
+    """ONNX Expand to a constant shape (two-way broadcast)."""
+    import torch
+
+    return torch.broadcast_to(x, torch.broadcast_shapes(tuple(x.shape), shape))
+
+
+def _tile(_: Any, consts: list[Any]) -> Any:
+    return (static_tile, tuple(int(v) for v in consts[1]))
+
+
+def static_tile(x: Any, repeats: tuple[int, ...]) -> Any:
+    return x.repeat(repeats)
+
+
 _STATIC = {"OnnxReshape": _reshape, "OnnxSqueezeDynamicAxes": _squeeze,
-           "OnnxUnsqueezeDynamicAxes": _unsqueeze, "OnnxPadDynamic": _pad}
+           "OnnxUnsqueezeDynamicAxes": _unsqueeze, "OnnxPadDynamic": _pad, "OnnxSlice": _slice,
+           "OnnxExpand": _expand, "OnnxTile": _tile}
 
 
 def _attr(gm: Any, target: str) -> Any:
