@@ -525,6 +525,38 @@ def test_explore_searches_prune_on_pytorch_sources() -> None:
     assert onnx.sparsities == [None] and onnx.factorize == ["off"]
 
 
+@pytest.mark.slow
+def test_explore_builds_pruned_candidates_of_a_pt2(tmp_path: Path, cnn_pt2: Path,
+                                                   digits: Any) -> None:
+    """End to end: the pruned model is saved as a .pt2 into explore's cache (it was
+    refused as 'the state holds no model to save', so every prune candidate of a .pt2
+    failed) and its candidates are built and measured from it."""
+    from conftest import write_recipe
+
+    from mobilec.explore.run import explore
+
+    (xt, yt), (xe, ye) = digits
+    np.savez(tmp_path / "train.npz", x=xt, y=yt)
+    np.savez(tmp_path / "eval.npz", x=xe, y=ye)
+    recipe = write_recipe(tmp_path, cnn_pt2, name="explore",
+                          data={"source": "npz", "train": "train.npz", "eval": "eval.npz",
+                                "calibration_samples": 100},
+                          stages=[{"quantize": {"mode": "int8"}},
+                                  {"convert": {"formats": ["onnx"]}}],
+                          budget={"max_accuracy_drop": 0.05},
+                          explore={"max_candidates": 2, "sparsities": [0.5], "modes": ["int8"],
+                                   "prune": {"sparsity": 0.5, "epochs": 1, "batch_size": 64,
+                                             "learning_rate": 0.001}})
+    doc = explore(recipe)
+    pruned = [r for r in doc["candidates"] if r["sparsity"] == 0.5]
+    assert pruned, doc["candidates"]
+    for row in pruned:
+        assert row["status"] in ("ok", "over-budget"), row.get("error")
+        assert row["gzip_bytes"] and row["accuracy"] is not None
+    unpruned = next(r for r in doc["candidates"] if r["id"] == "int8/onnx")
+    assert pruned[0]["gzip_bytes"] < unpruned["gzip_bytes"]
+
+
 def test_plan_check_lets_every_training_stage_through_for_pytorch() -> None:
     """Up front, before any load: every training stage passes for .pt2 and module sources
     (factorize and distill {width} on a .pt2 lift its ops into layers: test_torch_graph)."""

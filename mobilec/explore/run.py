@@ -44,6 +44,8 @@ from mobilec.util.publish import check_report_files
 # prune and factorize fine-tune Keras and PyTorch models (a .pt2's graph is factorized
 # once its ops are lifted into layers: training/torch_graph.py).
 TRAINABLE = ("keras", "h5", "savedmodel", "pt2", "torch-module")
+# What the save step writes a transformed model as (Keras and SavedModel sources: .h5).
+SAVED_AS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 # The prune stage's own defaults (constant, 2 epochs, lr 1e-4) suit a gentle 0.5; explore
 # goes to 0.8-0.9, where the demo CNN needs a ramp and more epochs (measured, int8 .tflite:
 # 0.9 constant 2 epochs lr 1e-4 loses 35 points, polynomial 4 epochs lr 1e-3 loses 5,
@@ -270,7 +272,7 @@ def _transformed(base: Recipe, stages: list[dict[str, Any]], cache: Cache,
     entry = cache.get_transform(key)
     if entry is None:
         fmt = model_format(base.model)
-        dest = cache.transform_dir(key) / ("model.onnx" if fmt == "onnx" else "model.h5")
+        dest = cache.transform_dir(key) / SAVED_AS.get(fmt, "model.h5")
         try:
             done = api.transform(recipe, dest, **opts)
             entry = {"path": done["path"], "error": None, "stages": done["stages"],

@@ -4,7 +4,8 @@ Not a recipe stage: `mobilec.api.transform` plans it last, so that `mobilec expl
 can build each transformed model once, keep it in its content cache, and run every
 quantize/convert candidate from it. A Keras model is written as a tf_keras .h5 (what
 the load stage reads back into the same layers), an ONNX graph as an .onnx copy, a
-SavedModel as a directory copy. The file goes in with one rename: a cache never holds
+SavedModel as a directory copy, a PyTorch model (.pt2 or model.module, trained or not) as
+the .pt2 of the program the state holds (training stages re-export it). The file goes in with one rename: a cache never holds
 half a model.
 """
 
@@ -20,7 +21,7 @@ from mobilec.sources.onnx_input import read_model, save_model
 from mobilec.state import ModelState
 from mobilec.util.fs import sha256_path, size_of
 
-SUFFIX = {"keras": ".h5", "onnx": ".onnx", "savedmodel": ""}
+SUFFIX = {"keras": ".h5", "onnx": ".onnx", "savedmodel": "", "pt2": ".pt2"}
 
 
 def model_kind(state: ModelState) -> str:
@@ -30,6 +31,8 @@ def model_kind(state: ModelState) -> str:
         return "onnx"
     if state.graph_dir is not None:
         return "savedmodel"
+    if state.torch_program is not None:
+        return "pt2"
     raise UnsupportedError("the state holds no model to save")
 
 
@@ -49,6 +52,10 @@ def run(state: ModelState, config: dict[str, Any] | None) -> dict[str, Any]:
         state.keras_model.save(str(tmp), save_format="h5")
     elif kind == "onnx":
         save_model(read_model(state.onnx_path), tmp)
+    elif kind == "pt2":
+        import torch
+
+        torch.export.save(state.torch_program, str(tmp))
     else:
         shutil.copytree(state.graph_dir, tmp)
     if dest.is_dir():
