@@ -89,6 +89,10 @@ class Artifact:
     built_from: list[dict[str, Any]] | None = None
     op_compat: dict[str, Any] | None = None
     inputs: list[dict[str, Any]] | None = None  # the file's own inputs: name, shape, dtype
+    outputs: list[dict[str, Any]] | None = None  # the file's own outputs: name, shape, dtype
+    # {inputs|outputs: {name in this file: the source's name}} where a format renamed them
+    io_names: dict[str, dict[str, str]] | None = None
+    io_dtypes: list[str] | None = None  # tensors this file takes or gives in another dtype
     delegate_manifest: str | None = None  # path of <artifact>.delegate.json
     slower_than_float32: float | None = None
     manifest: dict[str, Any] | None = None  # the delegate manifest being assembled (not reported)

@@ -229,6 +229,91 @@ def test_litert_torch_tflite_takes_the_source_input_names_and_dtypes(tmp_path: P
 
 
 @pytest.mark.slow
+def test_every_artifact_names_its_outputs_as_the_source_does(tmp_path: Path) -> None:
+    """A PyTorch model's .onnx, .pte and Core ML name its outputs as the ExportedProgram does
+    (`linear_1`); litert_torch named them output_0, output_1 (an app fetching by name would
+    need per-artifact code). Now its signature outputs carry the source's names, and a file
+    that cannot is reported with the mapping, in report.json and in its loader snippet."""
+    import json
+
+    from conftest import compress
+
+    (tmp_path / "heads.py").write_text(
+        "import torch\n"
+        "class Heads(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        torch.manual_seed(0)\n"
+        "        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16))\n"
+        "        self.box = torch.nn.Linear(16, 4)\n"
+        "        self.scores = torch.nn.Linear(16, 10)\n"
+        "    def forward(self, image):\n"
+        "        h = self.body(image)\n"
+        "        return self.scores(h), self.box(h)\n"
+        "def build():\n"
+        "    return Heads()\n")
+    recipe = {"version": 1, "name": "heads",
+              "model": {"module": "heads.py:build", "input_shape": [1, 1, 8, 8]},
+              "data": {"source": "digits", "eval_samples": 64, "calibration_samples": 16},
+              "stages": [{"quantize": {"mode": "dynamic"}},
+                         {"convert": {"formats": ["tflite", "onnx"]}}],
+              "targets": ["cpu"], "output": {"dir": str(tmp_path / "out"),
+                                             "report": ["json", "md"]}}
+    (tmp_path / "heads.yaml").write_text(json.dumps(recipe))
+    report = compress(tmp_path / "heads.yaml", trust_code=True)
+    source = [t["name"] for t in report["model"]["outputs"]]
+    assert len(source) == 2
+    arts = [a for a in report["artifacts"] if a["status"] == "ok"]
+    assert {a["format"] for a in arts} == {"tflite", "onnx"}
+    for a in arts:
+        assert sorted(t["name"] for t in a["outputs"]) == sorted(source), a["path"]
+        assert [t["name"] for t in a["inputs"]] == ["image"]
+        assert a["io_names"] is None, a["path"]
+    assert any(a["format"] == "tflite" and a["route"] == "litert-torch" for a in arts)
+
+    # a file that cannot carry the names (litert_torch's own output_0/output_1): the report
+    # and the loader snippet say which is which
+    import importlib.util
+
+    from mobilec.delegates.manifest import markdown_sections, prepare_for_placement
+    from mobilec.formats.torch_routes import torch_to_tflite
+    from mobilec.recipe.schema import ModelSpec, Recipe
+    from mobilec.state import Artifact, ModelState, TensorSpec
+
+    spec = importlib.util.spec_from_file_location("heads", tmp_path / "heads.py")
+    factory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factory)
+    x = np.zeros((1, 1, 8, 8), "float32")
+    plain = torch_to_tflite(factory.build().eval(), (x,), tmp_path / "plain.tflite", "float32")
+    (tmp_path / "work").mkdir()
+    state = ModelState(recipe=Recipe(model=ModelSpec(path=tmp_path / "heads.pt2"),
+                                     targets=["cpu"]),
+                       out_dir=tmp_path / "placed", work_dir=tmp_path / "work")
+    state.inputs = [TensorSpec("image", [None, 1, 8, 8])]
+    state.outputs = [TensorSpec(source[0], [None, 10]), TensorSpec(source[1], [None, 4])]
+    art = Artifact(path=plain, format="tflite", quantization="float32", target="cpu",
+                   delegate="xnnpack")
+    prepare_for_placement(state, art, plain)
+    assert art.io_names == {"inputs": {"args_0": "image"},
+                            "outputs": {"output_0": source[0], "output_1": source[1]}}
+    assert any("'output_0' is '" + source[0] + "'" in n for n in art.notes)
+    assert art.io_dtypes is None  # float32 in, float32 out, as the source
+    state.artifacts = [art]
+    snippet = "\n".join(markdown_sections(state))
+    assert f'// output "output_1" here is "{source[1]}" in the source model' in snippet
+    # dtypes: a file taking int8 (int8-io) is fed differently, and says so; outputs are
+    # matched by name whatever their order in the file
+    from mobilec.delegates.manifest import io_dtypes
+
+    io = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "dtype": "int8"}],
+          "outputs": [{"name": source[1], "shape": [1, 4], "dtype": "float32"},
+                      {"name": source[0], "shape": [1, 10], "dtype": "int8"}]}
+    assert io_dtypes(state, io) == [
+        "input 'image' is int8 in this file (float32 in the source model)",
+        f"output '{source[0]}' is int8 in this file (float32 in the source model)"]
+
+
+@pytest.mark.slow
 def test_an_int8_pte_of_computed_indices_says_what_to_ship(tmp_path: Path) -> None:
     """PT2E int8 turns integer index tensors into float: every route fails the same way, and
     the artifact says what works instead of four first lines of stack traces."""

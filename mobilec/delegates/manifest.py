@@ -21,7 +21,9 @@ from typing import Any
 from mobilec._version import __version__
 from mobilec.delegates.tflite_metadata import embed_tflite_hint, tflite_hint
 from mobilec.formats import get_format
+from mobilec.formats.runtime import match_outputs
 from mobilec.policy.targets import NNAPI_CHECK_API, NNAPI_DEPRECATED_API, NNAPI_WARNING, TARGETS
+from mobilec.sources.batch import match_names
 from mobilec.state import Artifact, ModelState
 from mobilec.util.fs import atomic_write_text, remove_artifact
 
@@ -57,6 +59,13 @@ def prepare_for_placement(state: ModelState, art: Artifact, built: Path) -> Path
             art.notes.append(w)
     io = _io(built, art)
     art.inputs = io.get("inputs") or None  # the report lists what each file takes
+    art.outputs = io.get("outputs") or None
+    art.io_names = io_names(state, io)
+    art.io_dtypes = io_dtypes(state, io) or None
+    differs = [f"this file's {kind} are named differently from the source model's: "
+               + ", ".join(f"'{f}' is '{s}'" for f, s in names.items())
+               for kind, names in (art.io_names or {}).items()] + (art.io_dtypes or [])
+    art.notes += [d for d in differs if d not in art.notes]
     manifest = {
         "mobilec_manifest": MANIFEST_VERSION, "mobilec_version": __version__,
         "artifact": art.path.name, "format": art.format, "target": art.target,
@@ -187,6 +196,46 @@ def _warnings(art: Artifact, compat: dict[str, Any]) -> dict[str, list[str]]:
     return {"notes": notes, "all": notes_for_manifest + extra}
 
 
+def io_pairs(state: ModelState, io: dict[str, list[dict[str, Any]]]
+             ) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(inputs|outputs, the source's TensorSpec, the file's {name, shape, dtype}) for each
+    tensor, matched as the runners match them (by name, else shape, else position)."""
+    pairs: list[tuple[str, Any, dict[str, Any]]] = []
+    ins = io.get("inputs") or []
+    if len(ins) == len(state.inputs):
+        hits = match_names([t.name for t in state.inputs], [t["name"] for t in ins])
+        index = {t["name"]: k for k, t in enumerate(ins)}
+        order = range(len(ins)) if None in hits else [index[h] for h in hits if h is not None]
+        pairs += [("inputs", t, ins[k]) for t, k in zip(state.inputs, order, strict=True)]
+    outs = io.get("outputs") or []
+    order = match_outputs(state.outputs, [t["name"] for t in outs], [t["shape"] for t in outs])
+    pairs += [("outputs", t, outs[k]) for t, k in zip(state.outputs, order or [], strict=False)]
+    return pairs
+
+
+def io_names(state: ModelState, io: dict[str, list[dict[str, Any]]]
+             ) -> dict[str, dict[str, str]] | None:
+    """{inputs|outputs: {the file's name: the source's name}} where they differ (a format that
+    cannot carry a name); None when every name agrees."""
+    out: dict[str, dict[str, str]] = {}
+    for kind, src, got in io_pairs(state, io):
+        if got["name"] != src.name:
+            out.setdefault(kind, {})[got["name"]] = src.name
+    return out or None
+
+
+def io_dtypes(state: ModelState, io: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One sentence per tensor the file takes or gives in another dtype than the source
+    (float16 I/O, int8 I/O): what the app feeds differs, so the report and snippet say it."""
+    out = []
+    for kind, src, got in io_pairs(state, io):
+        have, want = str(got.get("dtype")), str(src.dtype)
+        if want not in ("unknown", "string", "None") and have != want:
+            out.append(f"{kind[:-1]} '{got['name']}' is {have} in this file ({want} in the "
+                       "source model)")
+    return out
+
+
 def _io(path: Path, art: Artifact) -> dict[str, list[dict[str, Any]]]:
     """The artifact's own input/output names, shapes and dtypes (what the app must use)."""
     try:
@@ -233,7 +282,10 @@ def _snippet(state: ModelState, art: Artifact) -> str:
     for w in m["warnings"][:1] if art.delegate == "nnapi" else []:
         lines += [f"> {w}", ""]
     lang, code = get_format(art.format).loader_snippet(art, m)
-    lines += [f"```{lang}", code, "```"]
+    differs = [f"// {kind[:-1]} \"{f}\" here is \"{s}\" in the source model and the other artifacts"
+               for kind, names in (art.io_names or {}).items() for f, s in names.items()]
+    differs += [f"// {d}" for d in art.io_dtypes or []]
+    lines += [f"```{lang}", *differs, code, "```"]
     return "\n".join(lines)
 
 

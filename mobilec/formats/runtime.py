@@ -25,30 +25,38 @@ class Runner(Protocol):
 
 def align_outputs(ref: list[TensorSpec], got_names: list[str], got: list[np.ndarray]
                   ) -> list[np.ndarray]:
-    """Put a converted model's outputs in the source model's order.
+    """Put a converted model's outputs in the source model's order (match_outputs)."""
+    order = match_outputs(ref, got_names, [list(a.shape) for a in got])
+    return got if order is None else [got[k] for k in order]
 
-    Converters rename and reorder outputs (TFLite sorts signature outputs by name);
-    match by exact name, then by name prefix, then by unique shape, then by order.
-    """
-    if len(got) != len(ref):
-        return got
+
+def match_outputs(ref: list[TensorSpec], got_names: list[str], got_shapes: list[list[Any]]
+                  ) -> list[int] | None:
+    """For each source output, the index of the converted model's output it is (None when
+    the counts differ). Converters rename and reorder outputs (TFLite sorts signature outputs
+    by name): match by exact name, then by name prefix, then by unique shape, then by order.
+    The runners align by it, and the report names each file's outputs by it."""
+    if len(got_names) != len(ref):
+        return None
     if len(ref) == 1:
-        return got
-    remaining = dict(zip(got_names, got, strict=True))
-    out: list[np.ndarray | None] = [None] * len(ref)
+        return [0]
+    remaining = dict(enumerate(got_names))
+    out: list[int | None] = [None] * len(ref)
     for i, spec in enumerate(ref):
-        for name in list(remaining):
+        for k, name in list(remaining.items()):
             base = name.split(":")[0]
             if name == spec.name or base == spec.name or base.endswith("/" + spec.name):
-                out[i] = remaining.pop(name)
+                out[i] = k
+                del remaining[k]
                 break
     for i, spec in enumerate(ref):
         if out[i] is not None:
             continue
-        same = [n for n, a in remaining.items() if list(a.shape[1:]) == list(spec.shape[1:])]
+        same = [k for k in remaining if list(got_shapes[k][1:]) == list(spec.shape[1:])]
         if len(same) == 1:
-            out[i] = remaining.pop(same[0])
-    rest = iter(remaining.values())
+            out[i] = same[0]
+            del remaining[same[0]]
+    rest = iter(remaining)
     return [o if o is not None else next(rest) for o in out]
 
 

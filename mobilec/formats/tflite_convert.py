@@ -84,7 +84,8 @@ def litert_torch_tflite(state: ModelState, mode: str) -> bytes:
             else state.data.calibration.x
         torch_to_tflite(state.torch_module, example_inputs(state), dest,
                         "int8-io" if mode == "int8-io" else mode, calib,
-                        input_names=[t.name for t in state.inputs])
+                        input_names=[t.name for t in state.inputs],
+                        output_names=[t.name for t in state.outputs])
         state.memo[key] = dest.read_bytes()
     return state.memo[key]
 

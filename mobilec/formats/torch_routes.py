@@ -74,7 +74,8 @@ def onnx_files(dest: Path) -> list[Path]:
 
 def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mode: str,
                     calibration: Inputs | None = None,
-                    input_names: list[str] | None = None) -> Path:
+                    input_names: list[str] | None = None,
+                    output_names: list[str] | None = None) -> Path:
     """litert_torch.convert; `dynamic` and `int8-io` through its PT2E quantizer.
 
     What litert-torch 0.10 gives: float32; dynamic (int8 weights, float I/O); static
@@ -101,7 +102,7 @@ def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mo
         with _quiet():
             if mode != "float32":
                 module, quant_config = _litert_pt2e(module, args, mode, calibration)
-            named_module, named = _keyword_inputs(module, args, input_names)
+            named_module, named = _keyword_inputs(module, args, input_names, output_names)
             try:
                 edge = litert_torch.convert(named_module, () if named else args, named,
                                             quant_config=quant_config, enable_x64=x64)
@@ -118,26 +119,38 @@ def torch_to_tflite(module: Any, example_inputs: tuple[Any, ...], dest: Path, mo
     return Path(dest)
 
 
-def _keyword_inputs(module: Any, args: tuple[Any, ...], names: list[str] | None
-                    ) -> tuple[Any, dict[str, Any] | None]:
+def _keyword_inputs(module: Any, args: tuple[Any, ...], names: list[str] | None,
+                    outputs: list[str] | None = None) -> tuple[Any, dict[str, Any] | None]:
     """(a module taking the inputs by keyword, {name: example}); (module, None) when the names
     cannot be keywords. An ExportedProgram's module takes positional inputs only: a wrapper
-    maps the keywords back to positions."""
+    maps the keywords back to positions. With `outputs` (the source's output names) the
+    wrapper returns {name: tensor}, which litert_torch makes the signature's output names
+    (else output_0, output_1, ...)."""
     import torch
+    from torch.utils import _pytree as pytree
 
-    if not names or len(names) != len(args) or len(set(names)) != len(names) or \
-            not all(n.isidentifier() for n in names):
+    keywords = bool(names) and len(names) == len(args) and len(set(names)) == len(names) and \
+        all(n.isidentifier() for n in names)
+    if not keywords and not outputs:
         return module, None
 
-    class NamedInputs(torch.nn.Module):
+    def named_outputs(out: Any) -> Any:
+        leaves = pytree.tree_leaves(out)
+        if outputs and len(leaves) == len(outputs) and len(set(outputs)) == len(outputs):
+            return dict(zip(outputs, leaves, strict=True))
+        return out
+
+    class NamedIO(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.inner = module
+            self.training = False  # the inner module is in eval mode already
 
-        def forward(self, **inputs: Any) -> Any:
-            return self.inner(*[inputs[n] for n in names])
+        def forward(self, *positional: Any, **inputs: Any) -> Any:
+            return named_outputs(self.inner(*positional, *[inputs[n] for n in names or []
+                                                           if n in inputs]))
 
-    return NamedInputs(), dict(zip(names, args, strict=True))
+    return NamedIO(), dict(zip(names, args, strict=True)) if keywords and names else None
 
 
 def _litert_pt2e(module: Any, args: tuple[Any, ...], mode: str,

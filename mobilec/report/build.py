@@ -44,7 +44,8 @@ def artifact_row(state: ModelState, a: Artifact) -> dict[str, Any]:
         "status": a.status, "error": a.error, "note": "; ".join(a.notes) or None,
     }
     for key in ("route", "verification", "delegate_manifest", "slower_than_float32", "kept_float",
-                "quantizer", "coreml", "delegation", "inputs",
+                "quantizer", "coreml", "delegation", "inputs", "outputs", "io_names",
+                "io_dtypes",
                 "built_from"):
         if getattr(a, key) is not None:
             row[key] = getattr(a, key)

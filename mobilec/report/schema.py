@@ -115,6 +115,17 @@ class ArtifactRow(_Model):
     inputs: list[dict[str, Any]] | None = Field(
         None, description="The file's own inputs (name, shape, dtype): a dim an .onnx or .pte "
                           "keeps dynamic is null or its symbolic name.")
+    outputs: list[dict[str, Any]] | None = Field(
+        None, description="The file's own outputs (name, shape, dtype).")
+    io_names: dict[str, dict[str, str]] | None = Field(
+        None, description="Where this file names an input or output differently from the "
+                          "source model (and so from the other artifacts): {inputs|outputs: "
+                          "{name in this file: the source's name}}; absent when all agree. "
+                          "The loader snippet says the same.")
+    io_dtypes: list[str] | None = Field(
+        None, description="Each input or output this file takes or gives in another dtype "
+                          "than the source model (float16 or int8 I/O), as a sentence; the "
+                          "loader snippet says the same.")
     io_quant: dict[str, Any] | None = None
     route: str | None = Field(None, description="The conversion route that made this file.")
     routes_failed: list[dict[str, Any]] = Field(
