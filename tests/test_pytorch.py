@@ -314,14 +314,14 @@ def test_pte_records_and_runs_with_exactly_its_kernel_libraries(tmp_path: Path, 
 @pytest.mark.slow
 def test_pte_float16_int4_dynamic_verified(tmp_path: Path, cnn: Any, digits: Any) -> None:
     """ExecuTorch's other XNNPACK modes: each verified against eager PyTorch, smaller than
-    float32 (float16: Conv weights stay fp32 in XNNPACK, so ~0.62x on this CNN; int4 8da4w
-    on the Linear layers: ~0.34x), within the accuracy the issue asks."""
+    float32 (float16 ~0.51x on this CNN, Conv weights stored fp16 too; int4 8da4w on the
+    Linear layers: ~0.34x), within the accuracy the issue asks."""
     state = make_state(cnn, digits, tmp_path)
     _, (xe, ye) = digits
     ref = accuracy(eager(cnn, xe), ye)
     f32, _ = build_pte(state, "float32", tmp_path, run=False)
     sizes = {}
-    for mode, drop, ratio in (("float16", 0.1 * POINT, 0.65), ("int4", 1.5 * POINT, 0.35),
+    for mode, drop, ratio in (("float16", 0.1 * POINT, 0.55), ("int4", 1.5 * POINT, 0.35),
                               ("dynamic", 1.0 * POINT, 0.5)):
         art, out = build_pte(state, mode, tmp_path)
         assert art.status == "ok" and art.route == "xnnpack", (mode, art.error)
@@ -330,6 +330,27 @@ def test_pte_float16_int4_dynamic_verified(tmp_path: Path, cnn: Any, digits: Any
         sizes[mode] = art.path.stat().st_size / f32.path.stat().st_size
         assert sizes[mode] <= ratio, (mode, sizes)
     assert sizes["int4"] < sizes["dynamic"] < sizes["float16"]
+
+
+@pytest.mark.slow
+def test_pte_float16_stores_conv_weights_in_fp16(tmp_path: Path, digits: Any) -> None:
+    """ExecuTorch 1.5.1's XNNPACK serializer writes Conv weights as fp32 even in an fp16
+    graph (0.834x here, 65% of the weights are Conv); mobilec keeps them fp16: 0.523x,
+    XNNPACK still takes the Convs, and it verifies with the same outputs."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    convs = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(64 * 16, 10))
+    (xt, yt), _ = digits
+    state = make_state(train(convs, xt, yt, epochs=1), digits, tmp_path)  # untrained: ties
+    f32, _ = build_pte(state, "float32", tmp_path, run=False)
+    f16, _ = build_pte(state, "float16", tmp_path, run=False)
+    assert f16.status == "ok" and f16.route == "xnnpack", f16.error
+    assert f16.verification  # run in ExecuTorch's runtime against eager PyTorch
+    assert f16.delegation["delegated"] == f32.delegation["delegated"]  # Convs delegated
+    ratio = f16.path.stat().st_size / f32.path.stat().st_size
+    assert ratio <= 0.55, ratio
 
 
 def test_int4_of_an_exported_graph_goes_through_pt2e(cnn: Any, digits: Any) -> None:

@@ -229,7 +229,6 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
     """Export `module` at batch 1, quantize (int8, or a mode of executorch_quant), lower
     along `route`; the .pte bytes and the delegation counts. Notes on what the mode kept
     float are appended to `notes`."""
-    import torch
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
 
@@ -271,7 +270,7 @@ def lower(module: Any, example: Inputs, route: Route, mode: str,
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioners = [XnnpackPartitioner()]
-    with torch.no_grad():
+    with executorch_quant.lowering(mode):  # no_grad; float16: fp16 Conv weights
         edge = to_edge_transform_and_lower(
             ep, partitioner=partitioners,
             # quantize/dequantize ops are not core ATen: the IR check would reject them
