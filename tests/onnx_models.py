@@ -356,17 +356,19 @@ def mobilenet_v3_se_block(directory: Path) -> Path:
     return path
 
 
-def stateful_stream_model(directory: Path) -> Path:
+def stateful_stream_model(directory: Path, named: bool = True) -> Path:
     """A streaming voice-activity model as silero-vad ships it: `input` [batch, sequence]
     float32 (sequence dynamic), `state` [2, batch, 128] float32 (the batch is NOT the first
     dim) and `sr` int64 rank 0 (one sample rate for the whole batch); outputs `output`
     [batch, 2] (speech probabilities) and `stateN` [2, batch, 128]. The data
     (`stateful-train.npz`, `stateful-eval.npz`) holds each input as the model takes it, the
     samples along its batch dim (`state` [2, N, 128]) and `sr` as one 0-d value; `y` is the
-    model's own decision, so the source is 100 % accurate."""
+    model's own decision, so the source is 100 % accurate. `named=False`: every dynamic dim
+    unnamed (only the data tells which of `state`'s dims is the batch)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(11)
+    batch = "batch" if named else None
     decay = rng.uniform(0.5, 1.0, 128).astype("float32")
     w = rng.standard_normal((128, 2)).astype("float32")
     consts = {"decay": decay, "w": w, "gain": (rng.standard_normal(128) * 2).astype("float32"),
@@ -384,11 +386,12 @@ def stateful_stream_model(directory: Path) -> Path:
              helper.make_node("Softmax", ["logits"], ["output"], axis=1)]
     graph = helper.make_graph(
         nodes, "stateful",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "sequence"]),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 128]),
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, "sequence"] if named
+                                       else [None, None]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, 128]),
          helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2]),
-         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", 128])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 2]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, batch, 128])],
         [numpy_helper.from_array(v, k) for k, v in consts.items()])
     path = save_helper_model(graph, directory / "stateful.onnx")
     for role, n in (("train", 96), ("eval", 64)):

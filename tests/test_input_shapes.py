@@ -145,6 +145,40 @@ def test_a_batch_not_first_input_and_a_scalar_input_convert_from_the_data(tmp_pa
         in tfl["error"]
 
 
+def test_an_unnamed_batch_dim_is_found_in_the_data(tmp_path: Path) -> None:
+    """Every dynamic dim unnamed (`state` [2, ?, 128]): the batch is the one dynamic dim where
+    the npz has the sample count; the source runs samples first, outputs included."""
+    from onnx_models import stateful_stream_model
+
+    from mobilec.formats.runtime import source_runner
+    from mobilec.recipe.loader import load_recipe
+    from mobilec.sources.data import load_dataset
+    from mobilec.sources.data_validate import check_data
+    from mobilec.sources.onnx_input import load_onnx
+    from mobilec.state import ModelState
+
+    model = stateful_stream_model(tmp_path, named=False)
+    recipe = {"version": 1, "name": "vad", "model": {"path": str(model)},
+              "data": {"source": "npz", "train": str(tmp_path / "stateful-train.npz"),
+                       "eval": str(tmp_path / "stateful-eval.npz")}}
+    (tmp_path / "vad.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    loaded = load_recipe(tmp_path / "vad.yaml")
+    (tmp_path / "work").mkdir()
+    state = ModelState(recipe=loaded, out_dir=tmp_path / "out", work_dir=tmp_path / "work")
+    load_onnx(state, model)
+    assert [t.batch_axis for t in state.inputs] == [0, 1, None]
+    assert [t.batch_axis for t in state.outputs] == [0, 1]
+    assert any("input 'state' takes its batch on dim 1 (the dim the data's sample count is on)"
+               in n for n in state.notes)
+    data = load_dataset(loaded.data, tmp_path, state.inputs)
+    assert [a.shape for a in data.eval.x] == [(64, 32), (64, 2, 128), (64,)]
+    out, state_n = source_runner(state)(data.eval.x)
+    assert out.shape == (64, 2) and state_n.shape == (64, 2, 128)
+    assert (out.argmax(axis=1) == data.eval.y).all()
+    # validate reads the data the same way
+    assert check_data(loaded, "onnx")["splits"]["eval"]["samples"] == 64
+
+
 def test_a_scalar_input_takes_one_value_for_every_sample(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
     from onnx_models import save_helper_model

@@ -16,6 +16,7 @@ from mobilec.sources.batch import as_list
 from mobilec.sources.data import adapt_layout, bind_inputs, fit_to_input, load_npz
 from mobilec.sources.datacheck import arrays_of, check_finite
 from mobilec.sources.declared import declared_io
+from mobilec.sources.input_shapes import data_axes
 from mobilec.sources.labels import label_ids
 
 
@@ -44,6 +45,12 @@ def check_data(recipe: Recipe, model_format: str) -> dict[str, Any]:
     want = recipe.model.input_shape
     if declared.inputs is not None and want is not None and len(declared.inputs) == 1:
         declared.inputs[0].shape = [None, *want[1:]]  # model.input_shape, as load applies it
+    if declared.inputs is not None:  # a batch dim only the data tells, as load finds it
+        axes = data_axes(recipe, {t.name: None if t.batch_axis is None else t.shape
+                                  for t in declared.inputs},
+                         {t.name: t.batch_axis for t in declared.inputs})
+        for t in declared.inputs:
+            t.batch_axis = axes[t.name]
     if declared.inputs is None:
         result["not_checked"].append(f"data shapes against the model's inputs: {declared.why_not}")
     for role in ("train", "eval"):

@@ -76,10 +76,47 @@ def data_shapes(recipe: Any, names: list[str], axes: dict[str, int | None] | Non
     """For each input, (file, sample shape) of its array in each of the recipe's npz files
     (the batch dim, `axes[name]`, left out). Files that cannot be read are left to the data
     loader, which says why."""
+    seen: dict[str, list[tuple[str, list[int]]]] = {}
+    for path, shapes, _ in _file_shapes(recipe, names):
+        for name, shape in shapes.items():
+            axis = (axes or {}).get(name, 0)
+            if axis is not None and len(shape) > axis:
+                seen.setdefault(name, []).append((path, sample_shape(shape, axis)))
+    return seen
+
+
+def data_axes(recipe: Any, dims: dict[str, Dims | None], axes: dict[str, int | None]
+              ) -> dict[str, int | None]:
+    """`axes` with the batch dim of an input the names left unsettled found in the data: its
+    first dim is static and the npz holds it with that size there, and exactly one of its
+    dynamic dims has the sample count, in every file (`state` [2, ?, 128] as [2, N, 128])."""
+    out = dict(axes)
+    files = _file_shapes(recipe, list(dims), [n for n, d in dims.items()
+                                              if d and not isinstance(d[0], int)])
+    for name, d in dims.items():
+        if axes.get(name) != 0 or not d or not isinstance(d[0], int):
+            continue
+        found = set()
+        for _, shapes, n in files:
+            shape = shapes.get(name)
+            if shape is None or n is None or len(shape) != len(d) or shape[0] != d[0] or n == d[0]:
+                found.add(None)
+                continue
+            hits = [k for k, x in enumerate(d) if not isinstance(x, int) and shape[k] == n]
+            found.add(hits[0] if len(hits) == 1 else None)
+        if len(found) == 1 and None not in found:
+            out[name] = found.pop()
+    return out
+
+
+def _file_shapes(recipe: Any, names: list[str], batch_first: list[str] | None = None
+                 ) -> list[tuple[str, dict[str, list[int]], int | None]]:
+    """(file, {input: its array's shape}, sample count: the labels', else the first dim of
+    the array of an input in `batch_first`) for each of the recipe's npz files."""
     d = recipe.data
     if d is None or d.source != "npz" or d.python:
-        return {}
-    seen: dict[str, list[tuple[str, list[int]]]] = {}
+        return []
+    out = []
     for path in (d.train, d.eval):
         if path is None or not Path(path).is_file():
             continue
@@ -89,11 +126,11 @@ def data_shapes(recipe: Any, names: list[str], axes: dict[str, int | None] | Non
             continue
         arrays = [a for a in shapes if a != "y"]
         matched = ["x"] if len(names) == 1 and "x" in arrays else match_names(names, arrays)
-        for name, array in zip(names, matched, strict=True):
-            axis = (axes or {}).get(name, 0)
-            if array is not None and axis is not None and len(shapes[array]) > axis:
-                seen.setdefault(name, []).append((str(path), sample_shape(shapes[array], axis)))
-    return seen
+        mine = {n: shapes[a] for n, a in zip(names, matched, strict=True) if a is not None}
+        count = (shapes.get("y") or next((mine[n] for n in batch_first or [] if mine.get(n)),
+                                         [None]))[0]
+        out.append((str(path), mine, count))
+    return out
 
 
 def _npz_shapes(path: Path) -> dict[str, list[int]]:

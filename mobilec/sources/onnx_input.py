@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.errors import ModelLoadError, first_line
-from mobilec.sources.input_shapes import batch_axes, data_shapes, recipe_shapes, resolve_dims
+from mobilec.sources.input_shapes import (
+    batch_axes,
+    data_axes,
+    data_shapes,
+    recipe_shapes,
+    resolve_dims,
+)
 from mobilec.state import ModelState, TensorSpec
 
 #: where the working copy lives inside state.work_dir
@@ -227,7 +233,8 @@ def load_onnx(state: ModelState, path: Path) -> int:
     wants = recipe_shapes(state.recipe, names)
     # A rank-0 input (a sample rate) takes one value for the whole batch; an input whose
     # first dim is static takes its samples on the dim named like the others' batch.
-    axes = batch_axes({v.name: None if _is_scalar(v) else dims_of(v) for v in ins})
+    dims = {v.name: None if _is_scalar(v) else dims_of(v) for v in ins}
+    axes = data_axes(state.recipe, dims, batch_axes(dims))
     seen = data_shapes(state.recipe, names, axes)
     specs = []
     for v in ins:
@@ -245,8 +252,10 @@ def load_onnx(state: ModelState, path: Path) -> int:
         _write_dims(v, fixed)
         specs.append(TensorSpec(v.name, fixed, dtype_of(v), batch_axis=axis))
         if axis:
-            state.note(f"input '{v.name}' takes its batch on dim {axis} "
-                       f"('{dims_of(v)[axis]}'): the data's samples go along that dim")
+            given = (dims[v.name] or [None] * (axis + 1))[axis]  # as the model names it
+            named = f"'{given}'" if given else "the dim the data's sample count is on"
+            state.note(f"input '{v.name}' takes its batch on dim {axis} ({named}): the data's "
+                       "samples go along that dim")
         for note in notes:
             state.note(note)
     shape = next((t.shape for t in specs if t.batch_axis == 0), specs[0].shape)
