@@ -467,6 +467,15 @@ def test_artifact_table_fits_and_cuts_nothing(width: int):
             assert a["path"].split("/")[-1][:10] in text.replace("\n", "")
 
 
+def test_artifact_table_without_artifacts_renders_its_headers():
+    """A stage that failed before convert leaves no artifact: the table still renders (it
+    raised TypeError from max() of the widths, turning the run's own error into a crash)."""
+    from mobilec.report.terminal import artifact_table
+
+    for width in (80, 160):
+        assert "artifact" in _render(artifact_table({"artifacts": []}, width), width)
+
+
 def test_artifact_table_wide_shows_every_column():
     from mobilec.report.terminal import FULL_HEADERS, artifact_table
 

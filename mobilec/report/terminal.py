@@ -62,11 +62,12 @@ def _fits(rows: list[list[str]], cols: tuple[int, ...], width: int, fold: bool
     """(artifact width, status width) if these columns fit `width`, else None. Without
     `fold`, only if every path fits whole on one line; with it, the path folds and, if
     that is still not enough, the status breaks at its hyphen."""
-    widths = {i: max(len(FULL_HEADERS[i]), *(len(r[i]) for r in rows)) for i in cols}
+    # no rows (a stage failed before convert): the headers alone set the widths
+    widths = {i: max([len(FULL_HEADERS[i]), *(len(r[i]) for r in rows)]) for i in cols}
     status_widths = [widths.get(12, 0)]
     if fold and 12 in widths:
-        status_widths.append(max(len(FULL_HEADERS[12]),
-                                 *(len(part) for r in rows for part in r[12].split("-"))))
+        status_widths.append(max([len(FULL_HEADERS[12]),
+                                  *(len(part) for r in rows for part in r[12].split("-"))]))
     rooms = []
     for status_w in status_widths:
         widths[12] = status_w
