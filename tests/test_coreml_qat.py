@@ -106,3 +106,19 @@ def test_qat_pt2_graph_keeps_the_weight_quantized_coreml_int8(
     model, metrics = coreml_qat.quantization_aware_train(state, QuantizeConfig(mode="qat"))
     assert model is None and metrics["coreml_qat"]["applied"] is False
     assert any("Core ML's own QAT" in n for n in state.notes)
+
+
+@pytest.mark.slow
+def test_coreml_float32_of_a_dynamic_batch_module_keeps_its_output_shape(
+        tmp_path: Path, cnn: Any, digits: Any) -> None:
+    """The qat run's float32 baseline: coremltools leaves the output shape of a dynamic-batch
+    program empty; the source's (batch 1) is written in, so the structure check passes."""
+    from mobilec.formats.coreml_structure import describe_io
+    from mobilec.policy.targets import plan_artifacts
+    from mobilec.stages.convert import build_artifact
+
+    state = coreml_state(copy.deepcopy(cnn), digits, tmp_path)
+    spec = next(s for s in plan_artifacts(["ios-coreml"], "qat") if s.quantization == "float32")
+    art = build_artifact(state, spec)
+    assert art.status == COREML_STATUS, (art.error, art.routes_failed)
+    assert describe_io(art.path)["outputs"][0]["shape"] == [1, 10]

@@ -49,7 +49,7 @@ from mobilec.sources import onnx2tf_bridge
 from mobilec.sources.batch import as_list
 from mobilec.sources.keras_rnn import rnn_layers
 from mobilec.sources.pytorch import eager_runner
-from mobilec.state import Artifact, ModelState
+from mobilec.state import Artifact, ModelState, TensorSpec
 
 NOT_RUN_REASON = "Core ML runtime needs macOS"
 
@@ -299,17 +299,10 @@ def _rename_io(ct: Any, state: ModelState, model: Any, order: list[int],
         renames += [(o, feature_name(state.outputs[order[identity_index(o)]].name)) for o in outs]
     renames = [(a, b) for a, b in renames if a != b]
     # A neuralnetwork spec leaves output shapes empty; record the source's (batch 1).
-    filled = False
     by_name = {feature_name(t.name): t for t in state.outputs}
-    for feature in spec.description.output:
-        t = by_name.get(dict(renames).get(feature.name, feature.name))
-        if t is None:
-            continue
-        arr = feature.type.multiArrayType
-        if not arr.shape and t.shape and all(d is not None for d in t.shape[1:]):
-            arr.shape.extend([1, *t.shape[1:]])
-            filled = True
-    if not renames and not filled:
+    filled = [_fill_shape(f, by_name.get(dict(renames).get(f.name, f.name)))
+              for f in spec.description.output]
+    if not renames and not any(filled):
         return model
     taken = set(ins) | set(outs)
     for old, new in renames:
@@ -336,7 +329,10 @@ def _rename_saved(state: ModelState, dest: Path) -> None:
                         if f.name != feature_name(t.name)]
     names = {f.name for f in (*spec.description.input, *spec.description.output)}
     renames = [(a, b) for a, b in renames if b not in names]  # never onto a kept name
-    if not renames:
+    # a dynamic-batch program can leave an output's shape empty, as a neuralnetwork does
+    filled = [_fill_shape(f, t) for f, t in zip(spec.description.output, state.outputs,
+                                                strict=False)]
+    if not renames and not any(filled):
         return
     for old, new in renames:
         ct.utils.rename_feature(spec, old, new)
@@ -345,6 +341,15 @@ def _rename_saved(state: ModelState, dest: Path) -> None:
     renamed.save(str(tmp))
     shutil.rmtree(dest)
     tmp.rename(dest)
+
+
+def _fill_shape(feature: Any, t: TensorSpec | None) -> bool:
+    """Give an output feature with no shape the source's (batch 1); True when it did."""
+    arr = feature.type.multiArrayType
+    if t is None or arr.shape or not t.shape or any(d is None for d in t.shape[1:]):
+        return False
+    arr.shape.extend([1, *t.shape[1:]])
+    return True
 
 
 def _describe(state: ModelState, model: Any, cfg: CoreMLConfig, mode: str) -> None:
