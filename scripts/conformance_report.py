@@ -123,8 +123,9 @@ def multi_output_section(cells: list[dict[str, Any]]) -> list[str]:
     lines = ["", "## Multi-output entries: which output accuracy is read from", "",
              f"Multi-output entries whose accuracy is read from the class output: "
              f"**{n['read_from_class_output']}/{n['with_class_output']}** "
-             f"({n['multi_output'] - n['with_class_output']} more have no output of class-score "
-             "shape [batch, classes]: no labels, accuracy null by design). The corpus makes the "
+             f"({n['multi_output'] - n['with_class_output']} more without an output of "
+             "class-score shape [batch, classes]: no labels, accuracy null by design). The "
+             "corpus makes the "
              "labels on the class output (the source's own top-1 with 10% moved to another "
              "class), so the source must show that accuracy there; any other output shows "
              "another.", ""]
@@ -137,11 +138,12 @@ def multi_output_section(cells: list[dict[str, Any]]) -> list[str]:
                 if r["on_class"] is False else "no class-score output: no labels")
         chosen = "; ".join(f"'{c['name']}' (index {c['index']}, {c['chosen_by']}: {c['reason']})"
                            if c.get("index") is not None else f"none ({c['reason']})"
-                           for c in r["chosen"]) or "not reported (no run got past load)"
+                           for c in r["chosen"]) or \
+            ("not reported (no run got past load)" if labels else "nothing (no labels)")
         verdict = {True: "read from the class output", False: "**NOT the class output**",
                    None: "n/a"}[r["on_class"]]
         arts = ", ".join(f"{f} {q} {_acc(a)}" for f, q, a, st in r["artifacts"]
-                         if st != "not-built")
+                         if st != "not-built") if labels else "null (no labels)"
         lines += [f"- **{r['model']} / {r['source']}** — {verdict}",
                   f"  - outputs: {outs}; {made}",
                   f"  - mobilec chose: {chosen}",
