@@ -391,6 +391,40 @@ def test_lift_layers_makes_modules_of_a_pt2_graph(cnn_pt2: Path, digits: Any) ->
         np.testing.assert_allclose(again(x).numpy(), lifted(x).numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["torch_resnet_bn", "torch_mobilenet_v2_ir"])
+def test_lifted_corpus_graphs_narrow_like_their_modules(name: str) -> None:
+    """Residual adds and depthwise convs: the lifted .pt2 graph has every Conv/BatchNorm/
+    Linear its module has, no weight left in a plain op, and torch-pruning removes exactly
+    the channels it removes from the module."""
+    import copy
+
+    from mobilec.stages.factorize_torch import eligible
+    from mobilec.training.channels_torch import prune_channels
+    from mobilec.training.torch_graph import lift_layers
+
+    nn = torch.nn
+    module, _, (xe, _) = corpus(name)
+    x = (torch.tensor(xe[:2]),)
+    lifted = lift_layers(torch.export.export(module, x).module())
+
+    def layers(m: Any) -> list[str]:
+        return sorted(type(v).__name__ for v in m.modules()
+                      if isinstance(v, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)))
+
+    assert layers(lifted) == layers(module) and len(eligible(lifted)) == len(eligible(module))
+    assert not [n for n in lifted.graph.nodes if n.op == "call_function" and any(
+        isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in n.args)]
+    with torch.no_grad():
+        np.testing.assert_allclose(lifted(*x).numpy(), module(*x).numpy(), atol=1e-6)
+    eager_copy = copy.deepcopy(module)
+    prune_channels(lifted, x, 0.5)
+    prune_channels(eager_copy, x, 0.5)
+    assert sum(p.numel() for p in lifted.parameters()) == \
+        sum(p.numel() for p in eager_copy.parameters())
+    torch.export.export(lifted, x)
+
+
 def test_factorize_a_pt2_without_layers_says_so(tmp_path: Path, digits: Any) -> None:
     """An exported program with no linear/conv op on its own weight: exit 2, what to do."""
     from mobilec.errors import UnsupportedError
