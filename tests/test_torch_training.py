@@ -449,6 +449,32 @@ def test_factorize_a_pt2_without_layers_says_so(tmp_path: Path, digits: Any) -> 
     assert err.value.exit_code == 2 and "drop the factorize stage" in err.value.hint
 
 
+def test_a_fixed_batch_pt2_is_refused_by_the_stages_that_train(tmp_path: Path, cnn: Any,
+                                                               digits: Any) -> None:
+    """A .pt2 exported for batch 1 only: its guards refuse the training and measuring
+    batches, so factorize, distill {width} and prune say so (exit 2), not a guard trace."""
+    from mobilec.errors import UnsupportedError
+    from mobilec.recipe.schema import FactorizeConfig, PruneConfig, Recipe
+    from mobilec.sources.data import Dataset, Split
+    from mobilec.sources.torch_load import load_pt2_source
+    from mobilec.stages import distill, factorize, prune
+    from mobilec.state import ModelState
+
+    (xt, yt), (xe, ye) = digits
+    path = tmp_path / "batch1.pt2"
+    torch.export.save(torch.export.export(cnn.eval(), (torch.tensor(xe[:1]),)), str(path))
+    for run in (lambda st: factorize.run(st, FactorizeConfig(rank=0.25, epochs=0)),
+                lambda st: distill.run(st, distill_config()),
+                lambda st: prune.run(st, PruneConfig(structure="channels"))):
+        state = ModelState(recipe=Recipe.model_validate({"model": {"path": str(path)}}),
+                           out_dir=tmp_path / "out", work_dir=tmp_path / "work")
+        load_pt2_source(state, path)
+        state.data = Dataset(Split(xt, yt), Split(xe, ye), Split(xt[:100]))
+        with pytest.raises(UnsupportedError, match="exported for a batch of exactly 1") as err:
+            run(state)
+        assert err.value.exit_code == 2 and "dynamic_shapes" in err.value.hint
+
+
 def npz_data(tmp_path: Path, digits: Any) -> dict[str, Any]:
     (xt, yt), (xe, ye) = digits
     np.savez(tmp_path / "train.npz", x=xt, y=yt)

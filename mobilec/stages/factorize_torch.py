@@ -33,7 +33,7 @@ from mobilec.training.finetune import require_train_data
 from mobilec.training.torch_distill import kd_loss
 from mobilec.training.torch_fit import Targets, first_output, fit
 from mobilec.training.torch_graph import is_exported, lift_layers, set_mode
-from mobilec.training.torch_model import commit, cost
+from mobilec.training.torch_model import commit, cost, require_free_batch
 
 FINETUNE_TEMPERATURE = 2.0  # as for Keras: the model's own soft targets, labels half the weight
 FINETUNE_ALPHA = 0.5
@@ -42,6 +42,7 @@ FINETUNE_ALPHA = 0.5
 def run(state: ModelState, config: FactorizeConfig) -> dict[str, Any]:
     import torch
 
+    require_free_batch(state, "factorize")
     # a .pt2's ep.module(): its linear/conv ops lifted into the modules they came from
     module = lift_layers(state.torch_module)
     if is_exported(module) and not eligible(module):

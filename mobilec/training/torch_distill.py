@@ -30,7 +30,7 @@ from mobilec.training import kd
 from mobilec.training.channels_torch import prune_channels
 from mobilec.training.torch_fit import SEED, Targets, first_output, fit
 from mobilec.training.torch_graph import lift_layers, set_mode
-from mobilec.training.torch_model import commit, cost
+from mobilec.training.torch_model import commit, cost, require_free_batch
 
 
 def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
@@ -40,6 +40,7 @@ def run(state: ModelState, config: DistillConfig) -> dict[str, Any]:
     example = tuple(to_tensor(a) for a in as_list(state.sample_inputs(2)))
     torch.manual_seed(SEED)
     if isinstance(config.student, StudentWidth):
+        require_free_batch(state, "distill with student {width}")  # it runs the teacher's graph
         student = narrower_copy(teacher, config.student.width, example)
         described = f"width {config.student.width:g}"
     else:

@@ -20,7 +20,7 @@ from mobilec.sources.pytorch import count_params, export_program
 from mobilec.state import ModelState
 from mobilec.training.channels_torch import macs
 from mobilec.training.finetune import require_train_data
-from mobilec.training.torch_graph import lift_layers, set_mode
+from mobilec.training.torch_graph import is_exported, lift_layers, set_mode
 
 
 def is_torch(state: ModelState) -> bool:
@@ -37,6 +37,7 @@ def trainable_module(state: ModelState, what: str, layers: bool = False) -> Any:
     if state.torch_module is None:
         raise UnsupportedError(f"{what} found no PyTorch module to train",
                                where=str(state.recipe.model.path))
+    require_free_batch(state, what)
     try:
         module = copy.deepcopy(state.torch_module)
         module = lift_layers(module) if layers else module
@@ -56,6 +57,18 @@ def trainable_module(state: ModelState, what: str, layers: bool = False) -> Any:
                  "or drop the stage and use post-training quantization")
     set_mode(module, train=True)
     return module
+
+
+def require_free_batch(state: ModelState, what: str) -> None:
+    """Exit 2 for an exported graph fixed to one batch size: its guards (and the sizes
+    export baked into its ops) refuse the training batches and the measuring runs."""
+    if state.torch_batch is not None and is_exported(state.torch_module):
+        raise UnsupportedError(
+            f"{what} runs the model on batches of other sizes and this .pt2 was exported for "
+            f"a batch of exactly {state.torch_batch}", where=_where(state),
+            hint="export it with a dynamic batch (torch.export.export(model, args, "
+                 "dynamic_shapes=({0: torch.export.Dim('batch')},))), or load it from its "
+                 "Python code (model.module with model.dynamic_batch: true)")
 
 
 def commit(state: ModelState, module: Any) -> Any:
