@@ -319,3 +319,51 @@ def test_the_bridge_runs_onnx_lstm_and_gru_as_onnxruntime_does(tmp_path: Path, o
         got = onnx_to_torch(path)(torch.tensor(x))
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g.detach().numpy(), w, atol=1e-5, err_msg=direction)
+
+
+def test_the_bridge_unrolls_onnx_loop_and_reverses_sequences(tmp_path: Path) -> None:
+    """tf2onnx writes a masked/bidirectional Keras RNN as Loop over the time steps (reading
+    the sequence from the enclosing graph) and ReverseSequence: onnx2torch has neither. The
+    bridge runs a constant-trip-count Loop's body per step (torch.export unrolls it) and
+    computes what onnxruntime does, exported."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mobilec.formats.coreai_bridge import bridged_program
+
+    seq, batch, feat = 4, 1, 3
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)  # noqa: E731
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["rev", "t"], ["step"], axis=0),  # rev: outer scope
+         helper.make_node("Add", ["h", "step"], ["h2"]),
+         helper.make_node("Tanh", ["h2"], ["h_out"]),
+         helper.make_node("Add", ["t", "one"], ["t_out"]),
+         helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("Identity", ["h_out"], ["scan"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("t", TensorProto.INT64, []),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [batch, feat])],
+        [helper.make_tensor_value_info(n, t, None) for n, t in (
+            ("cond_out", TensorProto.BOOL), ("t_out", TensorProto.INT64),
+            ("h_out", TensorProto.FLOAT), ("scan", TensorProto.FLOAT))],
+        [i64("one", 1)])
+    graph = helper.make_graph(
+        [helper.make_node("ReverseSequence", ["x", "lens"], ["rev"], batch_axis=1, time_axis=0),
+         helper.make_node("Loop", ["trip", "true", "t0", "h0"], ["t_end", "h_end", "hs"],
+                          body=body),
+         helper.make_node("Identity", ["hs"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, feat])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [i64("trip", seq), i64("lens", [3]), i64("t0", 0),
+         numpy_helper.from_array(np.array(True), "true"),
+         numpy_helper.from_array(np.zeros((batch, feat), np.float32), "h0")])
+    path = tmp_path / "loop.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(0).standard_normal((seq, batch, feat)).astype(np.float32)
+    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    ep, _, _ = bridged_program(path, (x,))
+    np.testing.assert_allclose(ep.module()(torch.tensor(x)).numpy(), want, atol=1e-6)

@@ -29,6 +29,7 @@ from typing import Any
 
 from mobilec.errors import ConversionError, MobilecError, UnsupportedError, first_line
 from mobilec.formats.coreai_convert import export_decomposed
+from mobilec.formats.onnx_loop_torch import register as register_loop
 from mobilec.formats.onnx_rnn_torch import register as register_rnn
 
 
@@ -38,8 +39,11 @@ def onnx_to_torch(path: Path) -> Any:
     import onnx
 
     convert = _onnx2torch_convert()
-    register_rnn()  # ONNX LSTM/GRU, which onnx2torch lacks
-    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    register_rnn()  # ONNX LSTM/GRU, Loop and ReverseSequence, which onnx2torch lacks
+    model = onnx.load(str(path), load_external_data=False)
+    register_loop(static_reshapes, max((o.version for o in model.opset_import
+                                        if o.domain in ("", "ai.onnx")), default=17))
+    names = [i.name for i in model.graph.input]
     try:
         module = convert(str(path), save_input_names=all(n.isidentifier() for n in names))
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types per op
