@@ -54,6 +54,7 @@ class _Worker:
             os.close(write_fd)
         self.replies = read_fd
         self.buffer = b""
+        self.owner = os.getpid()  # a forked copy of this process must not share the child
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -114,6 +115,8 @@ def prestart() -> None:
     """Start the runtime child now (if none is running), so that its imports overlap the
     caller's conversion."""
     global _worker
+    if _worker is not None and _worker.owner != os.getpid():
+        _worker = None  # forked: the child answers the parent; start our own
     if _worker is None or not _worker.alive() or _worker.replies < 0:
         if _worker is not None and _worker.replies >= 0:
             _worker.stop()
@@ -123,7 +126,7 @@ def prestart() -> None:
 def shutdown() -> None:
     """Stop the runtime child (at exit; a benchmark stops it to measure a cold start)."""
     global _worker
-    if _worker is not None and _worker.replies >= 0:
+    if _worker is not None and _worker.replies >= 0 and _worker.owner == os.getpid():
         _worker.stop()
     _worker = None
 
