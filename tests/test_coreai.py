@@ -193,6 +193,7 @@ def test_one_warm_runtime_child_serves_every_run_and_a_dead_one_is_replaced(
     """Every .aimodel run of a process goes to one runtime child (its imports paid once);
     a file the runtime rejects fails that run only; a child that died is replaced."""
     import os
+    import shutil
     import signal
 
     import torch
@@ -200,6 +201,7 @@ def test_one_warm_runtime_child_serves_every_run_and_a_dead_one_is_replaced(
     from mobilec.errors import ConversionError
     from mobilec.formats import coreai_runtime
     from mobilec.formats.coreai_convert import convert, export_decomposed, save
+    from mobilec.util.scratch import scratch_cwd
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
     x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
@@ -208,12 +210,15 @@ def test_one_warm_runtime_child_serves_every_run_and_a_dead_one_is_replaced(
     want = model(torch.tensor(x)).detach().numpy()
 
     coreai_runtime.shutdown()
-    coreai_runtime.prestart()
-    pid = coreai_runtime.worker_pid()
-    names, outs, lat = coreai_runtime.run_isolated(tmp_path / "m.aimodel", x, latency=True)
+    with scratch_cwd(tmp_path / "run1"):  # a run's temp dir, removed when the run ends
+        coreai_runtime.prestart()
+        pid = coreai_runtime.worker_pid()
+        names, outs, lat = coreai_runtime.run_isolated(tmp_path / "m.aimodel", x, latency=True)
+    shutil.rmtree(tmp_path / "run1")
     np.testing.assert_allclose(outs[0], want, atol=1e-5)
     assert lat["median"] > 0 and len(names) == 1
-    coreai_runtime.run_isolated(tmp_path / "m.aimodel", x)
+    with scratch_cwd(tmp_path / "run2"):  # the next run of the process: its own temp dir
+        coreai_runtime.run_isolated(tmp_path / "m.aimodel", x)
     assert coreai_runtime.worker_pid() == pid  # the same warm child for every run
 
     # An empty .aimodel directory crashes coreai-core's runtime (SIGSEGV, measured): that

@@ -47,9 +47,10 @@ class _Worker:
         read_fd, write_fd = os.pipe()
         self.stderr = tempfile.TemporaryFile()
         try:
+            # cwd "/": the child outlives the run whose scratch dir is the cwd now
             self.proc = subprocess.Popen(
                 child_command(ENTRY, [str(write_fd)]), env=child_env(), pass_fds=(write_fd,),
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr)
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr, cwd="/")
         finally:
             os.close(write_fd)
         self.replies = read_fd
@@ -151,7 +152,8 @@ def run_isolated(path: Path, x: Inputs, latency: bool = False, outputs: bool = T
         np.savez(xin, *[np.ascontiguousarray(a) for a in as_list(x)])
         try:
             reply = worker.ask({"path": str(path), "x": str(xin), "out": str(out),
-                                "outputs": outputs, "latency": latency}, RUN_TIMEOUT_S)
+                                "outputs": outputs, "latency": latency,
+                                "tmp": tempfile.gettempdir()}, RUN_TIMEOUT_S)
         finally:
             if worker.replies < 0:
                 shutdown()  # it died or hung: the next run starts a fresh child

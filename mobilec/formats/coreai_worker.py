@@ -5,7 +5,8 @@ for every .aimodel of a mobilec run.
 It imports numpy, coreai and two small mobilec modules, never torch: its start-up (about
 1 s of CPU) overlaps the parent's conversion when the parent starts it early.
 
-Protocol: one JSON request per line on stdin, {"path", "x", "out", "outputs", "latency"};
+Protocol: one JSON request per line on stdin, {"path", "x", "out", "outputs", "latency",
+"tmp"};
 one JSON reply per line on the file descriptor named in argv, {"names", "latency"} or
 {"error"}. Inputs and outputs travel as .npz files. stdout is not used (the native
 runtime prints on it). EOF on stdin ends the process.
@@ -57,7 +58,13 @@ def serve(argv: list[str]) -> None:
 
 def run_request(req: dict[str, Any]) -> dict[str, Any]:
     """Run one .aimodel: its outputs on the saved inputs (when asked) into `out`, and the
-    latency of one sample (when asked), from one load of the file."""
+    latency of one sample (when asked), from one load of the file. Temp files (the Linux
+    form `executable()` compiles) go to the parent's temp dir of the moment, `tmp`: this
+    process outlives the run that started it, and that run's scratch dir with it."""
+    if req.get("tmp"):
+        import tempfile
+
+        os.environ["TMPDIR"] = tempfile.tempdir = req["tmp"]
     with np.load(req["x"]) as z:
         parts = [z[f"arr_{i}"] for i in range(len(z.files))]
     x = parts[0] if len(parts) == 1 else parts
