@@ -28,11 +28,17 @@ models/demo/digits.keras: scripts/make_demo_model.py | $(STAMP)
 demo: $(STAMP) models/demo/digits.keras
 	$(BIN)/mobilec compress mobilec/recipes/demo.yaml
 
+# Two pytest-xdist workers (the machine has 2 cores). Each file is one work unit, so its module
+# fixtures are built once; the signal-timing tests form one unit (tests/conftest.py groups
+# them) and so never overlap each other. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mobilec tests scripts

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,42 +30,77 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+def shared_session_build(tmp_path_factory: pytest.TempPathFactory, name: str,
+                         build: Callable[[Path], Path]) -> Path:
+    """`build(directory)` once per test run, returning the path it made.
+
+    Under pytest-xdist (`make test` runs two workers) every worker has its own session, so a
+    session fixture would train its model once per worker. Here the first worker to ask builds
+    it in the run's shared temp root while holding a lock; the others wait and reuse the
+    finished files (a `.done` marker is written last, so a half-built one is never reused)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / "shared"
+    root.mkdir(exist_ok=True)
+    target, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            made = build(target)
+            done.write_text(str(made.relative_to(target)))
+        return target / done.read_text()
+
+
 @pytest.fixture(scope="session")
-def demo_keras(models_dir: Path) -> Path:
+def demo_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo digits CNN (Keras 3 .keras, ~85k params), trained once per session."""
-    import make_demo_model
 
-    from mobilec.util.tfenv import configure_environment
+    def build(directory: Path) -> Path:
+        import make_demo_model
 
-    configure_environment()
-    model = make_demo_model.build()
-    make_demo_model.train(model)
-    path = models_dir / "digits.keras"
-    model.save(path)
-    return path
+        from mobilec.util.tfenv import configure_environment
+
+        configure_environment()
+        model = make_demo_model.build()
+        make_demo_model.train(model)
+        path = directory / "digits.keras"
+        model.save(path)
+        return path
+
+    return shared_session_build(tmp_path_factory, "demo_keras", build)
 
 
 @pytest.fixture(scope="session")
-def demo_h5(demo_keras: Path, models_dir: Path) -> Path:
+def demo_h5(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same network as a tf_keras .h5 (the form tf_keras/Keras 2 users have)."""
-    from mobilec.sources.keras_bridge import keras3_to_tf_keras
-    from mobilec.util.tfenv import import_keras3
 
-    k3 = import_keras3().saving.load_model(demo_keras, compile=False)
-    path = models_dir / "digits.h5"
-    keras3_to_tf_keras(k3).save(str(path), save_format="h5")
-    return path
+    def build(directory: Path) -> Path:
+        from mobilec.sources.keras_bridge import keras3_to_tf_keras
+        from mobilec.util.tfenv import import_keras3
+
+        k3 = import_keras3().saving.load_model(demo_keras, compile=False)
+        path = directory / "digits.h5"
+        keras3_to_tf_keras(k3).save(str(path), save_format="h5")
+        return path
+
+    return shared_session_build(tmp_path_factory, "demo_h5", build)
 
 
 @pytest.fixture(scope="session")
-def demo_savedmodel(demo_keras: Path, models_dir: Path) -> Path:
+def demo_savedmodel(demo_keras: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same network exported as a plain SavedModel (Keras 3 model.export)."""
-    from mobilec.util.tfenv import import_keras3
 
-    k3 = import_keras3().saving.load_model(demo_keras, compile=False)
-    path = models_dir / "digits_savedmodel"
-    k3.export(str(path), format="tf_saved_model", verbose=False)
-    return path
+    def build(directory: Path) -> Path:
+        from mobilec.util.tfenv import import_keras3
+
+        k3 = import_keras3().saving.load_model(demo_keras, compile=False)
+        path = directory / "digits_savedmodel"
+        k3.export(str(path), format="tf_saved_model", verbose=False)
+        return path
+
+    return shared_session_build(tmp_path_factory, "demo_savedmodel", build)
 
 
 def write_recipe(directory: Path, model: Path, *, name: str = "t", stages: list[Any] | None = None,
@@ -200,26 +236,77 @@ OUTLIER = 1000.0
 
 @pytest.fixture(scope="session")
 def outlier_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mobilec.sources.data import digits_split
-    from mobilec.util.tfenv import import_tf_keras
+    def build(directory: Path) -> Path:
+        from mobilec.sources.data import digits_split
+        from mobilec.util.tfenv import import_tf_keras
 
-    keras = import_tf_keras()
-    train, _ = digits_split()
-    flat = train.x.reshape(len(train.x), -1)
-    assert np.all(flat[:, DEAD_PIXELS] == 0)
-    keras.utils.set_random_seed(0)
-    x = keras.Input((8, 8, 1), name="image")
-    h = keras.layers.Flatten(name="flat")(x)
-    h = keras.layers.Dense(32, activation="relu", name="embed")(h)
-    h = keras.layers.Dense(256, activation="relu", name="fc1")(h)
-    h = keras.layers.Dense(128, activation="relu", name="fc2")(h)
-    model = keras.Model(x, keras.layers.Dense(10, activation="softmax", name="probs")(h))
-    kernel, bias = model.get_layer("embed").get_weights()
-    kernel[DEAD_PIXELS, :] = OUTLIER
-    model.get_layer("embed").set_weights([kernel, bias])
-    model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
-    model.fit(train.x, train.y, epochs=10, batch_size=32, verbose=0)
-    assert np.all(model.get_layer("embed").get_weights()[0][DEAD_PIXELS] == OUTLIER)
-    path = tmp_path_factory.mktemp("outlier") / "outlier.h5"
-    model.save(str(path), save_format="h5")
-    return path
+        keras = import_tf_keras()
+        train, _ = digits_split()
+        flat = train.x.reshape(len(train.x), -1)
+        assert np.all(flat[:, DEAD_PIXELS] == 0)
+        keras.utils.set_random_seed(0)
+        x = keras.Input((8, 8, 1), name="image")
+        h = keras.layers.Flatten(name="flat")(x)
+        h = keras.layers.Dense(32, activation="relu", name="embed")(h)
+        h = keras.layers.Dense(256, activation="relu", name="fc1")(h)
+        h = keras.layers.Dense(128, activation="relu", name="fc2")(h)
+        model = keras.Model(x, keras.layers.Dense(10, activation="softmax", name="probs")(h))
+        kernel, bias = model.get_layer("embed").get_weights()
+        kernel[DEAD_PIXELS, :] = OUTLIER
+        model.get_layer("embed").set_weights([kernel, bias])
+        model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
+        model.fit(train.x, train.y, epochs=10, batch_size=32, verbose=0)
+        assert np.all(model.get_layer("embed").get_weights()[0][DEAD_PIXELS] == OUTLIER)
+        path = directory / "outlier.h5"
+        model.save(str(path), save_format="h5")
+        return path
+
+    return shared_session_build(tmp_path_factory, "outlier", build)
+
+
+# ----------------------------------------------------------------------------- pytest-xdist
+# `make test` runs the suite on two workers with `--dist loadfile`: each file is one unit of
+# work, so its module fixtures are built once, on one worker. The tests that time a signal
+# against a running child are one unit together, so they never overlap each other.
+# (xdist's own `loadgroup` marks do nothing under pytest 9: it renames `item._nodeid`, which
+# pytest 9 no longer reads; hence a scheduler of our own below.)
+SERIAL_GROUP = "signals"
+SERIAL_FILES = {"test_interrupts.py", "test_progress.py", "test_file_safety.py",
+                "test_ci_cli.py", "test_output_safety.py"}
+SERIAL_TESTS = {"test_crash_and_hang_are_isolated_interrupt_resumes"}
+#: Files that take minutes: handed out first, so the two workers finish together.
+#: (Seconds of one idle-run estimate; only the order matters.)
+LONG_FILES = {"test_batch.py": 200, "test_pytorch.py": 200, "test_torch_training.py": 200,
+              "test_coreai.py": 120, "test_onnx.py": 120, "test_ci.py": 100}
+
+
+def work_unit(nodeid: str) -> str:
+    """The xdist unit of a test: its file, or SERIAL_GROUP."""
+    path, _, rest = nodeid.partition("::")
+    name = Path(path).name
+    if name in SERIAL_FILES or rest.split("::")[-1].split("[")[0] in SERIAL_TESTS:
+        return SERIAL_GROUP
+    return name
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return FileOrGroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+
+    def weight(item: pytest.Item) -> float:
+        unit = work_unit(item.nodeid)
+        return float("inf") if unit == SERIAL_GROUP else LONG_FILES.get(unit, 0)
+
+    items.sort(key=lambda item: -weight(item))  # stable: the order inside a file is kept
