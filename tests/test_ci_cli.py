@@ -349,7 +349,11 @@ def test_compare_int8_with_int4(cli, ws: Path, name: str) -> None:
     t4 = next(x for x in new.report["artifacts"] if x["format"] == "tflite"
               and x["quantization"] == "int4")
 
-    text = mobilec("compare", a, b, cwd=ws)
+    # A wide terminal: at 100 columns the table's width depends on the host latency change
+    # (e.g. '+1027.7%' on a busy machine), and past 100 columns it shortens artifact names
+    # ('…digits-int4.tflite'). Fitting the width is test_ci's render_text tests' job.
+    wide = user_env(COLUMNS="200")
+    text = mobilec("compare", a, b, cwd=ws, env=wide)
     assert text.returncode == EXIT_OK, text.stderr  # no gate: a change is shown, not failed
     assert "int8→int4" in text.stdout and t4["path"] in text.stdout
     size_change = f"{(t4['size_bytes'] - t8['size_bytes']) / t8['size_bytes'] * 100:+.1f}%"
@@ -357,7 +361,7 @@ def test_compare_int8_with_int4(cli, ws: Path, name: str) -> None:
 
     lost = _lost_accuracy(base.report, new.report)
     assert lost == (name == "lossy")  # what the demo measures; the gate must agree either way
-    gated = mobilec("compare", a, b, "--max-accuracy-loss", "0", cwd=ws)
+    gated = mobilec("compare", a, b, "--max-accuracy-loss", "0", cwd=ws, env=wide)
     assert gated.returncode == (EXIT_BUDGET if lost else EXIT_OK), gated.stdout
     assert ("regression(s):" in gated.stdout) == lost
     if lost:
