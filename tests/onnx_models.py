@@ -356,7 +356,7 @@ def mobilenet_v3_se_block(directory: Path) -> Path:
     return path
 
 
-def stateful_stream_model(directory: Path, named: bool = True) -> Path:
+def stateful_stream_model(directory: Path, named: bool = True, sr: bool = True) -> Path:
     """A streaming voice-activity model as silero-vad ships it: `input` [batch, sequence]
     float32 (sequence dynamic), `state` [2, batch, 128] float32 (the batch is NOT the first
     dim) and `sr` int64 rank 0 (one sample rate for the whole batch); outputs `output`
@@ -364,7 +364,8 @@ def stateful_stream_model(directory: Path, named: bool = True) -> Path:
     (`stateful-train.npz`, `stateful-eval.npz`) holds each input as the model takes it, the
     samples along its batch dim (`state` [2, N, 128]) and `sr` as one 0-d value; `y` is the
     model's own decision, so the source is 100 % accurate. `named=False`: every dynamic dim
-    unnamed (only the data tells which of `state`'s dims is the batch)."""
+    unnamed (only the data tells which of `state`'s dims is the batch). `sr=False`: the
+    sample rate a constant 16000, no rank-0 input (the Core AI runtime crashes on one)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(11)
@@ -389,16 +390,17 @@ def stateful_stream_model(directory: Path, named: bool = True) -> Path:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, "sequence"] if named
                                        else [None, None]),
          helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, 128]),
-         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+         *([helper.make_tensor_value_info("sr", TensorProto.INT64, [])] if sr else [])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 2]),
          helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, batch, 128])],
-        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+        [numpy_helper.from_array(v, k) for k, v in consts.items()] +
+        ([] if sr else [numpy_helper.from_array(np.array(16000, "int64"), "sr")]))
     path = save_helper_model(graph, directory / "stateful.onnx")
     for role, n in (("train", 96), ("eval", 64)):
         x = (rng.standard_normal((n, 32)) + rng.uniform(-1, 1, (n, 1))).astype("float32")
         state = (rng.standard_normal((2, n, 128)) * 0.5).astype("float32")
         h = np.tanh(state * decay + x.mean(axis=1, keepdims=True) * consts["gain"])  # sr 16000
         y = (h.mean(axis=0) @ w).argmax(axis=1)
-        np.savez(directory / f"stateful-{role}.npz", input=x, state=state,
-                 sr=np.array(16000, "int64"), y=y)
+        rate = {"sr": np.array(16000, "int64")} if sr else {}
+        np.savez(directory / f"stateful-{role}.npz", input=x, state=state, y=y, **rate)
     return path

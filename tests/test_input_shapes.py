@@ -145,6 +145,27 @@ def test_a_batch_not_first_input_and_a_scalar_input_convert_from_the_data(tmp_pa
         in tfl["error"]
 
 
+@pytest.mark.slow
+def test_a_batch_not_first_input_reaches_core_ai_with_its_batch_dynamic(tmp_path: Path) -> None:
+    """The .aimodel (ONNX bridge -> torch.export) is exported with `state`'s batch dim 1
+    dynamic, not dim 0 (which made it [-1, 1, 128]), and runs samples first."""
+    from onnx_models import stateful_stream_model
+
+    model = stateful_stream_model(tmp_path, sr=False)
+    recipe = {"version": 1, "name": "vad", "model": {"path": str(model)},
+              "data": {"source": "npz", "train": str(tmp_path / "stateful-train.npz"),
+                       "eval": str(tmp_path / "stateful-eval.npz")},
+              "stages": [{"convert": {"formats": ["coreai"]}}],
+              "targets": ["cpu"], "output": {"dir": str(tmp_path / "out"), "report": ["json"]}}
+    (tmp_path / "vad.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    report = compress(tmp_path / "vad.yaml")
+    art = artifact(report, "coreai", "float32", target=None)
+    assert art["status"] == "ok" and art["accuracy"] == 1.0, art
+    assert art["fidelity"]["top1_agreement"] == 1.0
+    assert [t["shape"] for t in art["inputs"]] == [[None, 32], [2, None, 128]]
+    assert [t["shape"] for t in art["outputs"]] == [[None, 2], [2, None, 128]]
+
+
 def test_an_unnamed_batch_dim_is_found_in_the_data(tmp_path: Path) -> None:
     """Every dynamic dim unnamed (`state` [2, ?, 128]): the batch is the one dynamic dim where
     the npz has the sample count; the source runs samples first, outputs included."""

@@ -26,7 +26,8 @@ from mobilec.formats.coreai_convert import convert, export_decomposed, precision
 from mobilec.formats.coreai_runtime import FUNCTION, prestart, timed_latency, timed_outputs
 from mobilec.formats.onnx import float32_onnx, route_names
 from mobilec.formats.runtime import align_outputs
-from mobilec.sources.batch import as_list
+from mobilec.formats.torch_onnx import example_inputs
+from mobilec.sources.batch import batch_axes
 from mobilec.state import Artifact, ModelState
 
 TORCH_ROUTE = "torch-export"
@@ -65,13 +66,14 @@ class CoreAIFormat:
         prestart()  # the runtime child's imports overlap this conversion
         mode = artifact.quantization
         bits = int((state.plan.options if state.plan else {}).get("bits", 4))
-        example = tuple(as_list(state.sample_inputs(1)))
+        example = example_inputs(state)  # each input as the model takes it
         folded = False
+        axes = batch_axes(state.inputs)
         if route == TORCH_ROUTE:
-            ep, dynamic = export_decomposed(_torch_module(state), example)
+            ep, dynamic = export_decomposed(_torch_module(state), example, axes)
         else:
             ep, dynamic, folded = bridged_program(
-                float32_onnx(state, route[len(BRIDGE_PREFIX):]), example)
+                float32_onnx(state, route[len(BRIDGE_PREFIX):]), example, axes)
         save(convert(ep, mode, bits, [t.name for t in state.inputs],
                      [t.name for t in state.outputs]), dest)
         artifact.route = route

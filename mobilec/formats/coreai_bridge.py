@@ -53,12 +53,13 @@ def onnx_to_torch(path: Path) -> Any:
     return static_reshapes(module).eval()
 
 
-def bridged_program(path: Path, example: tuple[Any, ...]) -> tuple[Any, bool, bool]:
+def bridged_program(path: Path, example: tuple[Any, ...],
+                    axes: list[int | None] | None = None) -> tuple[Any, bool, bool]:
     """The .onnx as a decomposed ExportedProgram: (program, dynamic batch, shapes folded).
     The graph as it is first; if onnx2torch or torch.export fails on it, the graph with its
     shape computations folded at `example`'s shapes (one sample), exported at batch 1."""
     try:
-        return (*export_decomposed(onnx_to_torch(path), example), False)
+        return (*export_decomposed(onnx_to_torch(path), example, axes or True), False)
     except MobilecError as exc:
         first = exc
     with tempfile.TemporaryDirectory(prefix="mobilec-fold-") as tmp:

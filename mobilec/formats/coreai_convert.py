@@ -43,16 +43,17 @@ def precision_text(mode: str, bits: int = 4) -> str:
     }[mode]
 
 
-def export_decomposed(module: Any, example: tuple[Any, ...], dynamic_batch: bool = True
-                      ) -> tuple[Any, bool]:
+def export_decomposed(module: Any, example: tuple[Any, ...],
+                      dynamic_batch: bool | list[int | None] = True) -> tuple[Any, bool]:
     """The module exported (dynamic batch if asked and it traces so, else at the example's
-    batch) and decomposed with coreai_torch's table; and whether the batch is dynamic."""
+    batch; a list: each input's batch dim) and decomposed with coreai_torch's table; and
+    whether the batch is dynamic."""
     import coreai_torch
 
     ep = None
     if dynamic_batch:
         with contextlib.suppress(MobilecError):  # then at the example's batch
-            ep = export_program(module, example, dynamic_batch=True)
+            ep = export_program(module, example, dynamic_batch=dynamic_batch)
     dynamic = ep is not None
     if ep is None:
         ep = export_program(module, example)

@@ -31,7 +31,7 @@ import numpy as np
 
 from mobilec.errors import ConversionError
 from mobilec.formats.coreai_worker import FUNCTION as FUNCTION  # the function every run calls
-from mobilec.sources.batch import Inputs, as_list, first_n, inputs_digest, length
+from mobilec.sources.batch import Inputs, as_list, batch_axes, first_n, inputs_digest, length
 from mobilec.state import ModelState
 from mobilec.util.child import child_command, child_env, last_error_line, signal_name
 from mobilec.util.fs import sha256_path
@@ -140,10 +140,13 @@ def worker_pid() -> int | None:
     return _worker.proc.pid if _worker is not None and _worker.alive() else None
 
 
-def run_isolated(path: Path, x: Inputs, latency: bool = False, outputs: bool = True
+def run_isolated(path: Path, x: Inputs, latency: bool = False, outputs: bool = True,
+                 axes: dict[str, Any] | None = None
                  ) -> tuple[list[str], list[np.ndarray], dict[str, float] | None]:
     """Run an .aimodel in the runtime child: (output names, outputs on `x`, latency of one
-    sample or None). A runtime crash or error becomes a ConversionError."""
+    sample or None). `axes`: the inputs' and outputs' batch dims (samples-first data goes
+    there at each call, sources/batch.py). A runtime crash or error becomes a
+    ConversionError."""
     prestart()
     assert _worker is not None
     worker = _worker
@@ -152,7 +155,7 @@ def run_isolated(path: Path, x: Inputs, latency: bool = False, outputs: bool = T
         np.savez(xin, *[np.ascontiguousarray(a) for a in as_list(x)])
         try:
             reply = worker.ask({"path": str(path), "x": str(xin), "out": str(out),
-                                "outputs": outputs, "latency": latency,
+                                "outputs": outputs, "latency": latency, "axes": axes,
                                 "tmp": tempfile.gettempdir()}, RUN_TIMEOUT_S)
         finally:
             if worker.replies < 0:
@@ -176,7 +179,7 @@ def timed_outputs(state: ModelState, path: Path, x: Inputs) -> tuple[list[str], 
     key = ("aimodel_run", file, inputs_digest(x))
     if key not in state.memo:
         full = _covering(state, x)
-        names, outs, timing = run_isolated(path, full, latency=True)
+        names, outs, timing = run_isolated(path, full, latency=True, axes=_axes(state))
         state.memo[("aimodel_run", file, inputs_digest(full))] = (names, outs)
         state.memo[key] = (names, [o[:length(x)] for o in outs])
         state.memo[("aimodel_latency", file)] = timing
@@ -187,7 +190,13 @@ def timed_latency(state: ModelState, path: Path, sample: Inputs) -> dict[str, fl
     """The latency of one sample: what timed_outputs measured for this file, else a run."""
     got = state.memo.get(("aimodel_latency", sha256_path(path)))
     return got if got is not None else run_isolated(path, first_n(sample, 1), latency=True,
+                                                    axes=_axes(state),
                                                     outputs=False)[2]
+
+
+def _axes(state: ModelState) -> dict[str, Any]:
+    return {"inputs": batch_axes(state.inputs),
+            "outputs": {t.name: t.batch_axis for t in state.outputs}}
 
 
 def _covering(state: ModelState, x: Inputs) -> Inputs:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.sources.batch import Inputs, as_list, first_n, length, take
+from mobilec.sources.batch import Inputs, as_list, first_n, from_model, length, take, to_model
 from mobilec.util.latency import measure_latency
 
 CHUNK = 256
@@ -71,19 +71,25 @@ def run_request(req: dict[str, Any]) -> dict[str, Any]:
     reply: dict[str, Any] = {}
     with _Loaded(Path(req["path"])) as (fn, call):
         desc = fn.desc
+        axes = req.get("axes") or {}
+        in_axes = axes.get("inputs") or [0] * len(parts)
+        out_axes = axes.get("outputs") or {}  # by name: the file's outputs carry the source's
         if req.get("outputs", True):
             names = list(desc.output_names)
-            fixed = desc.input_descriptor(desc.input_names[0]).shape[0]
+            first = next((k for k, a in enumerate(in_axes) if a is not None), 0)
+            shape = desc.input_descriptor(desc.input_names[first]).shape
+            fixed = shape[in_axes[first] or 0] if len(shape) else None
             step = fixed if isinstance(fixed, int) and fixed > 0 else CHUNK
             chunks: list[list[np.ndarray]] = []
             for i in range(0, length(x), step):
-                res = call(fn(_feed(desc, take(x, slice(i, i + step)))))
-                chunks.append([np.asarray(res[n].numpy(), dtype=np.float32) for n in names])
+                res = call(fn(_feed(desc, to_model(take(x, slice(i, i + step)), in_axes))))
+                got = [np.asarray(res[n].numpy(), dtype=np.float32) for n in names]
+                chunks.append(from_model(got, [out_axes.get(n, 0) for n in names]))
             np.savez(req["out"], *[np.concatenate([c[k] for c in chunks])
                                    for k in range(len(names))])
             reply["names"] = names
         if req.get("latency"):
-            feed = _feed(desc, first_n(x, 1))
+            feed = _feed(desc, to_model(first_n(x, 1), in_axes))
             reply["latency"] = measure_latency(lambda: call(fn(feed)))
     return reply
 

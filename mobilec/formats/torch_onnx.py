@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.formats.torch_routes import torch_to_onnx
-from mobilec.sources.batch import as_list
+from mobilec.sources.batch import batch_axes, to_model
 from mobilec.state import ModelState
 
 
 def example_inputs(state: ModelState) -> tuple[Any, ...]:
-    """One sample to export with, as a tuple of inputs."""
-    return tuple(as_list(state.sample_inputs(1)))
+    """One sample to export with, as a tuple of inputs, each as the model takes it (a batch
+    of one on its batch dim; a rank-0 input its value)."""
+    return tuple(to_model(state.sample_inputs(1), batch_axes(state.inputs)))
 
 
 def torch_float32_onnx(state: ModelState) -> Path:

@@ -227,17 +227,23 @@ def to_tensor(x: Any, dtype: str | None = None) -> Any:
     return torch.from_numpy(arr)
 
 
-def export_program(module: Any, example_inputs: tuple[Any, ...], dynamic_batch: bool = False) -> Any:
-    """torch.export.export in eval mode; the batch dim of every input is dynamic when asked."""
+def export_program(module: Any, example_inputs: tuple[Any, ...],
+                   dynamic_batch: bool | list[int | None] = False) -> Any:
+    """torch.export.export in eval mode; the batch dim of every input is dynamic when asked
+    (`dynamic_batch`: True for the first dim, or each input's batch dim, None for a rank-0
+    input, which stays as it is)."""
     import torch
 
     args = tuple(to_tensor(a) for a in example_inputs)
     dynamic_shapes = None
-    if dynamic_batch:
+    axes = list(dynamic_batch) if isinstance(dynamic_batch, (list, tuple)) else [0] * len(args)
+    if dynamic_batch and len(axes) == len(args) and \
+            all(k is None or a.dim() > k for a, k in zip(args, axes, strict=True)):
         # torch.export specializes a size-1 dim to the constant 1: trace with batch 2.
-        args = tuple(a if a.shape[0] > 1 else torch.cat([a, a]) for a in args)
+        args = tuple(a if k is None or a.shape[k] > 1 else torch.cat([a, a], dim=k)
+                     for a, k in zip(args, axes, strict=True))
         batch = torch.export.Dim("batch", min=1, max=4096)
-        dynamic_shapes = tuple({0: batch} for _ in args)
+        dynamic_shapes = tuple(None if k is None else {k: batch} for k in axes)
     return _export(module, args, dynamic_shapes)
 
 
