@@ -173,7 +173,12 @@ def summarize(framework: str, res: dict[str, dict[str, Any]]) -> list[str]:
                      f"params = {ratio:.3f}x (bar <= 0.3x, <= 2 pt): {verdict(ok)} | "
                      f"{distill['seconds']:.0f}s |")
     for row, got in factorize.items():
-        m = got["stages"]["factorize"]["metrics"]
+        stage = got["stages"]["factorize"]
+        if stage["status"] != "ok":
+            lines.append(f"| {framework} | {row} | - | - | {stage['status']}: "
+                         f"{str(stage.get('error'))[:200]} | {got['seconds']:.0f}s |")
+            continue
+        m = stage["metrics"]
         a = got["float32"]
         ranks = ", ".join(f"{r['name']}:{r['rank']}/{r['full_rank']}"
                           for r in m["layers_factorized"])
