@@ -63,8 +63,11 @@ def ptq_accuracy(state: Any, module: Any) -> float:
 
 
 @pytest.mark.slow
-def test_qat_module_digits_trains_the_coreml_int8_with_linear_quantizer(
-        tmp_path: Path, cnn: Any, digits: Any) -> None:
+@pytest.mark.parametrize("source", ["module", "pt2"])
+def test_qat_digits_trains_the_coreml_int8_with_linear_quantizer(
+        tmp_path: Path, cnn: Any, digits: Any, source: str) -> None:
+    """model.module: the eager CNN; .pt2: ep.module(), its aten conv/batch-norm/linear ops
+    lifted into modules first (torch_graph.lift_layers), then the same flow."""
     from mobilec.delegates.opcompat import coreml_program_ops
     from mobilec.policy.targets import plan_artifacts
     from mobilec.recipe.schema import QuantizeConfig
@@ -72,6 +75,8 @@ def test_qat_module_digits_trains_the_coreml_int8_with_linear_quantizer(
     from mobilec.training.qat import quantization_aware_train
 
     state = coreml_state(copy.deepcopy(cnn), digits, tmp_path)
+    if source == "pt2":
+        state.torch_module = state.torch_program.module()
     ptq = ptq_accuracy(state, cnn)
     metrics = quantization_aware_train(state, QuantizeConfig(mode="qat", epochs=2,
                                                              learning_rate=3e-4))
@@ -93,18 +98,23 @@ def test_qat_module_digits_trains_the_coreml_int8_with_linear_quantizer(
     assert {"constexpr_affine_dequantize", "quantize", "dequantize"} <= ops, ops
 
 
-def test_qat_pt2_graph_keeps_the_weight_quantized_coreml_int8(
-        tmp_path: Path, cnn: Any, digits: Any) -> None:
-    """A .pt2's ep.module() has no nn.Conv/nn.Linear to wrap: no Core ML QAT, said in a note
-    (the Core ML int8 is weight-quantized from the PT2E fine-tuned model)."""
+def test_qat_pt2_with_an_unliftable_batch_norm_keeps_the_weight_quantized_coreml_int8(
+        tmp_path: Path, digits: Any) -> None:
+    """A BatchNorm without affine parameters stays a plain op after lifting; once the
+    quantizer re-traces the graph nothing switches it to inference: no Core ML QAT, said in
+    a note (the Core ML int8 is weight-quantized from the PT2E fine-tuned model)."""
     from mobilec.recipe.schema import QuantizeConfig
     from mobilec.training import coreml_qat
 
-    state = coreml_state(copy.deepcopy(cnn), digits, tmp_path)
+    nn = torch.nn
+    module = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, affine=False), nn.ReLU(),
+                           nn.Flatten(), nn.Linear(4 * 36, 10)).eval()
+    state = coreml_state(module, digits, tmp_path)
     state.torch_module = state.torch_program.module()
     assert coreml_qat.wanted(state)
     model, metrics = coreml_qat.quantization_aware_train(state, QuantizeConfig(mode="qat"))
     assert model is None and metrics["coreml_qat"]["applied"] is False
+    assert "batch_norm" in metrics["coreml_qat"]["reason"], metrics
     assert any("Core ML's own QAT" in n for n in state.notes)
 
 

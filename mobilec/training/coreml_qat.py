@@ -12,8 +12,11 @@ on that model, the graph the `.mlpackage` is built from.
 
 The PT2E QAT (training/torch_qat.py) still makes the live model for the other formats:
 this copy only feeds Core ML. A `.pt2`'s `ep.module()` holds ATen calls, no `nn.Conv2d` or
-`nn.Linear` LinearQuantizer can wrap: its Core ML int8 stays weight-quantized from the PT2E
-fine-tuned model (a note says so).
+`nn.Linear` LinearQuantizer can wrap: its layers are lifted back into modules first
+(torch_graph.lift_layers), and the lifted graph goes through the same flow. Only when a
+BatchNorm or dropout op stays a plain op (the finalized model's eval() switches modules,
+not graph ops, so it would stay in its training form) does its Core ML int8 stay weight-quantized from the
+PT2E fine-tuned model (a note says so).
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ def wanted(state: ModelState) -> bool:
 def quantization_aware_train(state: ModelState, cfg: QuantizeConfig) -> tuple[Any, dict[str, Any]]:
     """(the finalized QAT model or None, the metrics): LinearQuantizer on a trainable copy
     of the live model. Call before the PT2E QAT commits its model (same starting point)."""
-    module = trainable_module(state, "quantize mode qat")
-    if is_exported(module):
-        why = ("a .pt2's ep.module() holds ATen calls, no nn.Conv/nn.Linear module "
-               "coremltools' LinearQuantizer can wrap")
+    module = trainable_module(state, "quantize mode qat", layers=True)
+    left = mode_ops(module)
+    if left:
+        why = (f"this .pt2's {', '.join(left)} could not be lifted into modules, and such a "
+               "plain op would stay in its training form in the model coremltools' "
+               "LinearQuantizer finalizes (its eval() reaches modules, not graph ops)")
         state.note(f"quantize qat (Core ML): {why}, so the Core ML int8 is weight-quantized "
                    "from the PT2E fine-tuned model; load the model from its Python code "
                    "(model.module) for Core ML's own QAT")
@@ -73,6 +78,15 @@ def quantization_aware_train(state: ModelState, cfg: QuantizeConfig) -> tuple[An
         "applied": True, "quantizer": QAT_QUANTIZER, "scheme": "int8 weights (per channel) and activations, symmetric",
         "final_loss": trained["final_loss"], "accuracy": accuracy,
         "accuracy_of": "the finalized QAT model the Core ML int8 is converted from"}}
+
+
+def mode_ops(module: Any) -> list[str]:
+    """An exported graph's ops that act differently in training (BatchNorm, dropout) and
+    are still plain ops after lift_layers; [] for an eager module."""
+    if not is_exported(module):
+        return []
+    return sorted({str(n.target) for n in module.graph.nodes if n.op == "call_function"
+                   and any(k in str(n.target) for k in ("batch_norm", "dropout"))})
 
 
 def prepare(state: ModelState, module: Any, total_steps: int) -> tuple[Any, Any]:
