@@ -116,12 +116,12 @@ def test_a_perturbed_aimodel_is_caught(torch_digits: dict[str, Any], tmp_path: P
 
     real = coreai.export_decomposed
 
-    def perturbed(module: Any, example: Any) -> Any:
+    def perturbed(module: Any, example: Any, *batch_axes: Any) -> Any:
         broken = copy.deepcopy(module)
         with torch.no_grad():
             for p in broken.parameters():
                 p.add_(torch.randn_like(p) * 0.5)
-        return real(broken, example)
+        return real(broken, example, *batch_axes)
 
     monkeypatch.setattr(coreai, "export_decomposed", perturbed)
     state = _state(torch_digits, tmp_path)
