@@ -167,13 +167,16 @@ def run_entry(entry: dict[str, Any], args: argparse.Namespace) -> list[dict[str,
     if entry.get("error"):  # the builder could not save it this way: no cells to run
         return [cell(entry, fmt, q, "not-built", reason=f"corpus: {entry['error']}")
                 for r in runs for fmt, q in r.cells]
+    if args.publish_only:
+        return _cells_of(entry, runs, work, False, 0, args.timeout)
     job = {"entry": entry, "runs": [r.name for r in runs], "corpus": str(args.corpus.resolve()),
            "out": str(work.resolve()), "resume": args.resume, "keep": args.keep_artifacts}
     job_path = (work / "job.json").resolve()  # the child runs in `work`: no relative paths
     job_path.write_text(json.dumps(job, indent=1))
     log = work / "child.log"
     timed_out, rc = False, 0
-    with open(log, "w") as fh:
+    # appended, not truncated: a --resume rerun must not erase why an earlier child died
+    with open(log, "a") as fh:
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child",
                                  str(job_path)], stdout=fh, stderr=subprocess.STDOUT,
                                 cwd=str(work), start_new_session=True)
@@ -183,13 +186,19 @@ def run_entry(entry: dict[str, Any], args: argparse.Namespace) -> list[dict[str,
             timed_out = True
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: the child and what it spawned
             proc.wait()
-    tail = _tail(log)
+    return _cells_of(entry, runs, work, timed_out, rc, args.timeout)
+
+
+def _cells_of(entry: dict[str, Any], runs: list[Run], work: Path, timed_out: bool, rc: int,
+              timeout: int) -> list[dict[str, Any]]:
+    log = work / "child.log"
+    tail = _tail(log) if log.exists() else ""
     cells: list[dict[str, Any]] = []
     for r in runs:
         path = work / f"{r.name}.result.json"
         result = json.loads(path.read_text()) if path.exists() else None
         cells += cells_for(entry, r, _with_model(result, work / r.name / "report.json"),
-                           timed_out, rc, tail, args.timeout)
+                           timed_out, rc, tail, timeout)
     return cells
 
 
@@ -320,6 +329,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per corpus entry")
     ap.add_argument("--resume", action="store_true", help="keep the results of finished runs")
     ap.add_argument("--keep-artifacts", action="store_true")
+    ap.add_argument("--publish-only", action="store_true",
+                    help="run nothing: publish the entries whose runs all have results in --out "
+                    "(the others are listed as not run)")
     args = ap.parse_args()
     if args.child:
         return child(args.child)
@@ -331,6 +343,12 @@ def main() -> int:
                and (not args.sources or e["source"] in args.sources)]
     if not entries:
         ap.error("no corpus entry matches --only/--sources")
+    not_run: list[str] = []
+    if args.publish_only:
+        not_run = [f"{e['model']}/{e['source']}" for e in entries
+                   if not e.get("error") and not _finished(e, args)]
+        entries = [e for e in entries if e.get("error") or _finished(e, args)]
+        args.resume = True
     start = time.time()
     resumed = sum(_finished(e, args) for e in entries) if args.resume else 0
     cells: list[dict[str, Any]] = []
@@ -345,7 +363,7 @@ def main() -> int:
 
     meta = {"mobilec_version": __version__, "date": dt.date.today().isoformat(),
             "host": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
-            "entries": len(entries), "seconds": time.time() - start, "totals": totals(cells),
+            "entries": len(entries), "not_run": not_run, "seconds": time.time() - start, "totals": totals(cells),
             "models": len({e["model"] for e in entries}), "build_seconds": _build_seconds(args.corpus),
             # one compress run per (model, source, seconds): its cells share its seconds
             "resumed": resumed, "compress_seconds": sum({(c["model"], c["source"], c["seconds"]):

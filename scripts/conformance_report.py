@@ -186,6 +186,9 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any],
              + (f"; this invocation reused {meta['resumed']} entries' results (--resume), "
                 f"the compress runs of all cells took {meta['compress_seconds'] / 60:.1f} min "
                 "one after another" if meta.get("resumed") else ""), "",
+             *([f"Not run in this matrix ({len(meta['not_run'])} entries, no result by the "
+                f"publishing time): {', '.join(meta['not_run'])}", ""]
+               if meta.get("not_run") else []),
              "Real architectures with random weights (logits, inputs in each architecture's range; "
              "keras.applications nets with BatchNorm statistics settled on their eval data and "
              "the classifier layer fitted to random labels, a linear probe: see README), "
