@@ -43,22 +43,14 @@ def ensure_model(path: Path) -> Path:
 def load_state(model: Path, work: Path, stages: list[dict[str, Any]] | None = None) -> Any:
     """A ModelState after load (and the given training stages), like compress builds it."""
     import yaml
-
-    from mobilec.recipe.loader import load_recipe
-    from mobilec.stages import get_stage
-    from mobilec.state import ModelState
+    from benchlib import state_after
 
     recipe_path = work / f"bench-{len(list(work.glob('*.yaml')))}.yaml"
     recipe_path.write_text(yaml.safe_dump({
         "version": 1, "name": "digits", "model": {"path": str(model)},
         "data": {"source": "digits", "eval_samples": 360, "calibration_samples": 200},
         "stages": stages or [], "targets": ["cpu"]}))
-    recipe = load_recipe(recipe_path)
-    state = ModelState(recipe=recipe, out_dir=work / "out", work_dir=work)
-    get_stage("load")(state, None)
-    for entry in recipe.stages:
-        get_stage(entry.name)(state, entry.config)
-    return state
+    return state_after(recipe_path, work)
 
 
 def measure(state: Any, fmt: str, mode: str, tag: str) -> dict[str, Any]:

@@ -53,22 +53,14 @@ def load_state(work: Path, model: Path, data: dict[str, Any], stages: list[dict[
                ) -> Any:
     """A ModelState after load and `stages`, as compress builds it."""
     import yaml
-
-    from mobilec.recipe.loader import load_recipe
-    from mobilec.stages import get_stage
-    from mobilec.state import ModelState
+    from benchlib import state_after
 
     # next to the model's data files: the recipe's relative paths resolve against it
     recipe_path = work.parent / f"{work.name}.yaml"
     recipe_path.write_text(yaml.safe_dump({"version": 1, "name": "bytes",
                                            "model": {"path": str(model)}, "data": data,
                                            "stages": stages, "targets": ["cpu"]}))
-    recipe = load_recipe(recipe_path)
-    state = ModelState(recipe=recipe, out_dir=work / "out", work_dir=work)
-    get_stage("load")(state, None)
-    for entry in recipe.stages:
-        get_stage(entry.name)(state, entry.config)
-    return state
+    return state_after(recipe_path, work)
 
 
 def int8_weights(state: Any, framework: str, path: Path) -> dict[str, np.ndarray]:

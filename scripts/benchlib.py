@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -155,3 +156,18 @@ def build_mobilenet(directory: Path) -> tuple[Path, Path]:
     np.savez(data, x=rng.random((256, 96, 96, 3), dtype=np.float32),
              y=rng.integers(0, 10, 256))
     return path, data
+
+
+def state_after(recipe_path: Path, work: Path) -> Any:
+    """A ModelState after the load stage and the recipe's stages, as compress builds it
+    (benchmarks that measure a model between stages, not a whole compress run)."""
+    from mobilec.recipe.loader import load_recipe
+    from mobilec.stages import get_stage
+    from mobilec.state import ModelState
+
+    recipe = load_recipe(recipe_path)
+    state = ModelState(recipe=recipe, out_dir=work / "out", work_dir=work)
+    get_stage("load")(state, None)
+    for entry in recipe.stages:
+        get_stage(entry.name)(state, entry.config)
+    return state
