@@ -23,6 +23,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# pytest-xdist workers set COLUMNS=80 and LINES=24; the CLI children inherit them, and a
+# child in a 160-column tmux window then lays its table out for 80 (test_ci_cli's tmux
+# tests failed only under `make test`'s two workers). A serial run has neither.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 
 
 @pytest.fixture(scope="session")
