@@ -23,10 +23,10 @@ from typing import Any
 from mobilec.errors import MobilecError, first_line, stop_if_interrupted
 from mobilec.formats import get_format
 from mobilec.policy.modes import is_quantized
-from mobilec.stages.verify import QUANT_FLOOR_DB, reference_outputs
+from mobilec.stages.verify import reference_outputs
 from mobilec.state import Artifact, ModelState
 from mobilec.util import progress
-from mobilec.util.metrics import below_floor, fidelity
+from mobilec.util.metrics import QUANT_FLOOR_DB, below_floor, fidelity
 
 SLOWER_THAN_FLOAT = 1.10  # warn when >10% slower than the float32 sibling
 MAX_DROP = 0.05  # the default floor: more than 5 points below the source is broken
