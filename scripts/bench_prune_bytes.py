@@ -1,8 +1,10 @@
 """Where the bytes of a pruned int8 artifact go (issue 25's prune 0.5 + int8 measure:
 gzip <= 0.70x int8 alone), on the PyTorch digits CNN (`.pte`) and the Keras digits CNN
 (`.tflite`), each pruned by mobilec's own prune stage (the recipe of
-scripts/bench_torch_training.py: sparsity 0.5, polynomial, 4 epochs, lr 1e-3), then
-built int8 by mobilec's format.
+scripts/bench_torch_training.py: sparsity 0.5, polynomial, 4 epochs, lr 1e-3; `block 1`:
+zeros anywhere, `block 4`: zeros in runs of 4 along the input channels), then built int8
+by mobilec's format. The last table puts block 1 and block 4 side by side: gzip vs int8
+alone and accuracy drop against the loaded model (bars <= 0.70x, <= 1 pt).
 
 Per weight tensor of the int8 file: its bytes, the fraction that is int8 0 (do the pruned
 zeros survive quantization?), its order-0 byte entropy and its own gzip size. Per file:
@@ -32,6 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_torch_training import ROWS, keras_model, torch_model  # noqa: E402 - after the path
 
 FORMAT = {"pytorch": "executorch", "keras": "tflite"}
+PRUNED = {"prune0.5+int8": "prune", "prune0.5-block4+int8": "prune-block4"}  # tag -> row
 
 
 def entropy(data: bytes) -> float:
@@ -108,7 +111,7 @@ def build(state: Any, framework: str, dest: Path) -> tuple[Path, float]:
 def measure(framework: str, work: Path) -> dict[str, Any]:
     model, data = torch_model(work) if framework == "pytorch" else keras_model()
     rows = {}
-    for tag, stages in (("int8", []), ("prune0.5+int8", ROWS["prune"][:1])):
+    for tag, stages in (("int8", []), *((tag, ROWS[row][:1]) for tag, row in PRUNED.items())):
         sub = work / f"{framework}-{tag}"
         sub.mkdir()
         state = load_state(sub, model, data, stages)
@@ -117,6 +120,9 @@ def measure(framework: str, work: Path) -> dict[str, Any]:
         blob = path.read_bytes()
         weights = int8_weights(state, framework, path)
         rows[tag] = {"file": coders(blob), "accuracy": acc, "reference": state.reference_accuracy,
+                     # counted in what ships: int8 zeros over all int8 weights of the file
+                     "zeros": float(np.mean(np.concatenate([w.ravel() for w in
+                                                            weights.values()]) == 0)),
                      "tensors": {n: (w.size, float(np.mean(w == 0)), entropy(w.tobytes()),
                                      coders(w.tobytes())["gzip"]) for n, w in weights.items()},
                      "weights": coders(b"".join(w.tobytes() for w in weights.values()))}
@@ -133,20 +139,42 @@ def report(framework: str, rows: dict[str, Any]) -> None:
         f, w = r["file"], r["weights"]
         print(f"    int8 weights {w['raw']:,} of the file's {f['raw']:,} B "
               f"({w['raw'] / f['raw']:.1%}); gzip of the rest ~{f['gzip'] - w['gzip']:,} B")
-    base, pruned = rows["int8"]["file"], rows["prune0.5+int8"]["file"]
-    print(f"    {'file':14} {'int8 B':>9} {'pruned B':>9} {'x':>7}")
-    for coder in ("raw", "gzip", "huffman", "xz", "floor"):
-        print(f"    {coder:14} {base[coder]:>9,.0f} {pruned[coder]:>9,.0f} "
-              f"{pruned[coder] / base[coder]:>7.3f}")
-    # the bar against the best a byte-wise coder can do on the pruned weights: each tensor
-    # at its own order-0 entropy, plus the rest of the file as gzip leaves it
-    r = rows["prune0.5+int8"]
-    at_entropy = sum(size * h / 8 for size, _, h, _ in r["tensors"].values())
-    rest = r["file"]["gzip"] - r["weights"]["gzip"]
-    print(f"    pruned weights at their entropy {at_entropy:,.0f} B + rest {rest:,} B = "
-          f"{(at_entropy + rest) / base['gzip']:.3f}x int8 gzip; deflate without LZ77 "
-          f"{pruned['huffman'] / base['gzip']:.3f}x; gzip -9 "
-          f"{pruned['gzip'] / base['gzip']:.3f}x (bar <= 0.70x)")
+    base = rows["int8"]["file"]
+    for tag in PRUNED:
+        pruned = rows[tag]["file"]
+        print(f"    {'file':14} {'int8 B':>9} {tag:>20} {'x':>7}")
+        for coder in ("raw", "gzip", "huffman", "xz", "floor"):
+            print(f"    {coder:14} {base[coder]:>9,.0f} {pruned[coder]:>20,.0f} "
+                  f"{pruned[coder] / base[coder]:>7.3f}")
+        # the bar against the best a byte-wise coder can do on the pruned weights: each
+        # tensor at its own order-0 entropy, plus the rest of the file as gzip leaves it
+        r = rows[tag]
+        at_entropy = sum(size * h / 8 for size, _, h, _ in r["tensors"].values())
+        rest = r["file"]["gzip"] - r["weights"]["gzip"]
+        print(f"    pruned weights at their entropy {at_entropy:,.0f} B + rest {rest:,} B = "
+              f"{(at_entropy + rest) / base['gzip']:.3f}x int8 gzip; deflate without LZ77 "
+              f"{pruned['huffman'] / base['gzip']:.3f}x; gzip -9 "
+              f"{pruned['gzip'] / base['gzip']:.3f}x (bar <= 0.70x)")
+
+
+def side_by_side(results: dict[str, dict[str, Any]]) -> None:
+    """block 1 and block 4 on both frameworks: the measure's two figures and its verdict."""
+    print(f"\n| framework | row | int8 0 in weights | accuracy % | drop (pt) | gzip B | "
+          f"x int8 alone | bar (<= 0.70x, <= 1 pt) |\n|{'---|' * 8}")
+    for framework, rows in results.items():
+        base = rows["int8"]
+        print(f"| {framework} {FORMAT[framework]} | int8 | {base['zeros']:.4f} | "
+              f"{100 * base['accuracy']:.2f} | "
+              f"{100 * (base['reference'] - base['accuracy']):.2f} | {base['file']['gzip']:,} "
+              f"| 1.000 | |")
+        for tag in PRUNED:
+            r = rows[tag]
+            drop = r["reference"] - r["accuracy"]
+            ratio = r["file"]["gzip"] / base["file"]["gzip"]
+            ok = ratio <= 0.70 and drop <= 0.01
+            print(f"| {framework} {FORMAT[framework]} | {tag} | {r['zeros']:.4f} | "
+                  f"{100 * r['accuracy']:.2f} | {100 * drop:.2f} | {r['file']['gzip']:,} | "
+                  f"{ratio:.3f} | {'ok' if ok else 'MISSED'} |")
 
 
 def main() -> None:
@@ -156,11 +184,14 @@ def main() -> None:
     from mobilec.util.tfenv import configure_environment
 
     configure_environment()
+    results = {}
     with tempfile.TemporaryDirectory(prefix="mobilec-bytes-") as tmp:
         for framework in args.frameworks:
             work = Path(tmp) / framework
             work.mkdir()
-            report(framework, measure(framework, work))
+            results[framework] = measure(framework, work)
+            report(framework, results[framework])
+    side_by_side(results)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,30 @@ def test_prune_pt2_digits_counts_its_sparsity(tmp_path: Path, cnn_pt2: Path, dig
     assert acc(eager(state.torch_program.module(), xe)[0], ye) >= state.reference_accuracy - 0.02
 
 
+def test_prune_pt2_digits_in_blocks_of_4(tmp_path: Path, cnn_pt2: Path, digits: Any) -> None:
+    """block 4: every run of 4 weights along the input channels (dim 1 of Conv OIHW and
+    Linear [out, in], contiguous in the .pte's OHWI layout) is all zero or all kept, in the
+    re-exported program; the sparsity is counted, 0.5."""
+    from mobilec.recipe.schema import PruneConfig
+    from mobilec.stages import prune
+
+    _, (xe, ye) = digits
+    state = pt2_state(cnn_pt2, digits, tmp_path)
+    metrics = prune.run(state, PruneConfig(sparsity=0.5, block=4, schedule="polynomial",
+                                           epochs=1, learning_rate=1e-3, batch_size=64))
+    assert metrics["block"] == 4 and abs(metrics["sparsity"] - 0.5) <= 0.01
+    weights = [p.detach().numpy() for p in state.torch_program.module().parameters()
+               if p.dim() >= 2]
+    assert sum(int((w == 0).sum()) for w in weights) == metrics["pruned_weights"]
+    for w in weights:
+        if w.shape[1] % 4:
+            continue  # the first conv has one input channel: runs of one
+        moved = np.moveaxis(w, 1, -1)
+        zeros = (moved.reshape(*moved.shape[:-1], -1, 4) == 0).sum(-1)
+        assert np.all((zeros == 0) | (zeros == 4)), w.shape
+    assert acc(eager(state.torch_program.module(), xe)[0], ye) >= state.reference_accuracy - 0.02
+
+
 @pytest.mark.parametrize("name", ["torch_resnet_bn", "torch_mobilenet_v2_ir"])
 def test_prune_corpus_modules(tmp_path: Path, name: str) -> None:
     from mobilec.recipe.schema import PruneConfig

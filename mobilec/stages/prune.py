@@ -1,6 +1,9 @@
 """prune: magnitude pruning with tfmot, fine-tuned on data.train, then stripped.
 Channel pruning (structure: channels) is stages/prune_channels.py; magnitude pruning of
-PyTorch sources is training/torch_prune.py.
+PyTorch sources is training/torch_prune.py. Block sparsity (`block` > 1) on Keras: tfmot's
+block_size takes 2-D weights only (Dense), so the layers tfmot would prune are cloned
+unwrapped and their kernels masked by training/keras_masks.py, in runs along the
+input-channel axis (training/sparsity.py, the mask PyTorch uses too).
 
 Layers are wrapped one at a time (a clone_function) rather than handing the whole
 model to `prune_low_magnitude`, so a layer tfmot cannot prune is named in the
@@ -18,7 +21,7 @@ from mobilec.errors import UnsupportedError
 from mobilec.recipe.schema import PruneConfig
 from mobilec.stages import prune_channels
 from mobilec.state import ModelState
-from mobilec.training import torch_prune
+from mobilec.training import keras_masks, torch_prune
 from mobilec.training.finetune import fit, require_trainable, steps_per_epoch, training_targets
 from mobilec.training.torch_model import is_torch
 from mobilec.util.tfenv import import_tf_keras
@@ -34,16 +37,22 @@ def run(state: ModelState, config: PruneConfig) -> dict[str, Any]:
     tfmot = import_tfmot()
     targets = training_targets(state, model)  # before wrapping: self-distillation needs the original
     steps = steps_per_epoch(state, cfg.batch_size) * cfg.epochs
-    schedule = make_schedule(tfmot, cfg.schedule, cfg.sparsity, steps)
-    wrapped, pruned_layers = wrap_prunable(model, schedule)
-    trained = fit(state, wrapped, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  learning_rate=cfg.learning_rate,
-                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], targets=targets)
-    stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
+    if cfg.block > 1:
+        stripped, pruned_layers = wrap_prunable(model, None)
+        kernels = [w for layer in stripped.layers if layer.name in pruned_layers
+                   for w in prunable_weights(layer)]
+        trained = keras_masks.fit_masked(state, stripped, kernels, cfg, steps, targets)
+    else:
+        schedule = make_schedule(tfmot, cfg.schedule, cfg.sparsity, steps)
+        wrapped, pruned_layers = wrap_prunable(model, schedule)
+        trained = fit(state, wrapped, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                      learning_rate=cfg.learning_rate,
+                      callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], targets=targets)
+        stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     counted = count_sparsity(stripped, pruned_layers)
     state.replace_model(stripped)
     return {"sparsity": counted["sparsity"], "target_sparsity": cfg.sparsity,
-            "schedule": cfg.schedule, "pruned_layers": counted["layers"],
+            "schedule": cfg.schedule, "block": cfg.block, "pruned_layers": counted["layers"],
             "pruned_weights": counted["zeros"], "prunable_weights": counted["total"], **trained}
 
 
@@ -73,8 +82,10 @@ def make_schedule(tfmot: Any, kind: str, sparsity: float, total_steps: int) -> A
 
 def wrap_prunable(model: Any, schedule: Any) -> tuple[Any, set[str]]:
     """Clone `model` with every layer that has prunable weights wrapped; others as they are.
+    With no schedule nothing is wrapped (the caller masks the weights itself), but the same
+    layers are checked and named.
 
-    Returns the clone and the names of the wrapped layers."""
+    Returns the clone and the names of the (would-be) wrapped layers."""
 
     tfk = import_tf_keras()
     tfmot = import_tfmot()
@@ -107,6 +118,8 @@ def wrap_prunable(model: Any, schedule: Any) -> tuple[Any, set[str]]:
         if not supported or not _has_prunable(registry, layer):
             return fresh
         wrapped_any.append(layer.name)
+        if schedule is None:
+            return fresh
         return tfmot.sparsity.keras.prune_low_magnitude(fresh, pruning_schedule=schedule)
 
     try:

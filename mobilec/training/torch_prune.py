@@ -4,19 +4,21 @@ Works on the weights themselves, not on module hooks, so an `ep.module()` graph 
 submodules are never called) prunes like an eager module: the prunable weights are
 the floating parameters of two or more dimensions (Conv and Linear kernels, attention
 projections; not biases or normalization scales), each masked by its own magnitude
-(torch.nn.utils.prune's L1Unstructured mask), re-masked after every optimizer step
-and recomputed ~10 times per run on the schedule tfmot uses for Keras. The reported
-sparsity is counted in the committed model's weights, never copied from the request.
+(torch.nn.utils.prune's L1Unstructured mask; with `block` > 1, runs of `block` weights
+along the input-channel axis, dim 1 of Conv OIHW and Linear [out, in]: training/sparsity.py),
+re-masked after every optimizer step and recomputed ~10 times per run on the schedule
+tfmot uses for Keras. The reported sparsity is counted in the committed model's weights,
+never copied from the request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from mobilec.errors import UnsupportedError
 from mobilec.recipe.schema import PruneConfig
 from mobilec.state import ModelState
+from mobilec.training.sparsity import block_mask, schedule
 from mobilec.training.torch_fit import fit, steps_per_epoch
 from mobilec.training.torch_model import commit, trainable_module
 
@@ -29,7 +31,7 @@ def run(state: ModelState, cfg: PruneConfig) -> dict[str, Any]:
                                where=str(state.recipe.model.path), hint="drop the prune stage")
     total_steps = steps_per_epoch(state, cfg.batch_size) * cfg.epochs
     target = schedule(cfg.schedule, cfg.sparsity, total_steps)
-    masks = Masks(weights)
+    masks = Masks(weights, block=cfg.block)
     masks.update(target(0))
     frequency = max(1, total_steps // 10)
 
@@ -44,7 +46,7 @@ def run(state: ModelState, cfg: PruneConfig) -> dict[str, Any]:
     commit(state, module)
     counted = count_sparsity(state.torch_module, set(weights))
     return {"sparsity": counted["sparsity"], "target_sparsity": cfg.sparsity,
-            "schedule": cfg.schedule, "pruned_layers": len(weights),
+            "schedule": cfg.schedule, "block": cfg.block, "pruned_layers": len(weights),
             "pruned_weights": counted["zeros"], "prunable_weights": counted["total"], **trained}
 
 
@@ -54,21 +56,13 @@ def prunable_weights(module: Any) -> dict[str, Any]:
             if p.is_floating_point() and p.dim() >= 2 and p.requires_grad}
 
 
-def schedule(kind: str, sparsity: float, total_steps: int) -> Callable[[int], float]:
-    """The target sparsity at a step. constant: the target from the first step. polynomial:
-    0 -> target by ~70% of training (cubic, as tfmot's PolynomialDecay), leaving the last
-    steps to recover accuracy at the final sparsity."""
-    if kind == "constant":
-        return lambda step: sparsity
-    ramp = max(1, int(total_steps * 0.7))
-    return lambda step: sparsity * (1.0 - (1.0 - min(step, ramp) / ramp) ** 3)
-
-
 class Masks:
-    """One magnitude mask per weight; `apply` zeroes the masked entries in place."""
+    """One magnitude mask per weight; `apply` zeroes the masked entries in place. block > 1:
+    runs of `block` weights along dim 1 (the input channels) are kept or zeroed together."""
 
-    def __init__(self, weights: dict[str, Any]) -> None:
+    def __init__(self, weights: dict[str, Any], block: int = 1) -> None:
         self.weights = weights
+        self.block = block
         self.masks: dict[str, Any] = {}
 
     @classmethod
@@ -84,6 +78,10 @@ class Masks:
 
         with torch.no_grad():
             for name, w in self.weights.items():
+                if self.block > 1:
+                    mask = block_mask(w.detach().cpu().numpy(), sparsity, self.block, axis=1)
+                    self.masks[name] = torch.from_numpy(mask).to(w.device, w.dtype)
+                    continue
                 method = prune.L1Unstructured(amount=float(sparsity))
                 self.masks[name] = method.compute_mask(w.detach(), torch.ones_like(w))
         self.apply()
