@@ -6,8 +6,14 @@ for 3 epochs), same eval set (360 samples). The plain script is what a Core AI u
 torch.export -> run_decompositions(coreai_torch.get_decomp_table()) ->
 TorchConverter().add_exported_program(ep).to_coreai() -> save_asset(Path). mobilec's sides:
 
-- `mobilec build`: the format's build alone (CoreAIFormat.build: the same calls with a
-  dynamic batch and the source's I/O names);
+- `plain + 1-sample check`: the issue's script whole: the three calls, then the saved asset
+  run once in coreai-core's Linux runtime (`executable()`, in this process) and compared with
+  eager PyTorch;
+- `mobilec build`: the format's build alone (CoreAIFormat.build) of the model as load leaves
+  it for `model.module` with `model.dynamic_batch: true`: the exported program, converted as
+  it is (decomposed, converted with the source's I/O names, saved); it also starts the
+  runtime child, whose CPU is counted;
+- `mobilec load + build`: the same, with load's export (a symbolic batch) on the clock;
 - `mobilec compress path`: everything `mobilec compress` does for a float32 .aimodel once the
   model is loaded: build_artifact (build + verification against eager PyTorch in
   coreai-core's Linux runtime) and evaluate_artifact (accuracy, fidelity and latency on the
@@ -69,7 +75,9 @@ def mobilec_state(model: Any, data: Any, work: Path) -> Any:
     state = ModelState(recipe=Recipe.model_validate({"model": {"path": "model.pt2"}}),
                        out_dir=work / "out", work_dir=work / "work")
     state.torch_module = model
-    state.torch_program = export_program(model, (xe[:1],))
+    # What load does for `model.module` with `model.dynamic_batch: true` (the batch phones
+    # and the measuring runs both need): the program the format then converts as it is.
+    state.torch_program = export_program(model, (xe[:1],), dynamic_batch=True)
     state.inputs, state.outputs = describe_io(state.torch_program)
     state.input_layout = "NCHW"
     state.data = Dataset(Split(xt, yt), Split(xe, ye), Split(xt[:200]))
@@ -77,6 +85,36 @@ def mobilec_state(model: Any, data: Any, work: Path) -> Any:
     state.label_output = choose_label_output(state.reference, ["output"], ye, None, "", "")
     state.reference_accuracy = state.label_accuracy(state.reference)
     return state
+
+
+def plain_checked(model: Any, example: np.ndarray, dest: Path) -> float:
+    """The issue's script whole: the three calls, then the saved asset run once on this host
+    (`executable()`, one sample) and compared with eager PyTorch. Returns the max error."""
+    import asyncio
+
+    import torch
+    from coreai.authoring import AIModelAsset
+    from coreai.runtime import NDArray
+
+    plain_coreai(model, example, dest)
+
+    async def run() -> np.ndarray:
+        async with AIModelAsset.load(dest).executable() as m:
+            fn = m.load_function("main")
+            out = await fn({fn.desc.input_names[0]: NDArray(np.ascontiguousarray(example))})
+            return np.asarray(out[fn.desc.output_names[0]].numpy())
+
+    with torch.no_grad():
+        want = model(torch.tensor(example)).numpy()
+    return float(np.abs(asyncio.run(run()) - want).max())
+
+
+def mobilec_load_build(model: Any, state: Any, dest: Path) -> Any:
+    """The build with the export load makes first (model.dynamic_batch: true)."""
+    from mobilec.sources.pytorch import export_program
+
+    state.torch_program = export_program(model, (state.eval_x[:1],), dynamic_batch=True)
+    return mobilec_build(state, dest)
 
 
 def mobilec_build(state: Any, dest: Path, mode: str = "float32") -> Any:
@@ -134,7 +172,8 @@ def main() -> None:
 
     with torch.no_grad():
         ref_acc = float(np.mean(model(torch.tensor(xe)).argmax(-1).numpy() == ye))
-    sides = ("plain", "mobilec build", "mobilec compress path")
+    sides = ("plain", "plain + 1-sample check", "mobilec build", "mobilec load + build",
+             "mobilec compress path")
     walls: dict[str, list[float]] = {who: [] for who in sides}
     cpus: dict[str, list[float]] = {who: [] for who in sides}
     loads = [os.getloadavg()[0]]
@@ -150,9 +189,14 @@ def main() -> None:
                 c0, t0 = cpu_s(), time.perf_counter()
                 if who == "plain":
                     plain_coreai(model, xe[:1], dest)
+                elif who.startswith("plain"):
+                    max_err = plain_checked(model, xe[:1], dest)
                 elif who == "mobilec build":
                     mobilec_build(state, dest)
                     shutdown()  # the build starts the runtime child: count its CPU here
+                elif who == "mobilec load + build":
+                    mobilec_load_build(model, state, dest)
+                    shutdown()
                 else:
                     art = compress_path(state)
                 walls[who].append(time.perf_counter() - t0)
@@ -166,6 +210,7 @@ def main() -> None:
         for who in sides:
             w, c = statistics.median(walls[who]), statistics.median(cpus[who])
             print(f"{who:24} {w:>7.2f} {w / plain_w:>8.2f} {c:>7.2f} {c / plain_c:>8.2f}")
+        print(f"plain + 1-sample check: max error against eager {max_err:.2g}")
         v = art.verification or {}
         print(f"compress path artifact: verified {v.get('snr_db')} dB, top-1 agreement "
               f"{v.get('top1_agreement')}, accuracy {art.metrics.get('accuracy')}, latency "
@@ -173,6 +218,11 @@ def main() -> None:
         print(f"plain and mobilec float32 files: {size_of(work / 'plain-0.aimodel')} B vs "
               f"{size_of(work / 'mobilec-build-0.aimodel')} B")
         modes_table(state, work, ref_acc)
+    # The plain side ran coreai-core's runtime in this process: its static destructors can
+    # abort at interpreter exit (formats/coreai_worker.py). Everything is printed: leave.
+    sys.stdout.flush()
+    shutdown()
+    os._exit(0)
 
 
 def modes_table(state: Any, work: Path, ref_acc: float) -> None:

@@ -106,27 +106,28 @@ def test_aimodel_modes_build_and_verify(torch_digits: dict[str, Any], tmp_path: 
 def test_a_perturbed_aimodel_is_caught(torch_digits: dict[str, Any], tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A float32 .aimodel that differs from the source never ships as ok."""
-    import copy
-
     import torch
 
     from mobilec.formats import coreai
     from mobilec.policy.targets import ArtifactSpec
     from mobilec.stages.convert import build_artifact
 
-    real = coreai.export_decomposed
+    real = coreai.convert
 
-    def perturbed(module: Any, example: Any, *batch_axes: Any) -> Any:
-        broken = copy.deepcopy(module)
+    def perturbed(ep: Any, *args: Any, **kwargs: Any) -> Any:
+        # The program the format converts, whatever its origin, with noisy copies of its
+        # weights (the source's own tensors are left as they are).
+        broken = ep.run_decompositions({})
         with torch.no_grad():
-            for p in broken.parameters():
-                p.add_(torch.randn_like(p) * 0.5)
-        return real(broken, example, *batch_axes)
+            for name, t in list(broken.state_dict.items()):
+                if t.is_floating_point():
+                    broken.state_dict[name] = t + torch.randn_like(t) * 0.5
+        return real(broken, *args, **kwargs)
 
-    monkeypatch.setattr(coreai, "export_decomposed", perturbed)
+    monkeypatch.setattr(coreai, "convert", perturbed)
     state = _state(torch_digits, tmp_path)
     art = build_artifact(state, ArtifactSpec("coreai", "float32", None, "coreai", "cpu"))
-    assert art.status == "failed-verification", art.verification
+    assert art.status == "failed-verification", (art.error, art.verification)
     assert "differs from the source" in (art.error or ""), art.error
 
 

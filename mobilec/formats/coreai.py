@@ -22,7 +22,14 @@ from typing import Any
 from mobilec.delegates.snippets import swift_coreai
 from mobilec.errors import UnsupportedError
 from mobilec.formats.coreai_bridge import bridged_program
-from mobilec.formats.coreai_convert import convert, export_decomposed, precision_text, save
+from mobilec.formats.coreai_convert import (
+    batch_is_dynamic,
+    convert,
+    decompose,
+    export_decomposed,
+    precision_text,
+    save,
+)
 from mobilec.formats.coreai_runtime import FUNCTION, prestart, timed_latency, timed_outputs
 from mobilec.formats.onnx import float32_onnx, route_names
 from mobilec.formats.runtime import align_outputs
@@ -70,7 +77,7 @@ class CoreAIFormat:
         folded = False
         axes = batch_axes(state.inputs)
         if route == TORCH_ROUTE:
-            ep, dynamic = export_decomposed(_torch_module(state), example, axes)
+            ep, dynamic = _torch_program(state, example, axes)
         else:
             ep, dynamic, folded = bridged_program(
                 float32_onnx(state, route[len(BRIDGE_PREFIX):]), example, axes)
@@ -130,6 +137,18 @@ class CoreAIFormat:
 
 def _is_torch(state: ModelState) -> bool:
     return state.torch_module is not None or state.torch_program is not None
+
+
+def _torch_program(state: ModelState, example: tuple[Any, ...],
+                   axes: list[int | None]) -> tuple[Any, bool]:
+    """The decomposed program of a PyTorch source and whether its batch is dynamic. The
+    program load (or the last training stage) exported is used as it is when it already
+    takes any batch: exporting the module again with a symbolic batch was a third of the
+    build's CPU (0.14 of 0.6 s on the digits CNN)."""
+    program = state.torch_program
+    if program is not None and batch_is_dynamic(program, axes):
+        return decompose(program), True
+    return export_decomposed(_torch_module(state), example, axes)
 
 
 def _torch_module(state: ModelState) -> Any:

@@ -48,8 +48,6 @@ def export_decomposed(module: Any, example: tuple[Any, ...],
     """The module exported (dynamic batch if asked and it traces so, else at the example's
     batch; a list: each input's batch dim) and decomposed with coreai_torch's table; and
     whether the batch is dynamic."""
-    import coreai_torch
-
     ep = None
     if dynamic_batch:
         with contextlib.suppress(MobilecError):  # then at the example's batch
@@ -57,7 +55,35 @@ def export_decomposed(module: Any, example: tuple[Any, ...],
     dynamic = ep is not None
     if ep is None:
         ep = export_program(module, example)
-    return ep.run_decompositions(coreai_torch.get_decomp_table()), dynamic
+    return decompose(ep), dynamic
+
+
+def decompose(ep: Any) -> Any:
+    """A new ExportedProgram in the ops coreai-torch converts (`ep` is left as it is)."""
+    import coreai_torch
+
+    return ep.run_decompositions(coreai_torch.get_decomp_table())
+
+
+def batch_is_dynamic(ep: Any, axes: list[int | None]) -> bool:
+    """Whether every input of `ep` with a batch dim (`axes`, one per input) takes any batch
+    there from 1 up: a symbolic size whose range starts at 1 (a .pt2 traced with
+    Dim("batch") may start at 2, and a phone runs one sample)."""
+    nodes = {n.name: n for n in ep.graph.nodes}
+    names = list(ep.graph_signature.user_inputs)
+    if len(names) != len(axes) or all(k is None for k in axes):
+        return False
+    for name, k in zip(names, axes, strict=True):
+        if k is None:
+            continue
+        val = nodes[name].meta.get("val") if name in nodes else None
+        shape = getattr(val, "shape", ())
+        if len(shape) <= k or isinstance(shape[k], int):
+            return False
+        bound = ep.range_constraints.get(getattr(shape[k], "node", None) and shape[k].node.expr)
+        if bound is None or int(bound.lower) > 1:
+            return False
+    return True
 
 
 def convert(ep: Any, mode: str, bits: int = 4, input_names: list[str] | None = None,
