@@ -131,6 +131,31 @@ def test_a_perturbed_aimodel_is_caught(torch_digits: dict[str, Any], tmp_path: P
     assert "differs from the source" in (art.error or ""), art.error
 
 
+def test_a_converter_that_aborts_fails_the_route_not_the_run(
+        torch_digits: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """coreai-torch's MLIR aborts the process on a shape it cannot infer (a bridged ConvNeXt
+    in float16, measured: "LLVM ERROR: Failed to infer result type(s)", SIGABRT). The
+    conversion runs in a fork: the row fails with the reason, and this process goes on."""
+    import os
+
+    from mobilec.formats import coreai
+    from mobilec.policy.targets import ArtifactSpec
+    from mobilec.stages.convert import build_artifact
+
+    def aborting(*args: Any, **kwargs: Any) -> Any:
+        os.write(2, b"LLVM ERROR: Failed to infer result type(s)\n")
+        os.abort()
+
+    monkeypatch.setattr(coreai, "convert", aborting)
+    state = _state(torch_digits, tmp_path)
+    art = build_artifact(state, ArtifactSpec("coreai", "float32", None, "coreai", "cpu"))
+    assert art.status == "failed", (art.status, art.error)
+    assert "crashed (SIGABRT): LLVM ERROR: Failed to infer result type(s)" in art.error, art.error
+    monkeypatch.undo()
+    again = build_artifact(state, ArtifactSpec("coreai", "float32", None, "coreai", "cpu"))
+    assert again.status == "ok", again.error  # the same process converts the next one
+
+
 @pytest.mark.slow
 def test_keras_reaches_coreai_through_the_onnx_bridge(demo_keras: Path, tmp_path: Path) -> None:
     """A Keras model: tf2onnx's .onnx -> onnx2torch -> torch.export -> .aimodel, verified

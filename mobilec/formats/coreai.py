@@ -36,9 +36,11 @@ from mobilec.formats.runtime import align_outputs
 from mobilec.formats.torch_onnx import example_inputs
 from mobilec.sources.batch import batch_axes
 from mobilec.state import Artifact, ModelState
+from mobilec.util.forked import run_forked
 
 TORCH_ROUTE = "torch-export"
 BRIDGE_PREFIX = "onnx2torch-"
+CONVERT_TIMEOUT_S = 3600
 
 
 class CoreAIFormat:
@@ -81,8 +83,9 @@ class CoreAIFormat:
         else:
             ep, dynamic, folded = bridged_program(
                 float32_onnx(state, route[len(BRIDGE_PREFIX):]), example, axes)
-        save(convert(ep, mode, bits, [t.name for t in state.inputs],
-                     [t.name for t in state.outputs]), dest)
+        names = [t.name for t in state.inputs], [t.name for t in state.outputs]
+        run_forked(lambda: _convert_and_save(ep, mode, bits, names, dest),
+                   what="coreai-torch's conversion", timeout_s=CONVERT_TIMEOUT_S)
         artifact.route = route
         artifact.precision = precision_text(mode, bits)
         artifact.input_layout, artifact.input_transpose = state.input_layout, None
@@ -133,6 +136,16 @@ class CoreAIFormat:
 
     def loader_snippet(self, artifact: Artifact, manifest: dict[str, Any]) -> tuple[str, str]:
         return "swift", swift_coreai(artifact, manifest)
+
+
+def _convert_and_save(ep: Any, mode: str, bits: int, names: tuple[list[str], list[str]],
+                      dest: Path) -> None:
+    """The forked child's work: convert, compress, save (see util/forked.py: one torch thread,
+    the parent's OpenMP workers are not in the child)."""
+    import torch
+
+    torch.set_num_threads(1)
+    save(convert(ep, mode, bits, *names), dest)
 
 
 def _is_torch(state: ModelState) -> bool:
