@@ -22,11 +22,15 @@ def test_the_call_runs_with_the_parents_state(tmp_path: Path) -> None:
 
 def test_an_abort_becomes_a_conversion_error_naming_it() -> None:
     def abort() -> None:
-        os.write(2, b"LLVM ERROR: Failed to infer result type(s)\n")
+        os.write(2, b"LLVM ERROR: Failed to infer result type(s):\n"
+                    b'"coreai.decomposable.broadcasting_mul"(...) {} : (tensor<1x2xf32>) -> ???\n'
+                    b"W1208 00:13:09.391000 19106 torch/utils/_pytree.py:630] ... will be an "
+                    b"error in a future release.\n")
         os.abort()
 
     with pytest.raises(ConversionError, match=r"crashed \(SIGABRT\): LLVM ERROR: Failed to "
-                                              r"infer result type"):
+                                              r"infer result type\(s\): \"coreai.decomposable"
+                                              r".broadcasting_mul\""):
         run_forked(abort, what="the converter", timeout_s=60)
 
 

@@ -8,6 +8,7 @@ as command-line arguments (paths into a scratch folder) and hands results back a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,8 +53,18 @@ def signal_name(returncode: int) -> str | None:
         return f"signal {-returncode}"
 
 
+#: A log line that only warns or informs (glog/absl "W1208 00:13:09...", Python warnings):
+#: "... will be an error in a future release" must not pass for the reason of a crash.
+_NOISE = re.compile(r"^[IWD]\d{4} |Warning\b|warnings\.warn|^\s*warn\(")
+
+
 def last_error_line(stderr: str) -> str:
-    """The line of a child's stderr most likely to say what went wrong."""
+    """The line of a child's stderr most likely to say what went wrong. A fatal LLVM error
+    ("LLVM ERROR: Failed to infer result type(s):") comes with the line that names the op."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-    return (errors or lines or ["?"])[-1][:300]
+    fatal = [i for i, ln in enumerate(lines) if "LLVM ERROR" in ln or "Fatal Python error" in ln]
+    if fatal:
+        return " ".join(lines[fatal[-1]:fatal[-1] + 2])[:300]
+    useful = [ln for ln in lines if not _NOISE.search(ln)]
+    errors = [ln for ln in useful if "Error" in ln or "error" in ln]
+    return (errors or useful or lines or ["?"])[-1][:300]
