@@ -30,6 +30,7 @@ from mobilec.formats.coreai_convert import (
     precision_text,
     save,
 )
+from mobilec.formats.coreai_rewrites import rewrite_notes
 from mobilec.formats.coreai_runtime import FUNCTION, prestart, timed_latency, timed_outputs
 from mobilec.formats.onnx import float32_onnx, route_names
 from mobilec.formats.runtime import align_outputs
@@ -83,6 +84,7 @@ class CoreAIFormat:
         else:
             ep, dynamic, folded = bridged_program(
                 float32_onnx(state, route[len(BRIDGE_PREFIX):]), example, axes)
+        notes = rewrite_notes(ep)
         names = [t.name for t in state.inputs], [t.name for t in state.outputs]
         run_forked(lambda: _convert_and_save(ep, mode, bits, names, dest),
                    what="coreai-torch's conversion", timeout_s=CONVERT_TIMEOUT_S)
@@ -97,6 +99,7 @@ class CoreAIFormat:
             artifact.notes.append(f"reached Core AI through the ONNX bridge: "
                                   f"{route[len(BRIDGE_PREFIX):]} .onnx -> onnx2torch -> "
                                   "torch.export -> coreai-torch")
+        artifact.notes.extend(notes)
         if folded:
             artifact.notes.append("the .onnx computes shapes from its inputs at run time: "
                                   "folded into constants at one sample's input shapes "

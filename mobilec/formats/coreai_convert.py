@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilec.errors import MobilecError, UnsupportedError
+from mobilec.formats.coreai_rewrites import exact_avg_pools
 from mobilec.sources.pytorch import export_program
 
 WEIGHT_THRESHOLD = 1024
@@ -59,10 +60,13 @@ def export_decomposed(module: Any, example: tuple[Any, ...],
 
 
 def decompose(ep: Any) -> Any:
-    """A new ExportedProgram in the ops coreai-torch converts (`ep` is left as it is)."""
+    """A new ExportedProgram in the ops coreai-torch converts, and converts as PyTorch
+    computes them (formats/coreai_rewrites.py); `ep` is left as it is."""
     import coreai_torch
 
-    return ep.run_decompositions(coreai_torch.get_decomp_table())
+    program = ep.run_decompositions(coreai_torch.get_decomp_table())
+    exact_avg_pools(program)
+    return program
 
 
 def batch_is_dynamic(ep: Any, axes: list[int | None]) -> bool:
