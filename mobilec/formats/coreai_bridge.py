@@ -29,6 +29,7 @@ from typing import Any
 
 from mobilec.errors import ConversionError, MobilecError, UnsupportedError, first_line
 from mobilec.formats.coreai_convert import export_decomposed
+from mobilec.formats.onnx_autopad import with_explicit_pads
 from mobilec.formats.onnx_loop_torch import register as register_loop
 from mobilec.formats.onnx_rnn_torch import register as register_rnn
 
@@ -45,7 +46,8 @@ def onnx_to_torch(path: Path) -> Any:
                                         if o.domain in ("", "ai.onnx")), default=17))
     names = [i.name for i in model.graph.input]
     try:
-        module = convert(str(path), save_input_names=all(n.isidentifier() for n in names))
+        module = convert(with_explicit_pads(path),  # auto_pad SAME_* made explicit
+                         save_input_names=all(n.isidentifier() for n in names))
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types per op
         raise ConversionError(f"onnx2torch cannot convert the .onnx: {first_line(exc, 300)}",
                               hint="another route may reach Core AI (see routes_failed)"
