@@ -73,7 +73,7 @@ class CoreAIFormat:
               route: str | None = None) -> None:
         """Export, convert, compress and save the .aimodel directory at `dest`."""
         route = route or self.routes(state, artifact)[0][0]
-        prestart()  # the runtime child's imports overlap this conversion
+        prestart(early=True)  # on a spare core its imports overlap this conversion
         mode = artifact.quantization
         bits = int((state.plan.options if state.plan else {}).get("bits", 4))
         example = example_inputs(state)  # each input as the model takes it

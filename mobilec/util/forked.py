@@ -17,6 +17,7 @@ workers do.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -38,9 +39,18 @@ def run_forked(call: Callable[[], None], *, what: str, timeout_s: float) -> None
     interrupt of this process kills the child before it propagates."""
     with tempfile.TemporaryFile() as stderr:
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the caller's stack
-            _child(call, read_fd, write_fd, stderr.fileno())
+        # Every object this process holds moves out of the collector's reach in the child:
+        # a collection there would touch (and so copy) the whole heap, page by page.
+        pid = -1
+        gc.freeze()
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: never returns into the caller's stack
+                gc.disable()
+                _child(call, read_fd, write_fd, stderr.fileno())
+        finally:
+            if pid != 0:
+                gc.unfreeze()
         os.close(write_fd)
         try:
             message = _read_until_exit(read_fd, timeout_s, pid, what)
