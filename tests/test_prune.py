@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import artifact, compress, run_cli, write_recipe
+from conftest import artifact, compress, write_recipe
 
 from mobilec.errors import UnsupportedError
 
@@ -223,16 +223,6 @@ def test_block_prune_zeroes_whole_runs_along_the_input_channels(tmp_path: Path) 
         zeros = (runs == 0).sum(-1)
         assert np.all((zeros == 0) | (zeros == 4)), name
     assert not any("prune_low_magnitude" in layer.name for layer in state.keras_model.layers)
-
-
-def test_block_is_refused_with_channel_pruning(tmp_path: Path) -> None:
-    model = tmp_path / "m.keras"
-    model.touch()
-    recipe = write_recipe(tmp_path, model, stages=[
-        {"prune": {"structure": "channels", "block": 4}}])
-    proc = run_cli("validate", str(recipe))
-    assert proc.returncode == 2
-    assert "'block' is for structure: unstructured" in proc.stderr and "stages[0].prune" in proc.stderr
 
 
 @pytest.mark.slow

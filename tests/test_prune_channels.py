@@ -77,14 +77,17 @@ def test_residual_channels_are_pruned_together_and_concat_is_kept_whole() -> Non
     assert narrow(x).shape == (2, 5)
 
 
-def test_channels_keys_are_validated_with_their_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("key", "value"), [("sparsity", 0.5), ("block", 4)])
+def test_channels_keys_are_validated_with_their_line(tmp_path: Path, key: str,
+                                                     value: float) -> None:
+    """Keys of unstructured pruning (sparsity, block) are refused with structure: channels."""
     model = tmp_path / "m.keras"
     model.touch()
     recipe = write_recipe(tmp_path, model, stages=[
-        {"prune": {"structure": "channels", "sparsity": 0.5}}])
+        {"prune": {"structure": "channels", key: value}}])
     proc = run_cli("validate", str(recipe))
     assert proc.returncode == 2
-    assert "'sparsity' is for structure: unstructured" in proc.stderr
+    assert f"'{key}' is for structure: unstructured" in proc.stderr
     assert f"{recipe.name}:" in proc.stderr and "stages[0].prune" in proc.stderr
     recipe = write_recipe(tmp_path, model, stages=[{"prune": {"ratio": 0.5}}])
     proc = run_cli("validate", str(recipe))
