@@ -51,7 +51,27 @@ def totals(cells: list[dict[str, Any]]) -> dict[str, Any]:
             # the issue's count: ok / unverified / degraded / failed per format
             "by_format": {f: _by_status([c for c in real if c["format"] == f])
                           for f in dict.fromkeys(c["format"] for c in real)},
-            "label_outputs": label_count(cells)}
+            "label_outputs": label_count(cells), "coreai": coreai_share(real)}
+
+
+def coreai_share(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Issue 26's bar, per corpus entry with a Core AI column: an entry counts as verified
+    when each of its float32/float16 .aimodel cells is (verified_float); PyTorch entries
+    (.pt2 sources) apart from all of them."""
+    entries: dict[tuple[str, str], list[bool]] = {}
+    for c in cells:
+        if c["format"] == "coreai" and c["quantization"] in ("float32", "float16") \
+                and c["status"] != "not-built":
+            entries.setdefault((c["model"], c["source"]), []).append(verified_float(c))
+    if not entries:
+        return None
+    ok = {k for k, v in entries.items() if all(v)}
+    torch = [k for k in entries if k[1] == "pt2"]
+    return {"entries": len(entries), "verified": len(ok),
+            "verified_pct": round(100 * len(ok) / len(entries), 1),
+            "torch_entries": len(torch), "torch_verified": sum(k in ok for k in torch),
+            "torch_verified_pct": round(100 * sum(k in ok for k in torch) / max(1, len(torch)), 1),
+            "not_verified": sorted(f"{m}/{s}" for m, s in entries if (m, s) not in ok)}
 
 
 def _by_status(cells: list[dict[str, Any]]) -> dict[str, int]:
@@ -211,6 +231,11 @@ def markdown(cells: list[dict[str, Any]], meta: dict[str, Any],
              f"- int8 cells: {t['int8_ok']} ok, {t['int8_failed_with_snr']} not ok with a measured "
              f"SNR, {t['int8_failed_unmeasured']} failed before anything could be measured",
              f"- cells not ok without a reason: **{t['failed_without_reason']}**",
+             *([f"- entries whose float32 and float16 .aimodel are both verified: PyTorch "
+                f"**{a['torch_verified']}/{a['torch_entries']} ({a['torch_verified_pct']}%)**, "
+                f"all **{a['verified']}/{a['entries']} ({a['verified_pct']}%)**"
+                + (f"; not: {', '.join(a['not_verified'])}" if a["not_verified"] else "")]
+               if (a := t.get("coreai")) else []),
              *([f"- multi-output entries whose accuracy is read from the class output: "
                 f"**{t['label_outputs']['read_from_class_output']}/"
                 f"{t['label_outputs']['with_class_output']}** (see below)"]

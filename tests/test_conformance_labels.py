@@ -84,3 +84,24 @@ def test_resume_reruns_an_entry_whose_labels_changed(tmp_path: Path) -> None:
     assert not reusable(result, {"labels": {"index": 0, "accuracy": 0.9}})
     result.write_text(json.dumps({"run": "int8", "labels": {"index": 0, "accuracy": 0.9}}))
     assert reusable(result, {"labels": {"index": 0, "accuracy": 0.9}})
+
+
+def test_conformance_counts_entries_whose_aimodels_are_verified() -> None:
+    """Issue 26's bar per entry: both .aimodel float cells verified; .pt2 entries apart."""
+    from conformance_report import coreai_share
+
+    def cell(model: str, source: str, q: str, status: str, top1: float | None) -> dict[str, Any]:
+        return {"model": model, "source": source, "format": "coreai", "quantization": q,
+                "status": status, "top1_agreement": top1, "snr_db": 60.0}
+
+    cells = [cell("a", "pt2", "float32", "ok", 1.0), cell("a", "pt2", "float16", "ok", 1.0),
+             cell("b", "pt2", "float32", "ok", 1.0),
+             cell("b", "pt2", "float16", "failed-verification", 0.5),
+             cell("c", "keras", "float32", "ok", 0.995), cell("c", "keras", "float16", "ok", 0.99),
+             cell("d", "onnx", "float32", "failed", None)]
+    share = coreai_share(cells)
+    assert share is not None
+    assert (share["torch_verified"], share["torch_entries"]) == (1, 2)
+    assert (share["verified"], share["entries"], share["verified_pct"]) == (2, 4, 50.0)
+    assert share["not_verified"] == ["b/pt2", "d/onnx"]
+    assert coreai_share([]) is None
