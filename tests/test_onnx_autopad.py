@@ -28,7 +28,7 @@ def _same_padded_graph(path: Path) -> None:
                               auto_pad="SAME_UPPER", count_include_pad=1)]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 9, 9])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 4, 3, 3]) for n in ("y", "z")],
         [weight, bias])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
@@ -70,20 +70,28 @@ def test_the_bridge_makes_same_auto_pad_explicit(tmp_path: Path) -> None:
         np.testing.assert_allclose(g.detach().numpy(), w[:1], rtol=1e-6, atol=1e-6)
 
 
-def test_unknown_spatial_dims_stay_same(tmp_path: Path) -> None:
-    """Pads depend on the input size: with spatial dims unknown the node is left alone (the
-    bridge's folded second try knows them)."""
+def test_unknown_spatial_dims_stay_same_until_the_bridge_folds_them(tmp_path: Path) -> None:
+    """Pads depend on the input size: with spatial dims unknown (a Keras Input((None, None,
+    3)), where tf2onnx writes SAME_UPPER) the nodes are left alone, and the bridge's second
+    try, folded at one sample's shapes, makes them explicit and computes what onnxruntime
+    does."""
     import onnx
-    from onnx import TensorProto, helper
+    import onnxruntime as ort
+    import torch
 
+    from mobilec.formats.coreai_bridge import bridged_program
     from mobilec.formats.onnx_autopad import explicit_pads
 
     path = tmp_path / "same.onnx"
     _same_padded_graph(path)
     model: Any = onnx.load(str(path))
-    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
-    model = onnx.shape_inference.infer_shapes(model)
-    assert explicit_pads(model) == 0
-    assert [helper.get_attribute_value(a) for a in model.graph.node[0].attribute
-            if a.name == "auto_pad"] == [b"SAME_UPPER"]
-    assert TensorProto.FLOAT  # the graph is otherwise untouched
+    for axis, name in ((2, "h"), (3, "w")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    onnx.save(model, str(path))
+    assert explicit_pads(onnx.shape_inference.infer_shapes(model)) == 0
+    x = np.random.default_rng(2).standard_normal((1, 3, 9, 9)).astype(np.float32)
+    ep, _, folded = bridged_program(path, (x,))
+    assert folded
+    want = ort.InferenceSession(str(path)).run(None, {"x": x})
+    for g, w in zip(ep.module()(torch.tensor(x)), want, strict=True):
+        np.testing.assert_allclose(g.detach().numpy(), w, rtol=1e-6, atol=1e-6)
