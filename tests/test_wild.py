@@ -185,6 +185,30 @@ def test_float_outputs_retry_of_a_pytorch_tflite_reaches_onnx2tf(
     assert ok, reason
 
 
+@pytest.mark.slow
+def test_float_outputs_retry_never_calibrates_here_what_crashed_in_the_child(
+        tmp_path: Path, detector_pt2: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TFLite calibrator died (SIGSEGV) on onnx2tf's graph of the corpus torch_gru in its
+    child; the float-outputs retry then ran the same calibrator in this process
+    (QuantizationDebugger) and took mobilec down (rc 139). Here the child is made to crash
+    (CRASH_ENV): the retry must refuse, naming the crash, not calibrate in-process."""
+    from mobilec.errors import ConversionError
+    from mobilec.formats.tflite import TFLiteFormat
+    from mobilec.formats.tflite_child import CRASH_ENV
+    from mobilec.state import Artifact
+
+    state = loaded_state(tmp_path, *detector_pt2)
+    art = Artifact(path=tmp_path / "det-int8.tflite", format="tflite", quantization="int8")
+    routes = dict(TFLiteFormat().routes(state, art))
+    monkeypatch.setenv(CRASH_ENV, "SIGSEGV")
+    with pytest.raises(ConversionError, match=r"crashed \(SIGSEGV\)"):
+        routes["onnx2tf"](art, art.path)
+    monkeypatch.delenv(CRASH_ENV)  # as on torch_gru: the float32 conversion itself goes through
+    with pytest.raises(ConversionError, match=r"not calibrated in this process: TFLite "
+                                              r"converter crashed \(SIGSEGV\)"):
+        routes["onnx2tf+float-outputs"](art, art.path)
+
+
 def two_input_encoder() -> Any:
     """A BERT-like encoder: int64 `input_ids` and `attention_mask` (padding masked out)."""
     from torch import nn

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import UnsupportedError
+from mobilec.errors import ConversionError, UnsupportedError
 from mobilec.formats.intermediate import verified_onnx2tf_graph
 from mobilec.formats.runtime import loaded_saved_model
 from mobilec.formats.tflite_child import (
@@ -30,6 +30,9 @@ from mobilec.sources.onnx2tf_bridge import TFGraph, to_tf_layout
 from mobilec.sources.serving_export import serving_savedmodel
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf, import_tf_keras
+
+#: state.memo key: the TFLite calibrator crashed on onnx2tf's graph (in its child).
+CRASH_KEY = "onnx2tf_calibrator_crash"
 
 
 def representative_dataset(state: ModelState) -> Any:
@@ -136,8 +139,14 @@ def convert_tflite(state: ModelState, mode: str, route: str | None = None) -> by
     if _onnx2tf_route(state, route):
         # onnx2tf's SavedModel is third-party output the converter has crashed on (SIGSEGV
         # calibrating a GRU): converted in a child process, a crash fails this route only.
-        return convert_isolated(onnx2tf_graph(state), mode, state.work_dir, graph="onnx2tf's graph",
-                                calibration=lambda: calibration_arrays(state))
+        try:
+            return convert_isolated(onnx2tf_graph(state), mode, state.work_dir,
+                                    graph="onnx2tf's graph",
+                                    calibration=lambda: calibration_arrays(state))
+        except ConversionError as exc:
+            if "crashed (" in exc.message:  # the calibrator: never run it here on this graph
+                state.memo[(CRASH_KEY, state.model_version)] = exc.message
+            raise
     conv = make_converter(state, route)
     configure(conv, mode, lambda: representative_dataset(state))
     return run_converter(conv, mode)
@@ -150,6 +159,15 @@ def onnx2tf_graph(state: ModelState) -> Path:
                            else None)
     assert state.graph_dir is not None
     return state.graph_dir
+
+
+def calibrator_crash(state: ModelState, route: str | None) -> str | None:
+    """Why the TFLite calibrator must not run in this process on `route`'s graph: it crashed
+    converting onnx2tf's graph in a child (a recurrent WHILE loop, tensorflow#75140), and
+    the QuantizationDebugger (keep_float, the float-outputs retry) calibrates in-process."""
+    if not _onnx2tf_route(state, route):
+        return None
+    return state.memo.get((CRASH_KEY, state.model_version))
 
 
 def _onnx2tf_route(state: ModelState, route: str | None) -> bool:

@@ -9,7 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from mobilec.errors import ConversionError, first_line
-from mobilec.formats.tflite_convert import make_converter, representative_dataset, route_names
+from mobilec.formats.tflite_convert import (
+    calibrator_crash,
+    make_converter,
+    representative_dataset,
+    route_names,
+)
 from mobilec.state import ModelState
 from mobilec.util.tfenv import import_tf
 
@@ -22,6 +27,10 @@ def quant_debugger(state: ModelState, route: str | None = None) -> Any:
     if key in state.memo:
         return state.memo[key]
 
+    crash = calibrator_crash(state, route)
+    if crash:
+        raise ConversionError(f"not calibrated in this process: {crash}",
+                              hint="ship the float32 or dynamic .tflite, or the int8 .onnx")
     tf = import_tf()
     converter = make_converter(state, route)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
