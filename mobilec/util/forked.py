@@ -23,6 +23,7 @@ import select
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 
 from mobilec.errors import ConversionError
@@ -44,7 +45,12 @@ def run_forked(call: Callable[[], None], *, what: str, timeout_s: float) -> None
         pid = -1
         gc.freeze()
         try:
-            pid = os.fork()
+            with warnings.catch_warnings():
+                # JAX (imported by litert-torch) warns at every fork that its threads may
+                # deadlock the child; this child runs no JAX code.
+                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
+                                        category=RuntimeWarning)
+                pid = os.fork()
             if pid == 0:  # the child: never returns into the caller's stack
                 gc.disable()
                 _child(call, read_fd, write_fd, stderr.fileno())
