@@ -58,6 +58,11 @@ class ConversionError(StageError):
     """A converter failed or produced a model that does not match the source."""
 
 
+class ConverterCrash(ConversionError):
+    """Native converter code died (a signal) in a child or a fork: that route fails, and the
+    same code must not be run again in mobilec's own process on the same graph."""
+
+
 class Interrupted(BaseException):
     """SIGTERM (or SIGINT) arrived: stop now, clean up on the way out.
 

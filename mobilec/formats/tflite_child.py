@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.errors import ConversionError, ConverterCrash, UnsupportedError
 from mobilec.sources.batch import match_names
 from mobilec.util.child import last_error_line, run_child, signal_name
 from mobilec.util.tfenv import import_tf
@@ -126,7 +126,7 @@ def convert_isolated(saved_model: Path, mode: str, work_dir: Path, *, graph: str
                          what=f"the TFLite converter ({mode}) on {graph}")
         crash = signal_name(proc.returncode)
         if crash is not None:
-            raise ConversionError(
+            raise ConverterCrash(
                 f"TFLite converter crashed ({crash}) on {graph} ({mode})",
                 hint="TFLite's calibrator is known to crash on recurrent (WHILE-loop) graphs "
                      "(tensorflow#75140): ship the float16 or dynamic .tflite, or the int8 "

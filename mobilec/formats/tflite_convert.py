@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilec.errors import ConversionError, UnsupportedError
+from mobilec.errors import ConverterCrash, UnsupportedError
 from mobilec.formats.intermediate import verified_onnx2tf_graph
 from mobilec.formats.runtime import loaded_saved_model
 from mobilec.formats.tflite_child import (
@@ -143,9 +143,8 @@ def convert_tflite(state: ModelState, mode: str, route: str | None = None) -> by
             return convert_isolated(onnx2tf_graph(state), mode, state.work_dir,
                                     graph="onnx2tf's graph",
                                     calibration=lambda: calibration_arrays(state))
-        except ConversionError as exc:
-            if "crashed (" in exc.message:  # the calibrator: never run it here on this graph
-                state.memo[(CRASH_KEY, state.model_version)] = exc.message
+        except ConverterCrash as exc:  # never run the calibrator here on this graph
+            state.memo[(CRASH_KEY, state.model_version)] = exc.message
             raise
     conv = make_converter(state, route)
     configure(conv, mode, lambda: representative_dataset(state))

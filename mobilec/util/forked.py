@@ -26,7 +26,7 @@ import time
 import warnings
 from collections.abc import Callable
 
-from mobilec.errors import ConversionError
+from mobilec.errors import ConversionError, ConverterCrash
 from mobilec.util.child import last_error_line
 
 #: Longest message the child hands back about a Python exception.
@@ -68,7 +68,7 @@ def run_forked(call: Callable[[], None], *, what: str, timeout_s: float) -> None
             stderr.seek(0)
             text = stderr.read().decode(errors="replace")
             name = signal.Signals(os.WTERMSIG(status)).name
-            raise ConversionError(f"{what} crashed ({name}): {last_error_line(text)}")
+            raise ConverterCrash(f"{what} crashed ({name}): {last_error_line(text)}")
         code = os.WEXITSTATUS(status)
         if code or message:
             raise ConversionError(f"{what} failed: {message or f'the child exited {code}'}")
