@@ -16,7 +16,7 @@ import numpy as np
 from mobilec.recipe.schema import PruneConfig
 from mobilec.state import ModelState
 from mobilec.training.finetune import fit
-from mobilec.training.sparsity import block_mask, schedule
+from mobilec.training.sparsity import block_mask, remasking, schedule
 from mobilec.util.tfenv import import_tf_keras
 
 
@@ -46,16 +46,14 @@ def fit_masked(state: ModelState, model: Any, kernels: list[Any], cfg: PruneConf
     target = schedule(cfg.schedule, cfg.sparsity, total_steps)
     masks = KernelMasks(kernels, cfg.block)
     masks.update(target(0))
-    frequency = max(1, total_steps // 10)
+    after_step = remasking(masks, target, total_steps)
 
     class Remask(tfk.callbacks.Callback):
         step = 0
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             self.step += 1
-            if self.step % frequency == 0:
-                masks.update(target(self.step))
-            masks.apply()
+            after_step(self.step)
 
     trained = fit(state, model, epochs=cfg.epochs, batch_size=cfg.batch_size,
                   learning_rate=cfg.learning_rate, callbacks=[Remask()], targets=targets)

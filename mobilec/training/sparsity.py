@@ -11,6 +11,7 @@ where the zeros are costs ~1/block of a bit per weight instead of ~1: the gzip s
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,21 @@ def schedule(kind: str, sparsity: float, total_steps: int) -> Callable[[int], fl
         return lambda step: sparsity
     ramp = max(1, int(total_steps * 0.7))
     return lambda step: sparsity * (1.0 - (1.0 - min(step, ramp) / ramp) ** 3)
+
+
+def remasking(masks: Any, target: Callable[[int], float], total_steps: int
+              ) -> Callable[[int], None]:
+    """What runs after each training step (1-based) of either framework: the masks
+    recomputed at the schedule's sparsity ~10 times per run, re-applied every step (the
+    optimizer moves pruned weights off zero). `masks` has update(sparsity) and apply()."""
+    frequency = max(1, total_steps // 10)
+
+    def after_step(step: int) -> None:
+        if step % frequency == 0:
+            masks.update(target(step))
+        masks.apply()
+
+    return after_step
 
 
 def block_mask(weights: np.ndarray, sparsity: float, block: int, axis: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 from mobilec.errors import UnsupportedError
 from mobilec.recipe.schema import PruneConfig
 from mobilec.state import ModelState
-from mobilec.training.sparsity import block_mask, schedule
+from mobilec.training.sparsity import block_mask, remasking, schedule
 from mobilec.training.torch_fit import fit, steps_per_epoch
 from mobilec.training.torch_model import commit, trainable_module
 
@@ -33,15 +33,9 @@ def run(state: ModelState, cfg: PruneConfig) -> dict[str, Any]:
     target = schedule(cfg.schedule, cfg.sparsity, total_steps)
     masks = Masks(weights, block=cfg.block)
     masks.update(target(0))
-    frequency = max(1, total_steps // 10)
-
-    def after_step(step: int) -> None:
-        if step % frequency == 0:
-            masks.update(target(step))
-        masks.apply()
-
     trained = fit(state, module, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  learning_rate=cfg.learning_rate, what="prune", after_step=after_step)
+                  learning_rate=cfg.learning_rate, what="prune",
+                  after_step=remasking(masks, target, total_steps))
     masks.update(cfg.sparsity)  # the final masks are at the target, whatever the step count
     commit(state, module)
     counted = count_sparsity(state.torch_module, set(weights))
